@@ -1,0 +1,473 @@
+"""Image augmentations for self-supervised learning, in pure JAX, run on the accelerator.
+
+Conventions. Every op takes ONE image, HWC float32 with values in [0, 1] (`[H, W, 3]` unless stated);
+a random op takes one `jax.random` key first: `fn(key, img, ...)`. A batch is augmented inside
+`jax.jit` with one key per image, `jax.vmap(fn)(keys, images)`, which `apply_per_image` spells out:
+
+    images = to_float(batch_uint8)                        # [B, H, W, 3] uint8 -> float in [0, 1]
+    views = apply_per_image(view_fn, key, images)         # view_fn(key, img) -> img
+
+No op branches in Python on a traced value, so everything works under jit and vmap. Factors, sigmas,
+deltas and crop boxes may be traced scalars; kernel sizes, output sizes, probabilities and jitter
+strengths are static Python numbers.
+
+Two families of semantics, checked against the official code in tests/test_augment.py:
+
+* torchvision (`transforms.functional` on float tensors, as used by MoCo, DINO, SwAV and PAWS):
+  `adjust_brightness` (multiplicative, clamped), `adjust_contrast` (blend with the scalar mean of the
+  grayscale image, clamped), `adjust_saturation` (blend with the grayscale image, clamped),
+  `adjust_hue`, `rgb_to_grayscale`, `solarize`, `gaussian_blur` (reflect padding), `hflip`,
+  `resized_crop` (bilinear, optionally antialiased), and the random ops built on them:
+  `random_resized_crop`, `random_flip`, `color_jitter`, `random_color_jitter`, `random_grayscale`,
+  `random_gaussian_blur`, `random_solarize`.
+* TensorFlow / SimCLR (`tf.image` and google-research/simclr `tf2/data_util.py`):
+  `tf_adjust_brightness` (additive, not clipped), `tf_adjust_contrast` (per-channel means, not
+  clipped), `tf_adjust_saturation` (scales S in HSV), `tf_adjust_hue`, `simclr_gaussian_blur` (zero
+  padding, 2*int(k/2)+1 taps) and `simclr_color_jitter` (SimCLR v2: multiplicative brightness, random
+  order, clipped after every op).
+
+Grayscale, flip and hue agree between the two; brightness, contrast, saturation and the blur at the
+borders differ. DINO, SwAV, MoCo and PAWS run their colour ops on PIL uint8 images: these float ops are
+the continuous analogue, not bit-identical.
+
+Gray datasets (Fashion-MNIST) repeated to 3 equal channels have zero saturation, so saturation and hue
+adjustments (both families) and grayscale conversion leave them unchanged: colour jitter then acts
+only through brightness and contrast. (Up to 1e-4 for torchvision's saturation and grayscale: its luma
+weights sum to 0.9999, so the gray image it blends with is 0.01% darker.)
+"""
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+# ITU-R 601-2 luma weights, used by both torchvision and tf.image.
+_LUMA = (0.2989, 0.587, 0.114)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Conversions
+# ----------------------------------------------------------------------------------------------------
+
+
+def to_float(images):
+    """uint8 images from the data loader (any shape) -> float32 in [0, 1]."""
+    return jnp.asarray(images).astype(jnp.float32) / 255.0
+
+
+def normalize(img, mean, std):
+    """(img - mean) / std per channel; mean, std: [C] (e.g. the ImageNet statistics)."""
+    return (img - jnp.asarray(mean, img.dtype)) / jnp.asarray(std, img.dtype)
+
+
+def rgb_to_grayscale(img):
+    """[H, W, 3] -> [H, W, 1] luma, 0.2989 R + 0.587 G + 0.114 B (torchvision == tf.image)."""
+    return _LUMA[0] * img[..., 0:1] + _LUMA[1] * img[..., 1:2] + _LUMA[2] * img[..., 2:3]
+
+
+def _rgb_to_hsv(img):
+    """[..., 3] RGB in [0, 1] -> (h, s, v), each [...]; h in [0, 1), grays get h = s = 0."""
+    r, g, b = img[..., 0], img[..., 1], img[..., 2]
+    v = jnp.max(img, axis=-1)
+    chroma = v - jnp.min(img, axis=-1)
+    s = chroma / jnp.where(v > 0, v, 1.0)
+    # Grays have no hue; dividing by 1 instead of 0 keeps the unused branch finite (and its gradient).
+    c = jnp.where(chroma > 0, chroma, 1.0)
+    h = jnp.where(v == r, (g - b) / c, jnp.where(v == g, 2.0 + (b - r) / c, 4.0 + (r - g) / c))
+    h = jnp.where(chroma > 0, jnp.mod(h / 6.0, 1.0), 0.0)
+    return h, s, v
+
+
+def _hsv_to_rgb(h, s, v):
+    """(h, s, v), each [...] -> [..., 3] RGB.
+
+    The six-sector formula written piecewise-linearly: channel n of (R, G, B) = (5, 3, 1) is
+    v * (1 - s * clip(min(k, 4 - k), 0, 1)) with k = (n + 6h) mod 6.
+    """
+    k = jnp.mod(jnp.array([5.0, 3.0, 1.0], v.dtype) + 6.0 * h[..., None], 6.0)
+    return v[..., None] * (1.0 - s[..., None] * jnp.clip(jnp.minimum(k, 4.0 - k), 0.0, 1.0))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Deterministic ops, torchvision semantics
+# ----------------------------------------------------------------------------------------------------
+
+
+def _blend(img, other, factor):
+    """torchvision's _blend: clamp(factor * img + (1 - factor) * other, 0, 1)."""
+    return jnp.clip(factor * img + (1.0 - factor) * other, 0.0, 1.0)
+
+
+def adjust_brightness(img, factor):
+    """clamp(factor * img, 0, 1). factor >= 0; 1 leaves the image unchanged."""
+    return _blend(img, 0.0, factor)
+
+
+def adjust_contrast(img, factor):
+    """Blend with the mean gray level: one scalar, the mean of rgb_to_grayscale(img); clamped."""
+    return _blend(img, jnp.mean(rgb_to_grayscale(img)), factor)
+
+
+def adjust_saturation(img, factor):
+    """Blend with the grayscale image ([H, W, 1], broadcast over channels); clamped."""
+    return _blend(img, rgb_to_grayscale(img), factor)
+
+
+def adjust_hue(img, hue_factor):
+    """Rotate the hue: H <- (H + hue_factor) mod 1 in HSV. hue_factor in [-0.5, 0.5]."""
+    h, s, v = _rgb_to_hsv(img)
+    return _hsv_to_rgb(jnp.mod(h + hue_factor, 1.0), s, v)
+
+
+def solarize(img, threshold):
+    """Invert the pixels at or above threshold: where(img >= threshold, 1 - img, img)."""
+    return jnp.where(img >= threshold, 1.0 - img, img)
+
+
+def hflip(img):
+    """Mirror left-right (torchvision hflip == tf.image.flip_left_right)."""
+    return img[:, ::-1, :]
+
+
+def _gaussian_kernel1d(taps, sigma):
+    """[taps] normalised exp(-t^2 / (2 sigma^2)) at t = -(taps-1)/2 .. (taps-1)/2; sigma may be traced."""
+    t = jnp.arange(taps, dtype=jnp.float32) - (taps - 1) / 2
+    w = jnp.exp(-0.5 * jnp.square(t / sigma))
+    return w / jnp.sum(w)
+
+
+def _separable_filter(img, kernel_y, kernel_x, pad_mode):
+    """Correlate every channel with kernel_y along H, then kernel_x along W; output [H, W, C].
+
+    Odd kernel lengths are static. Shifted slices rather than a convolution: the taps may differ per
+    image under vmap (a traced sigma each), and the sum stays exact float32 on every backend.
+    """
+    height, width = img.shape[:2]
+    ry, rx = kernel_y.shape[0] // 2, kernel_x.shape[0] // 2
+    x = jnp.pad(img, ((ry, ry), (0, 0), (0, 0)), mode=pad_mode)
+    x = sum(kernel_y[i] * x[i : i + height] for i in range(2 * ry + 1))
+    x = jnp.pad(x, ((0, 0), (rx, rx), (0, 0)), mode=pad_mode)
+    return sum(kernel_x[i] * x[:, i : i + width] for i in range(2 * rx + 1))
+
+
+def gaussian_blur(img, kernel_size, sigma):
+    """torchvision gaussian_blur with reflect padding (the border pixel is not repeated).
+
+    Args:
+      img: [H, W, C].
+      kernel_size: static odd int, or (x, y) = (width, height) pair of odd ints.
+      sigma: scalar (possibly traced), or (x, y) pair.
+    Returns:
+      [H, W, C].
+    """
+    kx, ky = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+    if kx % 2 == 0 or ky % 2 == 0:
+        raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+    sx, sy = sigma if isinstance(sigma, (tuple, list)) else (sigma, sigma)
+    return _separable_filter(img, _gaussian_kernel1d(ky, sy), _gaussian_kernel1d(kx, sx), "reflect")
+
+
+def resized_crop(img, top, left, height, width, size, antialias=True):
+    """torchvision resized_crop, bilinear: img[top:top+height, left:left+width] resized to `size`.
+
+    Args:
+      img: [H, W, C].
+      top, left, height, width: the crop box in pixels, inside the image; ints, possibly traced (the
+        box of a random crop differs per image under vmap, so no slicing with a dynamic shape).
+      size: static int (square output) or (out_h, out_w).
+      antialias: when downsampling, widen the triangle filter by the scale factor (torchvision's
+        default for tensors); no effect when upsampling. False is plain bilinear.
+    Returns:
+      [out_h, out_w, C], with half-pixel centres (align_corners=False).
+    """
+    out_h, out_w = (size, size) if isinstance(size, int) else size
+    img_h, img_w, channels = img.shape
+    box = jnp.stack([top, left, height, width]).astype(jnp.float32)
+    scale = jnp.array([out_h, out_w], jnp.float32) / box[2:]
+    resample = functools.partial(
+        jax.image.scale_and_translate,
+        spatial_dims=(0, 1),
+        scale=scale,
+        translation=-box[:2] * scale,
+        method="linear",
+        antialias=antialias,
+    )
+    # Resampling the whole image maps the box onto the output, but near the box's edges the filter
+    # would also read pixels just outside it, which crop-then-resize never sees: there the filter is
+    # renormalised over the pixels of the crop (for plain bilinear, a clamp to the edge pixel).
+    # Resampling the box's indicator with the same filter yields exactly that normaliser, so the
+    # ratio below IS crop-then-resize, with no border difference.
+    rows = (jnp.arange(img_h) >= top) & (jnp.arange(img_h) < top + height)
+    cols = (jnp.arange(img_w) >= left) & (jnp.arange(img_w) < left + width)
+    inside = (rows[:, None, None] & cols[None, :, None]).astype(img.dtype)  # [H, W, 1]
+    return resample(img * inside, (out_h, out_w, channels)) / resample(inside, (out_h, out_w, 1))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Deterministic ops, TensorFlow / SimCLR semantics
+# ----------------------------------------------------------------------------------------------------
+
+
+def tf_adjust_brightness(img, delta):
+    """tf.image.adjust_brightness: img + delta, NOT clipped."""
+    return img + delta
+
+
+def tf_adjust_contrast(img, factor):
+    """tf.image.adjust_contrast: (img - mean_c) * factor + mean_c, per-channel means; NOT clipped."""
+    mean = jnp.mean(img, axis=(0, 1), keepdims=True)  # [1, 1, C]
+    return (img - mean) * factor + mean
+
+
+def tf_adjust_saturation(img, factor):
+    """tf.image.adjust_saturation: S <- clip(S * factor, 0, 1) in HSV."""
+    h, s, v = _rgb_to_hsv(img)
+    return _hsv_to_rgb(h, jnp.clip(s * factor, 0.0, 1.0), v)
+
+
+def tf_adjust_hue(img, delta):
+    """tf.image.adjust_hue: H <- (H + delta) mod 1 in HSV, delta in [-1, 1]; the same as adjust_hue."""
+    return adjust_hue(img, delta)
+
+
+def simclr_gaussian_blur(img, kernel_size, sigma):
+    """SimCLR's data_util.gaussian_blur: 2 * int(kernel_size / 2) + 1 taps, ZERO padding ('SAME').
+
+    SimCLR passes kernel_size = height // 10 (23 taps at 224). kernel_size: static int; sigma: scalar,
+    possibly traced. Returns [H, W, C].
+    """
+    kernel = _gaussian_kernel1d(2 * (kernel_size // 2) + 1, sigma)
+    return _separable_filter(img, kernel, kernel, "constant")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Random ops: fn(key, img, ...) on one image
+# ----------------------------------------------------------------------------------------------------
+
+
+def _with_probability(key, p, augmented, img):
+    """augmented with probability p, else img.
+
+    A select rather than lax.cond: under vmap a cond becomes a select of both branches anyway.
+    """
+    return jnp.where(jax.random.uniform(key) < p, augmented, img)
+
+
+def random_resized_crop_box(key, height, width, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), tries=10):
+    """torchvision RandomResizedCrop.get_params for an image of static size height x width.
+
+    Each try draws an area fraction uniform in `scale` and an aspect ratio (w / h) log-uniform in
+    `ratio`; the first try whose box fits the image wins, with its offset uniform over the positions
+    that fit. If none of the `tries` fits, the fallback is the central crop with the aspect ratio
+    clamped into `ratio`. The tries are drawn all at once and the first valid one is selected.
+
+    Returns:
+      (top, left, box_h, box_w): int32 scalars.
+    """
+    # One draw for everything (a single threefry call keeps the vmapped step quick to compile):
+    # tries area fractions, tries log aspect ratios, then the two offsets as fractions in [0, 1).
+    u = jax.random.uniform(key, (2 * tries + 2,))
+    target_area = height * width * (scale[0] + (scale[1] - scale[0]) * u[:tries])
+    log_ratio = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[tries : 2 * tries]
+    aspect = jnp.exp(log_ratio)
+    # jnp.round rounds half to even, like Python's round in torchvision.
+    w = jnp.round(jnp.sqrt(target_area * aspect)).astype(jnp.int32)  # [tries]
+    h = jnp.round(jnp.sqrt(target_area / aspect)).astype(jnp.int32)  # [tries]
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = jnp.argmax(fits)  # index of the first True (0 when there is none)
+
+    # The fallback depends only on static sizes, so it is plain Python.
+    if width / height < min(ratio):
+        fallback_w, fallback_h = width, int(round(width / min(ratio)))
+    elif width / height > max(ratio):
+        fallback_w, fallback_h = int(round(height * max(ratio))), height
+    else:
+        fallback_w, fallback_h = width, height
+
+    found = jnp.any(fits)
+    box_h = jnp.where(found, h[first], fallback_h)
+    box_w = jnp.where(found, w[first], fallback_w)
+
+    def uniform_offset(fraction, n):  # uniform integer in {0, ..., n - 1}
+        return jnp.minimum(jnp.floor(fraction * n).astype(jnp.int32), n - 1)
+
+    top = jnp.where(found, uniform_offset(u[-2], height - box_h + 1), (height - fallback_h) // 2)
+    left = jnp.where(found, uniform_offset(u[-1], width - box_w + 1), (width - fallback_w) // 2)
+    return top, left, box_h, box_w
+
+
+def random_resized_crop(key, img, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), antialias=True):
+    """torchvision RandomResizedCrop (bilinear): a random box (see random_resized_crop_box) resized to
+    size x size (static int). [H, W, C] -> [size, size, C]. Exactly crop-then-resize (see resized_crop).
+    """
+    top, left, box_h, box_w = random_resized_crop_box(key, img.shape[0], img.shape[1], scale, ratio)
+    return resized_crop(img, top, left, box_h, box_w, size, antialias)
+
+
+def random_flip(key, img, p=0.5):
+    """RandomHorizontalFlip: hflip with probability p."""
+    return _with_probability(key, p, hflip(img), img)
+
+
+def random_grayscale(key, img, p):
+    """RandomGrayscale: with probability p, the grayscale image repeated to 3 channels."""
+    return _with_probability(key, p, jnp.repeat(rgb_to_grayscale(img), 3, axis=-1), img)
+
+
+def random_solarize(key, img, p, threshold=0.5):
+    """RandomSolarize: solarize(img, threshold) with probability p."""
+    return _with_probability(key, p, solarize(img, threshold), img)
+
+
+def random_gaussian_blur(key, img, p, sigma=(0.1, 2.0), kernel_size=None):
+    """torchvision GaussianBlur (reflect padding), applied with probability p.
+
+    sigma is drawn uniform in the range, the same along x and y. kernel_size (static odd int) defaults
+    to SimCLR's choice, kernel_size = height // 10 with 2 * int(k / 2) + 1 taps, i.e. about 10% of
+    the side rounded to odd: 23 taps at 224 (BYOL's and DINO's 23), 9 at 96, 3 at 32 or 28.
+    """
+    k_apply, k_sigma = jax.random.split(key)
+    if kernel_size is None:
+        kernel_size = 2 * (img.shape[0] // 20) + 1
+    s = jax.random.uniform(k_sigma, minval=sigma[0], maxval=sigma[1])
+    return _with_probability(k_apply, p, gaussian_blur(img, kernel_size, s), img)
+
+
+def _jitter_range(value, center):
+    """torchvision ColorJitter's parameter: v -> [max(0, center - v), center + v] for brightness,
+    contrast and saturation (center 1), [-v, v] for hue (center 0); an explicit (lo, hi) passes
+    through. None when the range is the identity, so the op is skipped (as torchvision does)."""
+    lo, hi = value if isinstance(value, (tuple, list)) else (center - value, center + value)
+    if center == 1.0:
+        lo = max(0.0, lo)
+    return None if lo == hi == center else (lo, hi)
+
+
+def _jitter_in_random_order(key, img, ops, ranges, clip):
+    """ops[i](img, f_i) with f_i ~ U(ranges[i]), in a random permutation (a None range: skipped).
+
+    lax.switch picks the op of each step from the traced permutation (under vmap it evaluates all
+    branches and selects); clip to [0, 1] after every op if `clip`.
+    """
+    n = len(ops)
+    # One draw: n factors as fractions of their ranges, then n sort keys. The argsort of iid uniforms
+    # is a uniformly random permutation.
+    u = jax.random.uniform(key, (2 * n,))
+    branches = []
+    for i, (op, factor_range) in enumerate(zip(ops, ranges, strict=True)):
+        if factor_range is None:
+            branches.append(lambda x: x)
+        else:
+            factor = factor_range[0] + (factor_range[1] - factor_range[0]) * u[i]
+            branches.append(functools.partial(lambda x, op, f: op(x, f), op=op, f=factor))
+    order = jnp.argsort(u[n:])
+    for step in range(n):
+        img = jax.lax.switch(order[step], branches, img)
+        if clip:
+            img = jnp.clip(img, 0.0, 1.0)
+    return img
+
+
+def color_jitter(key, img, brightness, contrast, saturation, hue):
+    """torchvision ColorJitter: the four adjust_* ops in a random order, each with a random factor.
+
+    brightness, contrast, saturation: float b -> factor ~ U[max(0, 1 - b), 1 + b], or a (lo, hi) pair;
+    hue: float h in [0, 0.5] -> hue_factor ~ U[-h, h], or a pair. 0 skips the op. Static numbers.
+    """
+    ranges = [_jitter_range(v, 1.0) for v in (brightness, contrast, saturation)]
+    ranges.append(_jitter_range(hue, 0.0))
+    ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+    return _jitter_in_random_order(key, img, ops, ranges, clip=False)
+
+
+def random_color_jitter(key, img, brightness, contrast, saturation, hue, p):
+    """RandomApply([ColorJitter(brightness, contrast, saturation, hue)], p)."""
+    k_apply, k_jitter = jax.random.split(key)
+    jittered = color_jitter(k_jitter, img, brightness, contrast, saturation, hue)
+    return _with_probability(k_apply, p, jittered, img)
+
+
+def simclr_color_jitter(key, img, strength, p=0.8):
+    """SimCLR v2's colour jitter (data_util.color_jitter_rand, impl 'simclrv2'), with probability p.
+
+    Strength s gives brightness, contrast, saturation, hue = 0.8s, 0.8s, 0.8s, 0.2s: brightness is
+    MULTIPLICATIVE, img * U[max(0, 1 - 0.8s), 1 + 0.8s]; then tf_adjust_contrast with U[1 - 0.8s,
+    1 + 0.8s], tf_adjust_saturation likewise and tf_adjust_hue with U[-0.2s, 0.2s]; random order,
+    clipped to [0, 1] after every op. (TF rejects a negative lower bound, i.e. s > 1.25; here it is
+    clamped to 0.) SimCLR's grayscale (p = 0.2) is separate: random_grayscale.
+    """
+    b = c = s = 0.8 * strength
+    ranges = [_jitter_range(v, 1.0) for v in (b, c, s)]
+    ranges.append(_jitter_range(0.2 * strength, 0.0))
+    ops = (lambda x, f: x * f, tf_adjust_contrast, tf_adjust_saturation, tf_adjust_hue)
+    k_apply, k_jitter = jax.random.split(key)
+    jittered = _jitter_in_random_order(k_jitter, img, ops, ranges, clip=True)
+    return _with_probability(k_apply, p, jittered, img)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Batches and multi-crop
+# ----------------------------------------------------------------------------------------------------
+
+
+def apply_per_image(fn: Callable, key, images, *args):
+    """vmap fn(key, img, *args) over [B, ...] images, with one key per image split from `key`.
+
+    args are shared by all images and passed as they are (static ints and tuples stay static).
+    Returns fn's outputs stacked along a leading B axis.
+    """
+    keys = jax.random.split(key, images.shape[0])
+    return jax.vmap(lambda k, img: fn(k, img, *args))(keys, images)
+
+
+def multi_crop(
+    key,
+    images,
+    sizes: Sequence[int],
+    scales: Sequence[tuple[float, float]],
+    counts: Sequence[int],
+    view_fn: Callable | None = None,
+    ratio=(3 / 4, 4 / 3),
+    antialias=True,
+):
+    """Multi-crop views (SwAV, DINO): groups of random resized crops with different output sizes.
+
+    Crop c of the batch is random_resized_crop with its group's size and scale, then
+    view_fn(key, img, c), each image with its own key. The crop index c (a static int counting over
+    all groups: 0 and 1 are DINO's global crops, 2.. its local crops) lets a method give crops
+    different recipes, e.g. DINO's blur p=1 on crop 0 but p=0.1 and solarize on crop 1.
+
+    Args:
+      key: one key for the whole batch.
+      images: [B, H, W, 3] float in [0, 1].
+      sizes: output side of each group, e.g. (224, 96).
+      scales: area-fraction range of each group, e.g. ((0.4, 1.0), (0.05, 0.4)).
+      counts: number of crops in each group, e.g. (2, 6).
+      view_fn: view_fn(key, img, crop) -> img on one [size, size, 3] crop (flip, colour, blur...);
+        None keeps the crops as they are.
+      ratio, antialias: as in random_resized_crop, shared by all groups.
+    Returns:
+      A list with one crop-major stack [count, B, size, size, 3] per group.
+    """
+    k_crops, k_views = jax.random.split(key)
+    stacks, first = [], 0  # first: global index of the group's first crop
+    for group, (size, scale, count) in enumerate(zip(sizes, scales, counts, strict=True)):
+        # The crops of a group differ only in their keys: one vmap over crops (and one over images
+        # inside apply_per_image) traces the resampling once per group, not once per crop.
+        keys = jax.random.split(jax.random.fold_in(k_crops, group), count)
+        crops = jax.vmap(  # [count, B, size, size, 3]
+            lambda k: apply_per_image(random_resized_crop, k, images, size, tuple(scale), ratio, antialias)
+        )(keys)
+        if view_fn is not None:
+            # Traced once per crop, so that the crop index reaches view_fn as a static Python int.
+            crops = jnp.stack(
+                [
+                    apply_per_image(view_fn, jax.random.fold_in(k_views, first + c), crops[c], first + c)
+                    for c in range(count)
+                ]
+            )
+        stacks.append(crops)
+        first += count
+    return stacks

@@ -1,0 +1,424 @@
+"""Backbone bodies in Flax NNX: ResNet-18/34/50 and DINO's Vision Transformers.
+
+Every body takes NHWC images and returns pooled features [B, num_features]; there is no classifier
+head, because each method puts its own projector/predictor/prototypes on top.
+
+* ResNet follows torchvision's v1.5 ResNet (stride on the 3x3 conv of a bottleneck), with an
+  ImageNet stem (7x7/2 conv, 3x3/2 max-pool) or a CIFAR stem (3x3/1 conv, no max-pool) and
+  torchvision's initialisation. Batch norm is plain `nnx.BatchNorm` over the batch axis: under
+  `jax.jit` on a batch sharded over the device mesh, XLA reduces the statistics across devices, so
+  this is global (synchronised) batch norm without extra code.
+* VisionTransformer follows DINO's `vision_transformer.py` (facebookresearch/dino): patch-embedding
+  conv, class token, learned position embeddings interpolated bicubically to the input size, pre-norm
+  blocks, final LayerNorm; the feature is the class token. `get_last_selfattention` returns DINO's
+  attention maps.
+
+Mode switching is NNX's: `model.train()` / `model.eval()` set BatchNorm's `use_running_average` and
+the drop-path `deterministic` flag. Do it outside jitted functions (each mode traces once).
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+# ---------------------------------------------------------------------------------------------------
+# ResNet
+# ---------------------------------------------------------------------------------------------------
+
+# torchvision: kaiming_normal_(mode='fan_out', nonlinearity='relu'), i.e. N(0, 2 / (k*k*C_out)).
+# 'normal' (not 'truncated_normal') because torchvision draws from an untruncated normal.
+_conv_init = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def _conv(in_features, out_features, kernel_size, strides, padding, rngs):
+    """A bias-free conv with PyTorch's explicit symmetric padding (not 'SAME', which pads strided
+    convs asymmetrically and so shifts the sampling grid relative to torchvision)."""
+    return nnx.Conv(
+        in_features, out_features, (kernel_size, kernel_size), (strides, strides),
+        padding=((padding, padding), (padding, padding)), use_bias=False,
+        kernel_init=_conv_init, rngs=rngs)
+
+
+def _batch_norm(num_features, momentum, rngs, zero_scale=False):
+    """BatchNorm with gamma 1 (or 0 for a zero-initialised residual branch) and beta 0.
+
+    NNX's momentum is the weight of the OLD running value: running = m * running + (1 - m) * batch,
+    so m = 0.9 here is PyTorch's momentum=0.1. Unlike PyTorch, the running variance is updated with
+    the biased batch variance (a factor n/(n-1), negligible for real batches).
+    """
+    return nnx.BatchNorm(
+        num_features, momentum=momentum, epsilon=1e-5,
+        scale_init=jax.nn.initializers.zeros if zero_scale else jax.nn.initializers.ones,
+        rngs=rngs)
+
+
+class BasicBlock(nnx.Module):
+    """Two 3x3 convs with a residual connection (ResNet-18/34). Output channels = `features`."""
+
+    expansion = 1
+
+    def __init__(self, in_features, features, strides, *, bn_momentum, zero_init_residual, rngs):
+        self.conv1 = _conv(in_features, features, 3, strides, 1, rngs)
+        self.bn1 = _batch_norm(features, bn_momentum, rngs)
+        self.conv2 = _conv(features, features, 3, 1, 1, rngs)
+        self.bn2 = _batch_norm(features, bn_momentum, rngs, zero_scale=zero_init_residual)
+        if strides != 1 or in_features != features:
+            self.downsample_conv = _conv(in_features, features, 1, strides, 0, rngs)
+            self.downsample_bn = _batch_norm(features, bn_momentum, rngs)
+        else:
+            self.downsample_conv = None
+            self.downsample_bn = None
+
+    def __call__(self, x):  # [B, H, W, C_in] -> [B, H / s, W / s, features]
+        shortcut = x
+        if self.downsample_conv is not None:
+            shortcut = self.downsample_bn(self.downsample_conv(x))
+        y = nnx.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return nnx.relu(y + shortcut)
+
+
+class Bottleneck(nnx.Module):
+    """1x1 reduce, 3x3, 1x1 expand (x4) with a residual connection (ResNet-50).
+
+    The stride sits on the 3x3 conv (torchvision's "v1.5"), not on the first 1x1 conv as in the
+    original paper: slightly more accurate, and what every SSL paper's ResNet-50 uses.
+    """
+
+    expansion = 4
+
+    def __init__(self, in_features, features, strides, *, bn_momentum, zero_init_residual, rngs):
+        out_features = features * self.expansion
+        self.conv1 = _conv(in_features, features, 1, 1, 0, rngs)
+        self.bn1 = _batch_norm(features, bn_momentum, rngs)
+        self.conv2 = _conv(features, features, 3, strides, 1, rngs)
+        self.bn2 = _batch_norm(features, bn_momentum, rngs)
+        self.conv3 = _conv(features, out_features, 1, 1, 0, rngs)
+        self.bn3 = _batch_norm(out_features, bn_momentum, rngs, zero_scale=zero_init_residual)
+        if strides != 1 or in_features != out_features:
+            self.downsample_conv = _conv(in_features, out_features, 1, strides, 0, rngs)
+            self.downsample_bn = _batch_norm(out_features, bn_momentum, rngs)
+        else:
+            self.downsample_conv = None
+            self.downsample_bn = None
+
+    def __call__(self, x):  # [B, H, W, C_in] -> [B, H / s, W / s, 4 * features]
+        shortcut = x
+        if self.downsample_conv is not None:
+            shortcut = self.downsample_bn(self.downsample_conv(x))
+        y = nnx.relu(self.bn1(self.conv1(x)))
+        y = nnx.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return nnx.relu(y + shortcut)
+
+
+class ResNet(nnx.Module):
+    """ResNet body: stem, four stages of widths width * (1, 2, 4, 8), global average pool.
+
+    Args:
+      stage_sizes: blocks per stage, e.g. (2, 2, 2, 2) for ResNet-18.
+      block: `BasicBlock` or `Bottleneck`.
+      width: channels of the stem and the first stage (64 in torchvision).
+      stem: 'imagenet' (7x7/2 conv, BN, ReLU, 3x3/2 max-pool: 224 -> 56), 'cifar' (3x3/1 conv,
+        BN, ReLU, no pool: 32 -> 32) or 'small' (3x3/2 conv, BN, ReLU, no pool: 28 -> 14), the
+        CPU-sized stem of the default presets: a quarter of the CIFAR stem's cost on tiny images.
+      bn_momentum: NNX convention, 0.9 == PyTorch's 0.1.
+      in_channels: input channels.
+      zero_init_residual: start each block's last BN gamma at 0, so every block starts as the
+        identity (Goyal et al. 2017). torchvision's default is False.
+    Output: [B, num_features], num_features = 8 * width * block.expansion.
+    """
+
+    def __init__(self, stage_sizes, block, *, width=64, stem="imagenet", bn_momentum=0.9,
+                 in_channels=3, zero_init_residual=False, rngs: nnx.Rngs):
+        if stem not in ("imagenet", "cifar", "small"):
+            raise ValueError(f"stem must be 'imagenet', 'cifar' or 'small', got {stem!r}")
+        self.max_pool = stem == "imagenet"
+        if stem == "imagenet":
+            self.conv1 = _conv(in_channels, width, 7, 2, 3, rngs)
+        elif stem == "cifar":
+            # Padding 1 keeps 32x32 (solo-learn pads by 2, giving 34x34; the parameters are the same).
+            self.conv1 = _conv(in_channels, width, 3, 1, 1, rngs)
+        else:
+            self.conv1 = _conv(in_channels, width, 3, 2, 1, rngs)
+        self.bn1 = _batch_norm(width, bn_momentum, rngs)
+
+        stages = []
+        in_features = width
+        for i, num_blocks in enumerate(stage_sizes):
+            features = width * 2 ** i
+            blocks = []
+            for j in range(num_blocks):
+                strides = 2 if i > 0 and j == 0 else 1
+                blocks.append(block(in_features, features, strides, bn_momentum=bn_momentum,
+                                    zero_init_residual=zero_init_residual, rngs=rngs))
+                in_features = features * block.expansion
+            stages.append(nnx.List(blocks))
+        self.stages = nnx.List(stages)
+        self.num_features = in_features
+
+    def forward_features(self, x):
+        """[B, H, W, C] images -> [B, H / 32, W / 32, num_features] (ImageNet stem; H / 8 for CIFAR)."""
+        x = nnx.relu(self.bn1(self.conv1(x)))
+        if self.max_pool:
+            # reduce_window pads with -inf, like PyTorch's MaxPool2d(3, 2, padding=1).
+            x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        for stage in self.stages:
+            for block in stage:
+                x = block(x)
+        return x
+
+    def __call__(self, x):  # [B, H, W, C] -> [B, num_features]
+        return jnp.mean(self.forward_features(x), axis=(1, 2))
+
+
+def resnet18(*, stem, rngs: nnx.Rngs, **kw):
+    return ResNet((2, 2, 2, 2), BasicBlock, stem=stem, rngs=rngs, **kw)
+
+
+def resnet34(*, stem, rngs: nnx.Rngs, **kw):
+    return ResNet((3, 4, 6, 3), BasicBlock, stem=stem, rngs=rngs, **kw)
+
+
+def resnet50(*, stem, rngs: nnx.Rngs, **kw):
+    return ResNet((3, 4, 6, 3), Bottleneck, stem=stem, rngs=rngs, **kw)
+
+
+def resnet_tiny(*, stem, rngs: nnx.Rngs, width=16, stage_sizes=(1, 1, 1, 1), **kw):
+    """A CPU-sized ResNet: one BasicBlock per stage, widths 16-32-64-128, 128 features."""
+    return ResNet(stage_sizes, BasicBlock, width=width, stem=stem, rngs=rngs, **kw)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Vision Transformer (DINO)
+# ---------------------------------------------------------------------------------------------------
+
+# DINO's trunc_normal_(std=.02) truncates at the absolute values +-2, i.e. at +-100 standard
+# deviations: in effect an untruncated N(0, 0.02^2). The bounds below say the same in units of std.
+_trunc_normal = jax.nn.initializers.truncated_normal(0.02, lower=-2 / 0.02, upper=2 / 0.02)
+
+
+def _linear(in_features, out_features, rngs):
+    return nnx.Linear(in_features, out_features, kernel_init=_trunc_normal,
+                      bias_init=jax.nn.initializers.zeros, rngs=rngs)
+
+
+class DropPath(nnx.Module):
+    """Stochastic depth: drop a whole residual branch per sample with probability `rate`.
+
+    Kept samples are scaled by 1 / (1 - rate), so the expectation is unchanged. The key is explicit;
+    `deterministic` is switched by `model.train()` / `model.eval()`.
+    """
+
+    def __init__(self, rate):
+        self.rate = rate
+        self.deterministic = False
+
+    def __call__(self, x, key):  # x: [B, ...]
+        if self.rate == 0.0 or self.deterministic:
+            return x
+        if key is None:
+            raise ValueError("drop_path_rate > 0 in train mode needs a `key`")
+        keep = 1.0 - self.rate
+        mask = jax.random.bernoulli(key, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+        return x * mask.astype(x.dtype) / keep
+
+
+class Attention(nnx.Module):
+    """Multi-head self-attention with a fused qkv projection (with bias), as DINO."""
+
+    def __init__(self, dim, num_heads, *, rngs: nnx.Rngs):
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.qkv = _linear(dim, 3 * dim, rngs)
+        self.proj = _linear(dim, dim, rngs)
+
+    def __call__(self, x):
+        """x: [B, N, D] -> (output [B, N, D], attention [B, heads, N, N])."""
+        b, n, d = x.shape
+        # The fused output is laid out (3, heads, head_dim), as PyTorch's reshape(B, N, 3, h, d/h),
+        # so DINO's qkv weights map over with a transpose only ([out, in] -> [in, out]).
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, heads, head_dim]
+        attn = jax.nn.softmax(jnp.einsum("bqhc,bkhc->bhqk", q, k) * self.scale, axis=-1)
+        out = jnp.einsum("bhqk,bkhc->bqhc", attn, v).reshape(b, n, d)
+        return self.proj(out), attn
+
+
+class Block(nnx.Module):
+    """Pre-norm transformer block: x + DropPath(Attn(LN(x))), then x + DropPath(MLP(LN(x)))."""
+
+    def __init__(self, dim, num_heads, mlp_ratio, drop_path_rate, *, rngs: nnx.Rngs):
+        self.norm1 = nnx.LayerNorm(dim, epsilon=1e-6, rngs=rngs)
+        self.attn = Attention(dim, num_heads, rngs=rngs)
+        self.norm2 = nnx.LayerNorm(dim, epsilon=1e-6, rngs=rngs)
+        hidden = int(dim * mlp_ratio)
+        self.fc1 = _linear(dim, hidden, rngs)
+        self.fc2 = _linear(hidden, dim, rngs)
+        self.drop_path = DropPath(drop_path_rate)
+
+    def __call__(self, x, key=None):
+        """x: [B, N, D] -> (x [B, N, D], attention [B, heads, N, N])."""
+        key_attn, key_mlp = jax.random.split(key) if key is not None else (None, None)
+        y, attn = self.attn(self.norm1(x))
+        x = x + self.drop_path(y, key_attn)
+        # nn.GELU in PyTorch is the exact (erf) form, not the tanh approximation.
+        y = self.fc2(jax.nn.gelu(self.fc1(self.norm2(x)), approximate=False))
+        return x + self.drop_path(y, key_mlp), attn
+
+
+def _bicubic_matrix(in_size, out_size, scale):
+    """[out_size, in_size] matrix of PyTorch's bicubic resampling along one axis.
+
+    Matches `F.interpolate(mode='bicubic', align_corners=False, scale_factor=scale)`: output pixel i
+    samples the input at (i + 0.5) / scale - 0.5 with Keys' cubic kernel, a = -0.75 (jax.image.resize
+    uses a = -0.5 and antialiases when shrinking, so it would not reproduce DINO), and indices clamped
+    at the borders. Built in numpy at trace time: the sizes are static.
+    """
+    a = -0.75
+    src = (np.arange(out_size) + 0.5) / scale - 0.5
+    left = np.floor(src).astype(np.int64)
+    t = src - left
+
+    def near(x):  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    weights = np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=1)  # [out, 4]
+    index = np.clip(left[:, None] + np.arange(-1, 3), 0, in_size - 1)  # [out, 4]
+    matrix = np.zeros((out_size, in_size))
+    np.add.at(matrix, (np.repeat(np.arange(out_size), 4), index.ravel()), weights.ravel())
+    return matrix.astype(np.float32)
+
+
+class VisionTransformer(nnx.Module):
+    """DINO's ViT body. [B, H, W, C] images -> class-token feature [B, embed_dim].
+
+    Args:
+      patch_size: side of the square patches (16 or 8).
+      embed_dim, depth, num_heads, mlp_ratio: the transformer's size.
+      img_size: the size the position embeddings are learned for ((img_size / patch)^2 + 1 of them);
+        other input sizes interpolate them (`interpolate_pos_encoding`).
+      drop_path_rate: stochastic depth, rising linearly over the blocks from 0 to this value (DINO
+        uses 0.1 for ViT-S). When > 0, a train-mode call needs `key`.
+      in_channels: input channels.
+    """
+
+    def __init__(self, *, patch_size, embed_dim, depth, num_heads, mlp_ratio=4, img_size=224,
+                 drop_path_rate=0.0, in_channels=3, rngs: nnx.Rngs):
+        self.patch_size = patch_size
+        self.num_features = embed_dim
+        # PyTorch's default Conv2d init (DINO leaves the patch conv alone): weight and bias both
+        # U(-1/sqrt(fan_in), 1/sqrt(fan_in)); variance_scaling(1/3, fan_in, uniform) is that bound.
+        bound = 1.0 / math.sqrt(in_channels * patch_size * patch_size)
+        self.patch_embed = nnx.Conv(
+            in_channels, embed_dim, (patch_size, patch_size), (patch_size, patch_size),
+            padding="VALID",
+            kernel_init=jax.nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+            bias_init=lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound),
+            rngs=rngs)
+        self.grid_size = img_size // patch_size
+        self.cls_token = nnx.Param(_trunc_normal(rngs.params(), (1, 1, embed_dim)))
+        self.pos_embed = nnx.Param(
+            _trunc_normal(rngs.params(), (1, 1 + self.grid_size ** 2, embed_dim)))
+        rates = np.linspace(0.0, drop_path_rate, depth)
+        self.blocks = nnx.List([Block(embed_dim, num_heads, mlp_ratio, float(rate), rngs=rngs)
+                                for rate in rates])
+        self.norm = nnx.LayerNorm(embed_dim, epsilon=1e-6, rngs=rngs)
+
+    def interpolate_pos_encoding(self, grid_h, grid_w):
+        """Position embeddings for a grid_h x grid_w patch grid: [1, 1 + grid_h * grid_w, D].
+
+        Identity at the native grid; otherwise the patch embeddings, seen as a
+        [grid, grid, D] image, are resized bicubically as in DINO. DINO adds 0.1 to the target size
+        before forming the scale factor (to avoid a floating-point floor to one patch less); the
+        factor then enters the sampling positions, so it is kept here to reproduce DINO exactly.
+        """
+        pos = self.pos_embed[...]
+        n = self.grid_size
+        if (grid_h, grid_w) == (n, n):
+            return pos
+        grid = pos[0, 1:].reshape(n, n, -1)
+        rows = _bicubic_matrix(n, grid_h, (grid_h + 0.1) / n)  # [grid_h, n]
+        cols = _bicubic_matrix(n, grid_w, (grid_w + 0.1) / n)  # [grid_w, n]
+        grid = jnp.einsum("hi,wj,ijd->hwd", rows, cols, grid, precision=jax.lax.Precision.HIGHEST)
+        return jnp.concatenate([pos[:, :1], grid.reshape(1, grid_h * grid_w, -1)], axis=1)
+
+    def _tokens(self, x):
+        """[B, H, W, C] -> class token + patch tokens with position embeddings [B, 1 + N, D]."""
+        x = self.patch_embed(x)  # [B, H / p, W / p, D]
+        b, gh, gw, d = x.shape
+        x = x.reshape(b, gh * gw, d)  # row-major, as PyTorch's flatten(2).transpose(1, 2)
+        cls = jnp.broadcast_to(self.cls_token[...], (b, 1, d))
+        return jnp.concatenate([cls, x], axis=1) + self.interpolate_pos_encoding(gh, gw)
+
+    def __call__(self, x, key=None):
+        """x: [B, H, W, C] -> [B, embed_dim]. `key` drives drop-path (train mode, rate > 0 only)."""
+        x = self._tokens(x)
+        for i, block in enumerate(self.blocks):
+            x, _ = block(x, None if key is None else jax.random.fold_in(key, i))
+        return self.norm(x)[:, 0]
+
+    def get_last_selfattention(self, x):
+        """x: [B, H, W, C] -> softmax attention of the last block [B, heads, 1 + N, 1 + N]."""
+        x = self._tokens(x)
+        for block in self.blocks[:-1]:
+            x, _ = block(x)
+        _, attn = self.blocks[-1].attn(self.blocks[-1].norm1(x))
+        return attn
+
+
+def vit_tiny(patch_size=16, *, depth=12, rngs: nnx.Rngs, **kw):
+    return VisionTransformer(patch_size=patch_size, embed_dim=192, depth=depth, num_heads=3,
+                             rngs=rngs, **kw)
+
+
+def vit_small(patch_size=16, *, depth=12, rngs: nnx.Rngs, **kw):
+    return VisionTransformer(patch_size=patch_size, embed_dim=384, depth=depth, num_heads=6,
+                             rngs=rngs, **kw)
+
+
+def vit_base(patch_size=16, *, depth=12, rngs: nnx.Rngs, **kw):
+    return VisionTransformer(patch_size=patch_size, embed_dim=768, depth=depth, num_heads=12,
+                             rngs=rngs, **kw)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------------
+
+BODIES = ("resnet_tiny", "resnet18", "resnet34", "resnet50", "vit_tiny", "vit_small", "vit_base")
+
+
+def create_body(name, *, rngs: nnx.Rngs, stem="imagenet", patch_size=16, img_size=224,
+                bn_momentum=0.9):
+    """The body named in a config. ResNets use `stem` and `bn_momentum`; ViTs `patch_size` and
+    `img_size` (the size their position embeddings are learned for)."""
+    if name == "resnet_tiny":
+        return resnet_tiny(stem=stem, bn_momentum=bn_momentum, rngs=rngs)
+    elif name == "resnet18":
+        return resnet18(stem=stem, bn_momentum=bn_momentum, rngs=rngs)
+    elif name == "resnet34":
+        return resnet34(stem=stem, bn_momentum=bn_momentum, rngs=rngs)
+    elif name == "resnet50":
+        return resnet50(stem=stem, bn_momentum=bn_momentum, rngs=rngs)
+    elif name == "vit_tiny":
+        return vit_tiny(patch_size, img_size=img_size, rngs=rngs)
+    elif name == "vit_small":
+        return vit_small(patch_size, img_size=img_size, rngs=rngs)
+    elif name == "vit_base":
+        return vit_base(patch_size, img_size=img_size, rngs=rngs)
+    raise ValueError(f"unknown body {name!r}; choose one of {', '.join(BODIES)}")
+
+
+def count_params(module):
+    """Number of trainable parameters (nnx.Param elements; BatchNorm running statistics excluded).
+
+    Works on abstract modules from `nnx.eval_shape` too (it reads shapes only).
+    """
+    return sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(module, nnx.Param)))
