@@ -194,11 +194,18 @@ def embed(body, images, mean, std):
     return body(augment.normalize(augment.to_float(images), mean, std))
 
 
+def get_body(graphdef, state):
+    """The representation f(.) that evaluation uses, as a fresh module in eval mode (a copy: switching
+    it to eval leaves the training graph untouched). common/evaluate.py calls this for every method."""
+    model, _ = nnx.merge(graphdef, state)
+    model.body.eval()
+    return model.body
+
+
 def knn_eval(graphdef, state, config, knn_train, knn_test, mesh):
     """kNN top-1/top-5 of the body's features in eval mode (running batch-norm statistics)."""
-    model, _ = nnx.merge(graphdef, state)  # a copy: switching it to eval leaves training untouched
-    model.body.eval()
-    embed_fn = lambda images: embed(model.body, images, tuple(config.views.mean), tuple(config.views.std))
+    body = get_body(graphdef, state)
+    embed_fn = lambda images: embed(body, images, tuple(config.views.mean), tuple(config.views.std))
     return evaluate.knn_monitor(embed_fn, knn_train, knn_test, config.eval.batch_size, mesh,
                                 k=config.eval.knn_k, temperature=config.eval.knn_temperature)
 
@@ -261,7 +268,7 @@ def main(config, workdir):
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
-    results = {"wall_time_s": 0.0}
+    results = {"method": "simclr", "wall_time_s": 0.0}
     if start_step == 0:  # what the randomly initialised body scores, for comparison
         knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
         results.update(knn_top1_init=knn["top1"], knn_top5_init=knn["top5"])

@@ -31,7 +31,7 @@ def test_smoke_run_then_resume_after_sigterm_equals_uninterrupted_run(tmp_path):
     config = helpers.smoke_config("simclr", checkpoint_every_steps=100)
     results = simclr.main(config, str(tmp_path / "straight"))
     saved = json.loads((tmp_path / "straight" / "results.json").read_text())
-    assert saved == results and saved["step"] == 4
+    assert saved == results and saved["step"] == 4 and saved["method"] == "simclr"
     for key in ("knn_top1", "knn_top5", "knn_top1_init", "knn_top5_init"):
         assert 0.0 <= saved[key] <= 100.0
     assert saved["knn_top5"] >= saved["knn_top1"]
