@@ -104,6 +104,11 @@ def test_stems_downsample_as_torchvision(resnet):
     imagenet = nnx.eval_shape(lambda: models.resnet_tiny(stem="imagenet", rngs=nnx.Rngs(0)))
     out = nnx.eval_shape(lambda m, x: m.forward_features(x), imagenet, _images((2, 64, 64, 3)))
     assert out.shape == (2, 2, 2, 128)
+    # The CPU-sized 'small' stem (3x3/2 conv, no pool): 28 -> 14, then 14 -> 7 -> 4 -> 2.
+    small = nnx.eval_shape(lambda: models.resnet_tiny(stem="small", rngs=nnx.Rngs(0)))
+    assert nnx.eval_shape(lambda m, x: m.conv1(x), small, _images((2, 28, 28, 3))).shape == (2, 14, 14, 16)
+    out = nnx.eval_shape(lambda m, x: m.forward_features(x), small, _images((2, 28, 28, 3)))
+    assert out.shape == (2, 2, 2, 128)
 
 
 def test_train_mode_updates_running_mean_by_momentum(resnet):
