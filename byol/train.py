@@ -1,10 +1,10 @@
 """BYOL: Bootstrap Your Own Latent.
 
-An online network (encoder, projector, predictor) learns to predict, from one augmented view of an
-image, the projection that a target network gives for another view of the same image. The target
-network is not trained by gradients: its weights are an exponential moving average (EMA) of the
-online weights, and the stop-gradient on its output plus the online-only predictor avoid collapse
-without negative pairs. The loss is symmetrised by swapping the two views.
+An online network (body f, projector g, predictor q) learns to predict, from one augmented view of an
+image, the projection that a target network (body and projector only) gives for another view of the
+same image. The target network is not trained by gradients: its weights are an exponential moving
+average (EMA) of the online weights, and the stop-gradient on its output plus the online-only
+predictor avoid collapse without negative pairs. The loss is symmetrised by swapping the two views.
 
         l2n(x)   = x / ||x||_2
         loss     = mean_b [ ||l2n(p_1) - l2n(sg(z'_2))||^2 + ||l2n(p_2) - l2n(sg(z'_1))||^2 ]
@@ -15,10 +15,135 @@ stop-gradient, and tau rises from base_ema to 1 along a cosine.
 
 Paper: J.-B. Grill et al., "Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning",
 NeurIPS 2020, https://arxiv.org/abs/2006.07733. Checked against deepmind/deepmind-research byol/.
+
+    python byol/train.py --config byol/config.py --workdir runs/byol
+
+Augmentations follow the official JAX/TensorFlow-semantics code (byol/utils/augmentations.py): additive
+brightness, per-channel contrast, HSV saturation and hue in random order with clipping after each,
+zero-padded blur, and the asymmetric recipe (view 1 always blurred, never solarised; view 2 blurred
+with p = 0.1, solarised with p = 0.2). The README's benchmark table gives what the default preset
+reaches, and on which machine.
 """
+
+import functools
+import json
+import os
+import pathlib
+import sys
+import time
+
+if __package__ in (None, ""):  # run as a script: put the monorepo root (marked by WORKSPACE) on sys.path
+    _root = pathlib.Path(__file__).resolve().parent
+    while not (_root / "WORKSPACE").exists():
+        _root = _root.parent
+    sys.path.insert(0, str(_root))
 
 import jax
 import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from common import augment, checkpoint, data, evaluate, models
+
+
+# ------------------------------------------------------------------------------------------------
+# Model
+# ------------------------------------------------------------------------------------------------
+
+class MLP(nnx.Module):
+    """The projector g and the predictor q (App. A): Linear-BN-ReLU-Linear, as the official MLP (the
+    hidden Linear has a bias, the output Linear none; BN with a scale and a shift)."""
+
+    def __init__(self, in_dim, hidden_dim, out_dim, bn_momentum, rngs):
+        self.fc1 = nnx.Linear(in_dim, hidden_dim, rngs=rngs)
+        self.bn = nnx.BatchNorm(hidden_dim, momentum=bn_momentum, epsilon=1e-5, rngs=rngs)
+        self.fc2 = nnx.Linear(hidden_dim, out_dim, use_bias=False, rngs=rngs)
+
+    def __call__(self, x):  # [B, in_dim] -> [B, out_dim]
+        return self.fc2(jax.nn.relu(self.bn(self.fc1(x))))
+
+
+class Encoder(nnx.Module):
+    """z = g(f(x)): body and projector. The online network's first two stages, and the whole target."""
+
+    def __init__(self, config, rngs):
+        self.body = models.create_body(config.model.name, stem=config.model.stem,
+                                       img_size=config.views.crop_size,
+                                       bn_momentum=config.model.bn_momentum, rngs=rngs)
+        self.projector = MLP(self.body.num_features, config.model.proj_hidden_dim,
+                             config.model.proj_dim, config.model.bn_momentum, rngs)
+
+    def __call__(self, x):  # [B, S, S, 3] -> [B, proj_dim]
+        return self.projector(self.body(x))
+
+
+class BYOL(nnx.Module):
+    """The online network: p = q(g(f(x))). Only these weights (theta) are trained by gradients."""
+
+    def __init__(self, config, rngs):
+        self.online = Encoder(config, rngs)
+        self.predictor = MLP(config.model.proj_dim, config.model.pred_hidden_dim,
+                             config.model.proj_dim, config.model.bn_momentum, rngs)
+
+    def __call__(self, x):  # [B, S, S, 3] -> [B, proj_dim]
+        return self.predictor(self.online(x))
+
+
+# ------------------------------------------------------------------------------------------------
+# Views
+# ------------------------------------------------------------------------------------------------
+
+def color_transform(key, image, cfg):
+    """BYOL's colour transform on one image [H, W, 3] in [0, 1] (official `color_transform`).
+
+    With probability color_p: brightness + U[-b, b] (additive), contrast x U[1 - c, 1 + c] around the
+    per-channel means, saturation x U[1 - s, 1 + s] and hue + U[-h, h] in HSV, in a random order,
+    clipped to [0, 1] after each. Then grayscale with probability gray_p. A zero strength skips its op.
+    """
+    k_apply, k_order, k_factors, k_gray = jax.random.split(key, 4)
+    b, c, s, h = cfg.color_jitter
+    u = jax.random.uniform(k_factors, (4,), minval=-1.0, maxval=1.0)  # one draw per op
+    ops = [
+        lambda x: augment.tf_adjust_brightness(x, b * u[0]),
+        lambda x: augment.tf_adjust_contrast(x, 1 + c * u[1]),
+        lambda x: augment.tf_adjust_saturation(x, 1 + s * u[2]),
+        lambda x: augment.tf_adjust_hue(x, h * u[3]),
+    ]
+    ops = [op if strength > 0 else (lambda x: x) for op, strength in zip(ops, (b, c, s, h))]
+    order = jax.random.permutation(k_order, 4)
+    jittered = image
+    for i in range(4):  # under vmap, lax.switch evaluates every branch and selects
+        jittered = jnp.clip(jax.lax.switch(order[i], ops, jittered), 0.0, 1.0)
+    x = jnp.where(jax.random.uniform(k_apply) < cfg.color_p, jittered, image)
+    return augment.random_grayscale(k_gray, x, p=cfg.gray_p)
+
+
+def make_view(key, image, cfg, blur_p, solarize_p):
+    """One BYOL view of one float image [H, W, 3] in [0, 1] (Sec. 3.3, Table 6): crop, flip, colour,
+    blur with probability blur_p, solarize with probability solarize_p, clip, normalise."""
+    k_crop, k_flip, k_color, k_blur, k_sigma, k_solarize = jax.random.split(key, 6)
+    x = augment.random_resized_crop(k_crop, image, cfg.crop_size, scale=cfg.crop_scale, ratio=cfg.crop_ratio)
+    x = augment.random_flip(k_flip, x, p=cfg.flip_p)
+    x = color_transform(k_color, x, cfg)
+    if blur_p > 0:  # kernel 10% of the side, sigma ~ U(0.1, 2.0), zero padding as the official code
+        sigma = jax.random.uniform(k_sigma, (), minval=0.1, maxval=2.0)
+        blurred = augment.simclr_gaussian_blur(x, cfg.crop_size // 10, sigma)
+        x = jnp.where(jax.random.uniform(k_blur) < blur_p, blurred, x)
+    if solarize_p > 0:
+        x = augment.random_solarize(k_solarize, x, p=solarize_p, threshold=0.5)
+    return augment.normalize(jnp.clip(x, 0.0, 1.0), cfg.mean, cfg.std)
+
+
+def make_views(key, images, cfg):
+    """uint8 [B, H, W, 3] -> two stacks of views [B, S, S, 3], one key per image and view.
+
+    The recipe is asymmetric (Table 6): views.blur_p and views.solarize_p hold (view 1, view 2).
+    """
+    images = augment.to_float(images)
+    k1, k2 = jax.random.split(key)
+    view1 = functools.partial(make_view, cfg=cfg, blur_p=cfg.blur_p[0], solarize_p=cfg.solarize_p[0])
+    view2 = functools.partial(make_view, cfg=cfg, blur_p=cfg.blur_p[1], solarize_p=cfg.solarize_p[1])
+    return augment.apply_per_image(view1, k1, images), augment.apply_per_image(view2, k2, images)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -73,15 +198,6 @@ def byol_loss(online_pred_1, online_pred_2, target_proj_1, target_proj_2):
     return jnp.mean(per_example)
 
 
-def ema_update(target, online, tau):
-    """Target update xi <- tau * xi + (1 - tau) * theta, on matching pytrees of arrays.
-
-    Written as xi + (1 - tau)(theta - xi), the official form. Apply it after the optimizer update of
-    the online weights, with tau = target_ema_decay(step) at the current step.
-    """
-    return jax.tree.map(lambda xi, theta: xi + (1 - tau) * (theta - xi), target, online)
-
-
 # ------------------------------------------------------------------------------------------------
 # Schedules
 # ------------------------------------------------------------------------------------------------
@@ -123,3 +239,235 @@ def learning_rate_schedule(step, batch_size, base_learning_rate, total_steps, wa
     warmup_lr = jnp.asarray(step, jnp.float32) / max(warmup_steps, 1) * scaled_lr
     cosine_lr = _cosine_decay(step - warmup_steps, total_steps - warmup_steps, scaled_lr)
     return jnp.where(step < warmup_steps, warmup_lr, cosine_lr)
+
+
+def schedule_steps(cfg, steps_per_epoch):
+    """(total_steps, warmup_steps) of a run: K for the tau and learning-rate cosines, and the warmup
+    (at most total_steps - 1, so the cosine has at least one step)."""
+    total = max(1, int(cfg.epochs * steps_per_epoch))
+    return total, min(total - 1, int(cfg.warmup_epochs * steps_per_epoch))
+
+
+def make_optimizer(cfg, schedule):
+    """LARS (App. C.1); weight decay and trust-ratio adaptation skip biases and batch-norm parameters
+    (ndim 1), as the official `exclude_bias_and_norm`."""
+    is_kernel = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+    return optax.lars(schedule, weight_decay=cfg.weight_decay, weight_decay_mask=is_kernel,
+                      trust_coefficient=cfg.trust_coefficient, trust_ratio_mask=is_kernel,
+                      momentum=cfg.momentum)
+
+
+# ------------------------------------------------------------------------------------------------
+# State
+# ------------------------------------------------------------------------------------------------
+
+def create_state(config, steps_per_epoch):
+    """Everything that changes during training, and the step that changes it.
+
+    Returns (graphdef, state, step_fn): the online network, the target network and the optimizer
+    split into a static graph and a pytree of arrays, and step_fn(state, batch, key) -> (state,
+    metrics), pure, for jax.jit. The learning rate and tau are functions of the optimizer's step
+    counter, which is in the state, so a resumed run continues both schedules exactly.
+    """
+    model = BYOL(config, nnx.Rngs(config.seed))
+    # xi starts as a copy of theta (body and projector; the target has no predictor).
+    target = nnx.clone(model.online)
+    total_steps, warmup_steps = schedule_steps(config.optim, steps_per_epoch)
+    lr_schedule = functools.partial(learning_rate_schedule, batch_size=config.data.batch_size,
+                                    base_learning_rate=config.optim.lr, total_steps=total_steps,
+                                    warmup_steps=warmup_steps)
+    tau_schedule = functools.partial(target_ema_decay, base_ema=config.method.base_ema, max_steps=total_steps)
+    optimizer = nnx.Optimizer(model, make_optimizer(config.optim, lr_schedule), wrt=nnx.Param)
+    graphdef, state = nnx.split((model, target, optimizer))
+    return graphdef, state, functools.partial(train_step, graphdef, config, lr_schedule, tau_schedule)
+
+
+# ------------------------------------------------------------------------------------------------
+# Train step
+# ------------------------------------------------------------------------------------------------
+
+def ema_update(target, online, tau):
+    """Target update xi <- tau * xi + (1 - tau) * theta, on matching pytrees of arrays.
+
+    Written as xi + (1 - tau)(theta - xi), the official form. Apply it after the optimizer update of
+    the online weights, with tau = target_ema_decay(step) at the current step.
+    """
+    return jax.tree.map(lambda xi, theta: xi + (1 - tau) * (theta - xi), target, online)
+
+
+def train_step(graphdef, config, lr_schedule, tau_schedule, state, batch, key):
+    """One step on the global batch; jitted with `graphdef, config, lr_schedule, tau_schedule` bound."""
+    model, target, optimizer = nnx.merge(graphdef, state)
+    x1, x2 = make_views(key, batch["image"], config.views)
+    # Target projections z'_1, z'_2. As the official code, each view is a separate forward pass in
+    # training mode (batch-norm statistics of that view over the global batch), and the target keeps
+    # its own running statistics. No gradient reaches it: value_and_grad below differentiates the
+    # online network only, and byol_loss puts the paper's stop-gradient on these.
+    target_proj_1, target_proj_2 = target(x1), target(x2)
+
+    def loss_fn(model):
+        return byol_loss(model(x1), model(x2), target_proj_1, target_proj_2)
+
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    step = optimizer.step[...]  # k: the step being taken; lr and tau are read at it (Sec. 3.2)
+    optimizer.update(model, grads)
+    tau = tau_schedule(step)
+    # The EMA after the online update (Algorithm 1), on the weights only; batch-norm statistics are
+    # the target's own.
+    nnx.update(target, ema_update(nnx.state(target, nnx.Param), nnx.state(model.online, nnx.Param), tau))
+    metrics = {"loss": loss, "lr": lr_schedule(step), "tau": tau,
+               "finite": checkpoint.all_finite(loss, nnx.state((model, target), nnx.Param))}
+    return nnx.state((model, target, optimizer)), metrics
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation
+# ------------------------------------------------------------------------------------------------
+
+@nnx.jit(static_argnums=(2, 3))
+def embed(body, images, mean, std):
+    """uint8 images [B, H, W, 3] -> body features f(x) [B, D]."""
+    return body(augment.normalize(augment.to_float(images), mean, std))
+
+
+def get_body(graphdef, state):
+    """The representation f(.) that evaluation uses (the online body), as a fresh module in eval mode
+    (a copy: switching it to eval leaves the training graph untouched). common/evaluate.py calls this
+    for every method."""
+    model, _, _ = nnx.merge(graphdef, state)
+    model.online.body.eval()
+    return model.online.body
+
+
+def knn_eval(graphdef, state, config, knn_train, knn_test, mesh):
+    """kNN top-1/top-5 of the body's features in eval mode (running batch-norm statistics)."""
+    body = get_body(graphdef, state)
+    embed_fn = lambda images: embed(body, images, tuple(config.views.mean), tuple(config.views.std))
+    return evaluate.knn_monitor(embed_fn, knn_train, knn_test, config.eval.batch_size, mesh,
+                                k=config.eval.knn_k, temperature=config.eval.knn_temperature)
+
+
+# ------------------------------------------------------------------------------------------------
+# Main
+# ------------------------------------------------------------------------------------------------
+
+def check_config(config):
+    """Fails fast, before any data loading or compiling, on values the method cannot run with."""
+    problems = []
+    if config.data.batch_size < 2:
+        problems.append(f"data.batch_size={config.data.batch_size}: batch norm needs at least 2 images")
+    if not 0.0 <= config.method.base_ema <= 1.0:
+        problems.append(f"method.base_ema={config.method.base_ema} must be in [0, 1]")
+    for name in ("blur_p", "solarize_p"):
+        p = config.views[name]
+        if len(p) != 2 or not all(0.0 <= v <= 1.0 for v in p):
+            problems.append(f"views.{name}={tuple(p)} must be two probabilities (view 1, view 2)")
+    if config.optim.epochs <= 0 or config.optim.warmup_epochs < 0:
+        problems.append("optim.epochs must be > 0 and optim.warmup_epochs >= 0")
+    if problems:
+        raise ValueError("Bad config: " + "; ".join(problems) + ". Fix it with --config.<field>=<value>.")
+
+
+def load_eval_data(config):
+    """The kNN monitor's train and test sets (optionally their first N examples)."""
+    knn_train = data.load(config.data, config.data.train_split)
+    knn_test = data.load(config.data, config.data.eval_split)
+    if config.eval.knn_train_examples:
+        knn_train = knn_train.subset(range(min(config.eval.knn_train_examples, knn_train.num_examples)))
+    if config.eval.knn_test_examples:
+        knn_test = knn_test.subset(range(min(config.eval.knn_test_examples, knn_test.num_examples)))
+    return knn_train, knn_test
+
+
+def write_results(path, results):
+    if jax.process_index() == 0:
+        with open(path, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+def main(config, workdir):
+    from clu import metric_writers, periodic_actions
+
+    check_config(config)
+    checkpoint.maybe_initialize_distributed()
+    mesh = data.make_mesh()
+    data.check_batch_size(config.data.batch_size, mesh)
+    train_data = data.load(config.data, config.data.train_split)
+    knn_train, knn_test = load_eval_data(config)
+    loader = data.Loader(train_data, config.data.batch_size, config.seed, mesh)
+    total_steps = max(1, int(config.optim.epochs * loader.steps_per_epoch))
+
+    graphdef, state, step_fn = create_state(config, loader.steps_per_epoch)
+    state = checkpoint.replicate(state, mesh)
+    os.makedirs(workdir, exist_ok=True)
+    ckpt = checkpoint.Checkpointer(workdir, config.checkpoint_every_steps)
+    state, start_step = ckpt.restore_or(state)
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    results_path = os.path.join(workdir, "results.json")
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    results = {"method": "byol", "wall_time_s": 0.0}
+    if start_step == 0:  # what the randomly initialised body scores, for comparison
+        knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
+        results.update(knn_top1_init=knn["top1"], knn_top5_init=knn["top5"])
+        writer.write_scalars(0, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
+        write_results(results_path, results)
+    else:
+        with open(results_path) as f:
+            results = json.load(f)
+
+    step_fn = jax.jit(step_fn, donate_argnums=0)
+    root_key = jax.random.key(config.seed)
+    guard = checkpoint.FiniteGuard(ckpt)
+    progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
+    start_time = time.time()
+    step = start_step
+    for step, batch in loader.iterate(start_step):
+        if step >= total_steps:
+            break
+        state, metrics = step_fn(state, batch, jax.random.fold_in(root_key, step))
+        step += 1  # steps completed
+        guard.add(step, metrics["finite"])
+        progress(step)
+        if step % config.log_every_steps == 0 or step == total_steps:
+            guard.check()
+            writer.write_scalars(step, {k: float(v) for k, v in metrics.items() if k != "finite"})
+        if config.eval.knn_every_steps and step % config.eval.knn_every_steps == 0 and step < total_steps:
+            knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
+            writer.write_scalars(step, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
+        if step % config.checkpoint_every_steps == 0 or step == total_steps:
+            guard.check()
+            ckpt.save(step, state, force=True)
+        if ckpt.preempted(step):
+            guard.check()
+            ckpt.save(step, state, force=True)
+            results["wall_time_s"] += time.time() - start_time
+            write_results(results_path, results)
+            writer.flush()
+            ckpt.close()
+            print(f"Pre-empted: saved step {step} to {ckpt.directory}; rerun with the same --workdir to resume.")
+            return None
+
+    guard.check()
+    ckpt.save(step, state, force=True)
+    knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
+    writer.write_scalars(step, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
+    results.update(knn_top1=knn["top1"], knn_top5=knn["top5"], step=step,
+                   wall_time_s=results["wall_time_s"] + time.time() - start_time)
+    write_results(results_path, results)
+    writer.flush()
+    ckpt.close()
+    print(f"kNN top-1 {knn['top1']:.2f}% (random init {results['knn_top1_init']:.2f}%), "
+          f"top-5 {knn['top5']:.2f}%, step {step}; results in {results_path}")
+    return results
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file, e.g. byol/config.py:smoke.",
+                                              lock_config=True)
+    _WORKDIR = flags.DEFINE_string("workdir", "runs/byol", "Checkpoints, logs and results; rerun to resume.")
+    app.run(lambda argv: main(_CONFIG.value, _WORKDIR.value))

@@ -205,7 +205,29 @@ def load(data_config, split: str) -> Dataset:
     """
     if data_config.folder:
         return _load_folder(data_config.folder, split, data_config.image_size)
+    if data_config.name == "synthetic":
+        return synthetic(split, data_config.image_size)
     return _load_tfds(data_config.name, split, data_config.data_dir, data_config.image_size)
+
+
+def synthetic(split, image_size, num_examples=50_000, num_classes=10):
+    """Random uint8 images whose pixels are a pure function of (split, index), 10 random labels.
+
+    For benchmarks of the accelerator at a real input size (`--config.data.name=synthetic
+    --config.data.image_size=256`) with no data set on disk; nothing can be learnt from it.
+    """
+    size = image_size or 224
+    salt = sum(map(ord, split))
+
+    def read_labels(indices):
+        return (np.asarray(indices) * 7 + salt) % num_classes
+
+    def read(indices):
+        images = np.stack([np.random.default_rng([salt, int(i)]).integers(0, 256, (size, size, 3), np.uint8)
+                           for i in indices]) if len(indices) else np.zeros((0, size, size, 3), np.uint8)
+        return images, read_labels(indices)
+
+    return Dataset("synthetic", split, num_examples, num_classes, (size, size, 3), read, read_labels)
 
 
 def _import_tfds():

@@ -373,3 +373,14 @@ def test_small_tfrecord_data_set_is_loaded_into_memory(tfrecord_dir, monkeypatch
     with pytest.raises(ValueError,
                        match="tfds build tiny_tfrecord_for_test --file_format=array_record"):
         data.load(config(name="tiny_tfrecord_for_test", data_dir=tfrecord_dir), "train")
+
+
+def test_synthetic_data_is_a_pure_function_of_split_and_index():
+    config = ml_collections.ConfigDict(dict(name="synthetic", folder="", data_dir="", image_size=8))
+    train = data.load(config, "train")
+    a, b = train.get([3, 5]), data.load(config, "train").get([5, 3])
+    assert a["image"].shape == (2, 8, 8, 3) and a["image"].dtype == np.uint8
+    np.testing.assert_array_equal(a["image"][0], b["image"][1])
+    assert not np.array_equal(a["image"][0], a["image"][1])
+    assert not np.array_equal(a["image"][0], data.load(config, "test").get([3])["image"][0])
+    assert set(np.unique(train.labels())) == set(range(10))
