@@ -1,19 +1,59 @@
-"""Method-neutral evaluation of a frozen body: feature extraction and the weighted kNN classifier.
+"""Method-neutral evaluation of a learnt body: kNN, linear probe, fine-tuning, and the baselines.
 
-The kNN classifier is the one of DINO's evaluation (Wu et al. 2018, "Unsupervised feature learning via
-non-parametric instance discrimination"; Caron et al. 2021): features are L2-normalised, a test image's
-k nearest training images by cosine similarity vote for their class with weight exp(similarity / T),
-and the classes are ranked by their summed votes. Defaults k=20, T=0.07, as DINO.
+Protocols (each returns {'top1': %, 'top5': %} on the test split):
+
+  knn       The weighted kNN classifier of DINO's evaluation (Wu et al. 2018, "Unsupervised feature
+            learning via non-parametric instance discrimination"; Caron et al. 2021): features are
+            L2-normalised, a test image's k nearest training images by cosine similarity vote for
+            their class with weight exp(similarity / T), and the classes are ranked by their summed
+            votes. Defaults k=20, T=0.07, as DINO. Also the monitor every train.py runs.
+  linear    A linear classifier on the frozen body (eval mode, running batch-norm statistics), trained
+            with SGD + momentum and a cosine schedule on random-resized crops and flips of the training
+            images (the usual protocol of SimCLR/MoCo/DINO); the test images are used whole. The
+            features are standardised with fixed statistics of un-augmented training features (a
+            batch norm without affine parameters in front of the classifier, as MoCo v3 / MAE).
+            `precompute=True` instead extracts un-augmented features once and trains on those: much
+            faster on a CPU, usually a little lower; the JSON records which was used.
+  finetune  Body + linear head trained end to end (body in train mode) on a class-balanced labelled
+            fraction of the training split (1%, 10% or 100%), same augmentation, SGD + momentum, cosine.
+
+Baselines on the same body and data:
+  supervised  "Strong Sup" (fraction 1.0) / "Weak Sup" (0.01, 0.1): `finetune` from a random
+              initialisation of the run's body, with the same epochs, augmentation and optimiser.
+  pixels      kNN and linear probe on the raw pixels themselves (uint8 / 255, flattened).
+
+Command line (reads the run's results.json for the method and config.json for the config; the only
+place in common/ that imports a method, by the name the run wrote):
+
+    python -m common.evaluate --workdir runs/simclr --protocol linear [--epochs 10] [--precompute]
+    python -m common.evaluate --workdir runs/simclr --protocol finetune --label_fraction 0.1
+    python -m common.evaluate --workdir runs/simclr --protocol supervised --label_fraction 0.01
+    python -m common.evaluate --workdir runs/simclr --protocol pixels
+
+prints top-1/top-5 and writes them to W/eval_<protocol>[_<pct>pct].json (or --output).
 """
 
+import argparse
 import functools
+import importlib
+import inspect
+import json
+import os
+import platform
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+from flax import nnx
 
-from common import data
+from common import augment, checkpoint, data
 
+
+# --------------------------------------------------------------------------------------------------
+# kNN
+# --------------------------------------------------------------------------------------------------
 
 def extract_features(embed_fn, dataset, batch_size, mesh):
     """Runs `embed_fn` over every example of `dataset` once, in order.
@@ -74,3 +114,455 @@ def knn_monitor(embed_fn, train_dataset, test_dataset, batch_size, mesh, k=20, t
     test_f, test_y = extract_features(embed_fn, test_dataset, batch_size, mesh)
     num_classes = max(train_dataset.num_classes, int(train_y.max()) + 1)
     return knn_classify(train_f, train_y, test_f, test_y, num_classes, k=k, temperature=temperature)
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared pieces: accuracy, the optimiser, preprocessing, a frozen body's embed function
+# --------------------------------------------------------------------------------------------------
+
+def topk_accuracy(logits, labels):
+    """{'top1', 'top5'} in percent for class scores [N, C] and labels [N] (top-5 is 100 when C <= 5).
+
+    Ties are broken towards the lower class index, as knn_classify does.
+    """
+    logits, labels = np.asarray(logits), np.asarray(labels)
+    ranked = np.argsort(-logits, axis=1, kind="stable")
+    return {"top1": 100.0 * float(np.mean(ranked[:, 0] == labels)),
+            "top5": 100.0 * float(np.mean(np.any(ranked[:, :5] == labels[:, None], axis=1)))}
+
+
+def sgd_cosine(lr, momentum, weight_decay, total_steps, nesterov=False):
+    """SGD with momentum, learning rate lr * (1 + cos(pi t / T)) / 2, decoupled from nothing: the
+    weight decay is added to the gradient (PyTorch's SGD weight_decay) on kernels only (ndim > 1)."""
+    schedule = optax.cosine_decay_schedule(lr, max(1, total_steps))
+    is_kernel = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+    return optax.chain(optax.add_decayed_weights(weight_decay, mask=is_kernel),
+                       optax.sgd(schedule, momentum=momentum, nesterov=nesterov))
+
+
+def preprocess(images, mean, std):
+    """uint8 images [B, H, W, 3] -> normalised float32 images, as every train.py's `embed` feeds them."""
+    return augment.normalize(augment.to_float(images), mean, std)
+
+
+def train_view(key, image, crop_scale):
+    """The light augmentation of the linear and fine-tuning protocols on one float image [H, W, 3] in
+    [0, 1]: a random resized crop back to H x H (scale `crop_scale`, ratio 3/4-4/3) and a flip."""
+    k_crop, k_flip = jax.random.split(key)
+    x = augment.random_resized_crop(k_crop, image, image.shape[0], scale=tuple(crop_scale))
+    return augment.random_flip(k_flip, x)
+
+
+def _calls_with_key(body):
+    """True when the body's __call__ takes a `key` (a ViT with stochastic depth in train mode)."""
+    return "key" in inspect.signature(type(body).__call__).parameters
+
+
+def frozen_embed_fn(body, mean, std):
+    """A jitted uint8 images [B, H, W, 3] -> features [B, D] of `body` in eval mode (a frozen copy)."""
+    body = nnx.clone(body)
+    body.eval()
+    graphdef, state = nnx.split(body)
+
+    @jax.jit
+    def embed(state, images):
+        return nnx.merge(graphdef, state)(preprocess(images, mean, std))
+
+    return lambda images: embed(state, images)
+
+
+def _batch_size_for(batch_size, num_examples, mesh):
+    """The largest multiple of the device count that is <= both batch_size and num_examples."""
+    devices = mesh.devices.size
+    size = min(batch_size, num_examples) // devices * devices
+    if size <= 0:
+        raise ValueError(f"{num_examples} training examples cannot fill one batch on {devices} devices.")
+    return size
+
+
+# --------------------------------------------------------------------------------------------------
+# Linear probe
+# --------------------------------------------------------------------------------------------------
+
+def feature_statistics(features):
+    """Per-dimension mean and std [D] (std floored at 1e-6) for the standardisation before the probe."""
+    features = np.asarray(features, np.float64)
+    return features.mean(0).astype(np.float32), np.maximum(features.std(0), 1e-6).astype(np.float32)
+
+
+def init_linear(num_features, num_classes):
+    """The probe's parameters: zero weights and biases (the probe is convex, so zero is fine and
+    deterministic)."""
+    return {"w": jnp.zeros((num_features, num_classes), jnp.float32),
+            "b": jnp.zeros((num_classes,), jnp.float32)}
+
+
+def linear_logits(params, features, mean, std):
+    """features [N, D] -> class scores [N, C] of the standardised features."""
+    return ((features - mean) / std) @ params["w"] + params["b"]
+
+
+def _linear_loss(params, features, labels, mean, std):
+    logits = linear_logits(params, features, mean, std)
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+@functools.partial(jax.jit, static_argnames=("tx", "epochs", "batch_size"))
+def _fit_linear(params, features, labels, mean, std, key, tx, epochs, batch_size):
+    """All epochs in one compiled loop: each epoch a fresh permutation, remainder dropped."""
+    n = features.shape[0]
+    steps = n // batch_size
+    opt_state = tx.init(params)
+
+    def epoch(carry, epoch_key):
+        def step(carry, idx):
+            params, opt_state = carry
+            grads = jax.grad(_linear_loss)(params, features[idx], labels[idx], mean, std)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), None
+
+        order = jax.random.permutation(epoch_key, n)[:steps * batch_size].reshape(steps, batch_size)
+        return jax.lax.scan(step, carry, order)[0], None
+
+    (params, _), _ = jax.lax.scan(epoch, (params, opt_state), jax.random.split(key, epochs))
+    return params
+
+
+def linear_probe(train_features, train_labels, test_features, test_labels, num_classes, *, epochs=100,
+                 batch_size=256, lr=0.1, momentum=0.9, weight_decay=0.0, seed=0):
+    """Linear probe on precomputed features: {'top1', 'top5'} on the test features, in percent.
+
+    train_features [N, D], train_labels [N], test_features [M, D], test_labels [M]. Features are
+    standardised with the training features' statistics; SGD + momentum with a cosine schedule over
+    `epochs` epochs of batches of `batch_size`; cross-entropy on the softmax of W f + b.
+    """
+    train_features = jnp.asarray(train_features, jnp.float32)
+    mean, std = feature_statistics(train_features)
+    batch_size = min(batch_size, len(train_features))
+    total = epochs * (len(train_features) // batch_size)
+    tx = sgd_cosine(lr, momentum, weight_decay, total)
+    params = _fit_linear(init_linear(train_features.shape[1], num_classes), train_features,
+                         jnp.asarray(train_labels, jnp.int32), mean, std, jax.random.key(seed), tx,
+                         epochs, batch_size)
+    logits = jax.jit(linear_logits)(params, jnp.asarray(test_features, jnp.float32), mean, std)
+    return topk_accuracy(logits, test_labels)
+
+
+def linear_probe_augmented(body, mean, std, train_dataset, test_dataset, mesh, *, epochs=10,
+                           batch_size=256, lr=0.1, momentum=0.9, weight_decay=0.0,
+                           crop_scale=(0.08, 1.0), stats_examples=10000, eval_batch_size=1000, seed=0):
+    """Linear probe on a frozen body with random-resized-crop + flip augmentation.
+
+    body: an NNX module, uint8-free: normalised images [B, H, W, 3] -> features [B, D]; used in eval
+    mode (a copy) and never updated. mean, std: the per-channel normalisation the body was trained with.
+    The features are standardised with statistics of un-augmented features of the first
+    `stats_examples` training images. Returns {'top1', 'top5'} on the whole test images, in percent.
+    """
+    embed_fn = frozen_embed_fn(body, mean, std)
+    stats_set = train_dataset.subset(range(min(stats_examples, train_dataset.num_examples)))
+    feat_mean, feat_std = feature_statistics(
+        extract_features(embed_fn, stats_set, _batch_size_for(eval_batch_size, stats_set.num_examples,
+                                                               mesh), mesh)[0])
+    num_classes = train_dataset.num_classes
+    frozen = nnx.clone(body)
+    frozen.eval()
+    graphdef, body_state = nnx.split(frozen)
+    batch_size = _batch_size_for(batch_size, train_dataset.num_examples, mesh)
+    loader = data.Loader(train_dataset, batch_size, seed, mesh)
+    total = max(1, int(epochs * loader.steps_per_epoch))
+    tx = sgd_cosine(lr, momentum, weight_decay, total)
+    params = checkpoint.replicate(init_linear(int(feat_mean.shape[0]), num_classes), mesh)
+    opt_state = tx.init(params)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(params, opt_state, body_state, images, labels, key):
+        views = augment.apply_per_image(functools.partial(train_view, crop_scale=crop_scale), key,
+                                        augment.to_float(images))
+        # The body is frozen: no gradient reaches it (it is not differentiated at all).
+        features = nnx.merge(graphdef, body_state)(augment.normalize(views, mean, std))
+        grads = jax.grad(_linear_loss)(params, features, labels, feat_mean, feat_std)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    root = jax.random.key(seed)
+    for s, batch in loader.iterate(0):
+        if s >= total:
+            break
+        params, opt_state = step(params, opt_state, body_state, batch["image"], batch["label"],
+                                 jax.random.fold_in(root, s))
+    test_f, test_y = extract_features(
+        embed_fn, test_dataset, _batch_size_for(eval_batch_size, test_dataset.num_examples, mesh), mesh)
+    return topk_accuracy(jax.jit(linear_logits)(params, test_f, feat_mean, feat_std), test_y)
+
+
+# --------------------------------------------------------------------------------------------------
+# Fine-tuning (and the supervised baselines, which fine-tune a randomly initialised body)
+# --------------------------------------------------------------------------------------------------
+
+class Classifier(nnx.Module):
+    """body + linear head, trained end to end."""
+
+    def __init__(self, body, num_features, num_classes, rngs):
+        self.body = body
+        self.head = nnx.Linear(num_features, num_classes, rngs=rngs)
+
+    def __call__(self, x, key=None):
+        features = self.body(x, key) if key is not None else self.body(x)
+        return self.head(features)
+
+
+def finetune(body, mean, std, train_dataset, test_dataset, mesh, *, epochs=30, batch_size=256,
+             lr=0.05, momentum=0.9, weight_decay=1e-4, crop_scale=(0.08, 1.0), eval_batch_size=1000,
+             seed=0):
+    """Trains a copy of `body` with a new linear head end to end on `train_dataset` (the labelled
+    fraction), body in train mode (batch-norm statistics update), SGD + Nesterov momentum, cosine
+    schedule, random-resized-crop + flip. Returns {'top1', 'top5'} on `test_dataset`, in percent."""
+    body = nnx.clone(body)
+    body.train()
+    num_features = jax.eval_shape(lambda: frozen_embed_fn(body, mean, std)(
+        jnp.zeros((1, *train_dataset.image_shape), jnp.uint8))).shape[-1]
+    model = Classifier(body, num_features, train_dataset.num_classes, nnx.Rngs(seed))
+    uses_key = _calls_with_key(body)
+    batch_size = _batch_size_for(batch_size, train_dataset.num_examples, mesh)
+    loader = data.Loader(train_dataset, batch_size, seed, mesh)
+    total = max(1, int(epochs * loader.steps_per_epoch))
+    optimizer = nnx.Optimizer(model, sgd_cosine(lr, momentum, weight_decay, total, nesterov=True),
+                              wrt=nnx.Param)
+    graphdef, state = nnx.split((model, optimizer))
+    state = checkpoint.replicate(state, mesh)
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def step(state, images, labels, key):
+        model, optimizer = nnx.merge(graphdef, state)
+        k_view, k_drop = jax.random.split(key)
+        views = augment.apply_per_image(functools.partial(train_view, crop_scale=crop_scale), k_view,
+                                        augment.to_float(images))
+        x = augment.normalize(views, mean, std)
+
+        def loss_fn(model):
+            logits = model(x, k_drop if uses_key else None)
+            return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return nnx.state((model, optimizer)), loss
+
+    root = jax.random.key(seed)
+    for s, batch in loader.iterate(0):
+        if s >= total:
+            break
+        state, loss = step(state, batch["image"], batch["label"], jax.random.fold_in(root, s))
+    if not np.isfinite(float(loss)):
+        raise FloatingPointError(f"Fine-tuning diverged (loss {float(loss)}); lower --lr.")
+    model, _ = nnx.merge(graphdef, state)
+    model.eval()
+    eval_graphdef, eval_state = nnx.split(model)
+    logits_fn = jax.jit(lambda st, images: nnx.merge(eval_graphdef, st)(preprocess(images, mean, std)))
+    logits, labels = extract_features(lambda images: logits_fn(eval_state, images), test_dataset,
+                                      _batch_size_for(eval_batch_size, test_dataset.num_examples, mesh),
+                                      mesh)
+    return topk_accuracy(logits, labels)
+
+
+def labelled_fraction(dataset, fraction, seed=0):
+    """The class-balanced `fraction` of `dataset` (all of it for 1.0), as data.balanced_subset picks."""
+    if fraction >= 1.0:
+        return dataset
+    return dataset.subset(data.balanced_subset(dataset.labels(), fraction, dataset.num_classes, seed))
+
+
+# --------------------------------------------------------------------------------------------------
+# Raw pixels baseline
+# --------------------------------------------------------------------------------------------------
+
+def pixel_features(dataset, mesh, batch_size=1000):
+    """(uint8 images / 255 flattened, float32 [N, H * W * 3], labels int32 [N])."""
+    flatten = jax.jit(lambda images: augment.to_float(images).reshape(images.shape[0], -1))
+    return extract_features(flatten, dataset, _batch_size_for(batch_size, dataset.num_examples, mesh),
+                            mesh)
+
+
+def raw_pixels(train_dataset, test_dataset, mesh, *, k=20, temperature=0.07, epochs=100,
+               batch_size=256, lr=0.1, seed=0):
+    """kNN and linear probe on raw pixels: {'knn': {...}, 'linear': {...}} in percent."""
+    train_f, train_y = pixel_features(train_dataset, mesh)
+    test_f, test_y = pixel_features(test_dataset, mesh)
+    num_classes = train_dataset.num_classes
+    return {"knn": knn_classify(train_f, train_y, test_f, test_y, num_classes, k=k, temperature=temperature),
+            "linear": linear_probe(train_f, train_y, test_f, test_y, num_classes, epochs=epochs,
+                                   batch_size=batch_size, lr=lr, seed=seed)}
+
+
+# --------------------------------------------------------------------------------------------------
+# A run's workdir -> its body; the command line
+# --------------------------------------------------------------------------------------------------
+
+PROTOCOLS = ("knn", "linear", "finetune", "supervised", "pixels")
+
+
+def load_run(workdir, restore=True):
+    """(config, method, body, step) of the run in `workdir`.
+
+    Reads results.json's `method` and config.json, imports `<method>.train` (by the name the run
+    wrote: the one place in common/ that reaches a method), rebuilds the state with its
+    `create_state`, restores the latest checkpoint (unless restore=False: a random initialisation of
+    the same body, for the supervised baselines) and returns `get_body(graphdef, state)`.
+    """
+    import ml_collections
+
+    with open(os.path.join(workdir, "results.json")) as f:
+        method = json.load(f)["method"]
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    module = importlib.import_module(f"{method}.train")
+    steps_per_epoch = 1  # only shapes the learning-rate schedule, which evaluation never uses
+    graphdef, state, _ = module.create_state(config, steps_per_epoch)
+    step = 0
+    if restore:
+        ckpt = checkpoint.Checkpointer(workdir, every_steps=0)
+        state, step = ckpt.restore_or(state)
+        ckpt.close()
+        if step == 0:
+            raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints; train the run first "
+                                    f"(python {method}/train.py --workdir {workdir}).")
+    return config, method, module.get_body(graphdef, state), step
+
+
+def normalization(config):
+    """The per-channel (mean, std) the run normalised its views with: config.views.mean/std."""
+    try:
+        return tuple(float(m) for m in config.views.mean), tuple(float(s) for s in config.views.std)
+    except AttributeError:
+        raise ValueError("The run's config has no views.mean / views.std; evaluation needs the "
+                         "normalisation the body was trained with.") from None
+
+
+def crop_scale_of(config):
+    """The crop scale of the protocols' light augmentation: the run's own views.crop_scale when it has
+    one (the paper protocols use (0.08, 1); 28-pixel images need a larger minimum), else (0.08, 1)."""
+    if "views" in config and "crop_scale" in config.views:
+        return tuple(float(s) for s in config.views.crop_scale)
+    return (0.08, 1.0)
+
+
+def default_epochs(protocol, fraction):
+    """CPU-sized defaults: linear 10 epochs (100 with --precompute, cheap); fine-tuning and the
+    supervised baselines 60 / 30 / 10 epochs for 1% / 10% / 100% of the labels (SimCLR fine-tunes
+    60 epochs on 1% and 30 on 10%)."""
+    if protocol == "linear":
+        return 10
+    if protocol in ("finetune", "supervised"):
+        return 60 if fraction <= 0.01 else 30 if fraction <= 0.1 else 10
+    return 100  # the pixels' linear probe on precomputed pixels
+
+
+def output_name(protocol, fraction):
+    if protocol in ("finetune", "supervised"):
+        return f"eval_{protocol}_{round(100 * fraction):g}pct.json"
+    return f"eval_{protocol}.json"
+
+
+def machine():
+    """Where the evaluation ran, in words (device kind x count, host CPU count)."""
+    device = jax.devices()[0]
+    return (f"{jax.device_count()} x {device.device_kind} ({device.platform}), "
+            f"{os.cpu_count()} CPU cores, {platform.machine()}")
+
+
+def evaluate_run(workdir, protocol, *, label_fraction=1.0, epochs=None, precompute=False,
+                 batch_size=256, lr=None, train_examples=0, test_examples=0, seed=0, output=None):
+    """Runs one protocol on the run in `workdir`, writes the JSON, and returns it as a dict."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}.")
+    if not 0 < label_fraction <= 1:
+        raise ValueError(f"--label_fraction must lie in (0, 1], got {label_fraction}.")
+    start = time.time()
+    config, method, body, step = load_run(workdir, restore=protocol not in ("supervised", "pixels"))
+    mean, std = normalization(config)
+    mesh = data.make_mesh()
+    train = data.load(config.data, config.data.train_split)
+    test = data.load(config.data, config.data.eval_split)
+    if train_examples:
+        train = train.subset(range(min(train_examples, train.num_examples)))
+    if test_examples:
+        test = test.subset(range(min(test_examples, test.num_examples)))
+    if not train.num_classes:
+        raise ValueError(f"{train!r} is unlabelled; evaluation needs a labelled train and test split.")
+    epochs = default_epochs(protocol, label_fraction) if epochs is None else epochs
+    eval_batch = int(config.eval.batch_size) if "eval" in config and "batch_size" in config.eval else 1000
+    result = {"method": method, "protocol": protocol, "step": int(step),
+              "body": str(config.model.name) if "model" in config and "name" in config.model else "?",
+              "train_examples": train.num_examples, "test_examples": test.num_examples}
+    if protocol == "knn":
+        k = int(config.eval.knn_k) if "eval" in config and "knn_k" in config.eval else 20
+        t = float(config.eval.knn_temperature) if "eval" in config and "knn_temperature" in config.eval else 0.07
+        scores = knn_monitor(frozen_embed_fn(body, mean, std), train, test,
+                             _batch_size_for(eval_batch, min(train.num_examples, test.num_examples), mesh),
+                             mesh, k=k, temperature=t)
+        result.update(k=k, temperature=t)
+    elif protocol == "linear":
+        lr = 0.1 if lr is None else lr
+        if precompute:
+            embed_fn = frozen_embed_fn(body, mean, std)
+            b = _batch_size_for(eval_batch, min(train.num_examples, test.num_examples), mesh)
+            train_f, train_y = extract_features(embed_fn, train, b, mesh)
+            test_f, test_y = extract_features(embed_fn, test, b, mesh)
+            scores = linear_probe(train_f, train_y, test_f, test_y, train.num_classes, epochs=epochs,
+                                  batch_size=batch_size, lr=lr, seed=seed)
+        else:
+            scores = linear_probe_augmented(body, mean, std, train, test, mesh, epochs=epochs,
+                                            batch_size=batch_size, lr=lr, crop_scale=crop_scale_of(config),
+                                            eval_batch_size=eval_batch, seed=seed)
+        result.update(epochs=epochs, lr=lr, batch_size=batch_size,
+                      features="precomputed, no augmentation" if precompute
+                      else f"on the fly, random resized crop {list(crop_scale_of(config))} + flip")
+    elif protocol in ("finetune", "supervised"):
+        lr = 0.05 if lr is None else lr
+        labelled = labelled_fraction(train, label_fraction, seed)
+        scores = finetune(body, mean, std, labelled, test, mesh, epochs=epochs, batch_size=batch_size,
+                          lr=lr, crop_scale=crop_scale_of(config), eval_batch_size=eval_batch, seed=seed)
+        result.update(label_fraction=label_fraction, labelled_examples=labelled.num_examples,
+                      epochs=epochs, lr=lr, batch_size=batch_size,
+                      init="random (supervised baseline)" if protocol == "supervised" else f"checkpoint step {step}")
+    else:  # pixels
+        pixels = raw_pixels(train, test, mesh, epochs=epochs, batch_size=batch_size,
+                            lr=0.1 if lr is None else lr, seed=seed)
+        scores = {"top1": pixels["linear"]["top1"], "top5": pixels["linear"]["top5"],
+                  "knn_top1": pixels["knn"]["top1"], "knn_top5": pixels["knn"]["top5"]}
+        result.update(epochs=epochs, note="top1/top5: linear probe on pixels; knn_*: kNN on pixels")
+    result.update(scores)
+    result.update(wall_time_s=round(time.time() - start, 1), machine=machine())
+    path = output or os.path.join(workdir, output_name(protocol, label_fraction))
+    if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(result, f, indent=2)
+    print(f"{method} {protocol}" + (f" {100 * label_fraction:g}% labels" if protocol in ("finetune", "supervised") else "")
+          + f": top-1 {result['top1']:.2f}%, top-5 {result['top5']:.2f}%"
+          + (f" (kNN top-1 {result['knn_top1']:.2f}%)" if protocol == "pixels" else "") + f"; wrote {path}")
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", required=True, help="A run's workdir (results.json, config.json, checkpoints/).")
+    parser.add_argument("--protocol", required=True, choices=PROTOCOLS)
+    parser.add_argument("--label_fraction", type=float, default=1.0, help="finetune/supervised: 0.01, 0.1 or 1.0.")
+    parser.add_argument("--epochs", type=int, default=None, help="Default: see default_epochs().")
+    parser.add_argument("--precompute", action="store_true",
+                        help="linear: train on features extracted once without augmentation (fast on CPU).")
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=None, help="Default 0.1 (linear, pixels), 0.05 (finetune).")
+    parser.add_argument("--train_examples", type=int, default=0, help="Use the first N training examples (0: all).")
+    parser.add_argument("--test_examples", type=int, default=0, help="Use the first N test examples (0: all).")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default=None, help="JSON path (default W/eval_<protocol>[_<pct>pct].json).")
+    args = parser.parse_args(argv)
+    return evaluate_run(args.workdir, args.protocol, label_fraction=args.label_fraction, epochs=args.epochs,
+                        precompute=args.precompute, batch_size=args.batch_size, lr=args.lr,
+                        train_examples=args.train_examples, test_examples=args.test_examples,
+                        seed=args.seed, output=args.output)
+
+
+if __name__ == "__main__":
+    main()

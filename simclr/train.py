@@ -43,8 +43,8 @@ from common import augment, checkpoint, data, evaluate, models
 # ------------------------------------------------------------------------------------------------
 
 class ProjectionHead(nnx.Module):
-    """g(.): Linear-BN-ReLU-Linear-BN, as the official code (no biases: each BN has a shift, the last
-    BN has none, since a shift of every z cancels in the cosine similarity only after normalisation)."""
+    """g(.): Linear-BN-ReLU-Linear-BN, as the official code's non-linear head. The linear layers have no
+    bias because the batch norm after each supplies the shift; the output batch norm has no shift."""
 
     def __init__(self, in_dim, hidden_dim, out_dim, bn_momentum, rngs):
         self.fc1 = nnx.Linear(in_dim, hidden_dim, use_bias=False, rngs=rngs)
