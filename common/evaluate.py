@@ -171,7 +171,7 @@ def frozen_embed_fn(body, mean, std):
     return lambda images: embed(state, images)
 
 
-def _batch_size_for(batch_size, num_examples, mesh):
+def batch_size_for(batch_size, num_examples, mesh):
     """The largest multiple of the device count that is <= both batch_size and num_examples."""
     devices = mesh.devices.size
     size = min(batch_size, num_examples) // devices * devices
@@ -261,13 +261,13 @@ def linear_probe_augmented(body, mean, std, train_dataset, test_dataset, mesh, *
     embed_fn = frozen_embed_fn(body, mean, std)
     stats_set = train_dataset.subset(range(min(stats_examples, train_dataset.num_examples)))
     feat_mean, feat_std = feature_statistics(
-        extract_features(embed_fn, stats_set, _batch_size_for(eval_batch_size, stats_set.num_examples,
+        extract_features(embed_fn, stats_set, batch_size_for(eval_batch_size, stats_set.num_examples,
                                                                mesh), mesh)[0])
     num_classes = train_dataset.num_classes
     frozen = nnx.clone(body)
     frozen.eval()
     graphdef, body_state = nnx.split(frozen)
-    batch_size = _batch_size_for(batch_size, train_dataset.num_examples, mesh)
+    batch_size = batch_size_for(batch_size, train_dataset.num_examples, mesh)
     loader = data.Loader(train_dataset, batch_size, seed, mesh)
     total = max(1, int(epochs * loader.steps_per_epoch))
     tx = sgd_cosine(lr, momentum, weight_decay, total)
@@ -291,7 +291,7 @@ def linear_probe_augmented(body, mean, std, train_dataset, test_dataset, mesh, *
         params, opt_state = step(params, opt_state, body_state, batch["image"], batch["label"],
                                  jax.random.fold_in(root, s))
     test_f, test_y = extract_features(
-        embed_fn, test_dataset, _batch_size_for(eval_batch_size, test_dataset.num_examples, mesh), mesh)
+        embed_fn, test_dataset, batch_size_for(eval_batch_size, test_dataset.num_examples, mesh), mesh)
     return topk_accuracy(jax.jit(linear_logits)(params, test_f, feat_mean, feat_std), test_y)
 
 
@@ -323,7 +323,7 @@ def finetune(body, mean, std, train_dataset, test_dataset, mesh, *, epochs=30, b
         jnp.zeros((1, *train_dataset.image_shape), jnp.uint8))).shape[-1]
     model = Classifier(body, num_features, train_dataset.num_classes, nnx.Rngs(seed))
     uses_key = _calls_with_key(body)
-    batch_size = _batch_size_for(batch_size, train_dataset.num_examples, mesh)
+    batch_size = batch_size_for(batch_size, train_dataset.num_examples, mesh)
     loader = data.Loader(train_dataset, batch_size, seed, mesh)
     total = max(1, int(epochs * loader.steps_per_epoch))
     optimizer = nnx.Optimizer(model, sgd_cosine(lr, momentum, weight_decay, total, nesterov=True),
@@ -359,7 +359,7 @@ def finetune(body, mean, std, train_dataset, test_dataset, mesh, *, epochs=30, b
     eval_graphdef, eval_state = nnx.split(model)
     logits_fn = jax.jit(lambda st, images: nnx.merge(eval_graphdef, st)(preprocess(images, mean, std)))
     logits, labels = extract_features(lambda images: logits_fn(eval_state, images), test_dataset,
-                                      _batch_size_for(eval_batch_size, test_dataset.num_examples, mesh),
+                                      batch_size_for(eval_batch_size, test_dataset.num_examples, mesh),
                                       mesh)
     return topk_accuracy(logits, labels)
 
@@ -378,7 +378,7 @@ def labelled_fraction(dataset, fraction, seed=0):
 def pixel_features(dataset, mesh, batch_size=1000):
     """(uint8 images / 255 flattened, float32 [N, H * W * 3], labels int32 [N])."""
     flatten = jax.jit(lambda images: augment.to_float(images).reshape(images.shape[0], -1))
-    return extract_features(flatten, dataset, _batch_size_for(batch_size, dataset.num_examples, mesh),
+    return extract_features(flatten, dataset, batch_size_for(batch_size, dataset.num_examples, mesh),
                             mesh)
 
 
@@ -400,7 +400,18 @@ def raw_pixels(train_dataset, test_dataset, mesh, *, k=20, temperature=0.07, epo
 PROTOCOLS = ("knn", "linear", "finetune", "supervised", "pixels")
 
 
-def load_run(workdir, restore=True):
+def read_run(workdir):
+    """(config, method) of the run in `workdir`: config.json as a ConfigDict, results.json's method."""
+    import ml_collections
+
+    with open(os.path.join(workdir, "results.json")) as f:
+        method = json.load(f)["method"]
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    return config, method
+
+
+def load_body(workdir, steps_per_epoch, restore=True):
     """(config, method, body, step) of the run in `workdir`.
 
     Reads results.json's `method` and config.json, imports `<method>.train` (by the name the run
@@ -408,14 +419,9 @@ def load_run(workdir, restore=True):
     `create_state`, restores the latest checkpoint (unless restore=False: a random initialisation of
     the same body, for the supervised baselines) and returns `get_body(graphdef, state)`.
     """
-    import ml_collections
-
-    with open(os.path.join(workdir, "results.json")) as f:
-        method = json.load(f)["method"]
-    with open(os.path.join(workdir, "config.json")) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    config, method = read_run(workdir)
     module = importlib.import_module(f"{method}.train")
-    steps_per_epoch = 1  # only shapes the learning-rate schedule, which evaluation never uses
+    # steps_per_epoch only shapes the run's learning-rate schedule, which evaluation never uses.
     graphdef, state, _ = module.create_state(config, steps_per_epoch)
     step = 0
     if restore:
@@ -477,11 +483,16 @@ def evaluate_run(workdir, protocol, *, label_fraction=1.0, epochs=None, precompu
     if not 0 < label_fraction <= 1:
         raise ValueError(f"--label_fraction must lie in (0, 1], got {label_fraction}.")
     start = time.time()
-    config, method, body, step = load_run(workdir, restore=protocol not in ("supervised", "pixels"))
-    mean, std = normalization(config)
+    config, method = read_run(workdir)
     mesh = data.make_mesh()
     train = data.load(config.data, config.data.train_split)
     test = data.load(config.data, config.data.eval_split)
+    if protocol == "pixels":  # needs no body
+        body, step = None, 0
+    else:
+        config, method, body, step = load_body(workdir, max(1, train.num_examples // config.data.batch_size),
+                                               restore=protocol != "supervised")
+    mean, std = normalization(config)
     if train_examples:
         train = train.subset(range(min(train_examples, train.num_examples)))
     if test_examples:
@@ -489,22 +500,22 @@ def evaluate_run(workdir, protocol, *, label_fraction=1.0, epochs=None, precompu
     if not train.num_classes:
         raise ValueError(f"{train!r} is unlabelled; evaluation needs a labelled train and test split.")
     epochs = default_epochs(protocol, label_fraction) if epochs is None else epochs
-    eval_batch = int(config.eval.batch_size) if "eval" in config and "batch_size" in config.eval else 1000
+    # Fields every method's config shares (STYLE: shared concepts carry the same names).
+    eval_batch = int(config.eval.batch_size)
     result = {"method": method, "protocol": protocol, "step": int(step),
-              "body": str(config.model.name) if "model" in config and "name" in config.model else "?",
+              "body": "raw pixels" if protocol == "pixels" else str(config.model.name),
               "train_examples": train.num_examples, "test_examples": test.num_examples}
     if protocol == "knn":
-        k = int(config.eval.knn_k) if "eval" in config and "knn_k" in config.eval else 20
-        t = float(config.eval.knn_temperature) if "eval" in config and "knn_temperature" in config.eval else 0.07
+        k, t = int(config.eval.knn_k), float(config.eval.knn_temperature)
         scores = knn_monitor(frozen_embed_fn(body, mean, std), train, test,
-                             _batch_size_for(eval_batch, min(train.num_examples, test.num_examples), mesh),
+                             batch_size_for(eval_batch, min(train.num_examples, test.num_examples), mesh),
                              mesh, k=k, temperature=t)
         result.update(k=k, temperature=t)
     elif protocol == "linear":
         lr = 0.1 if lr is None else lr
         if precompute:
             embed_fn = frozen_embed_fn(body, mean, std)
-            b = _batch_size_for(eval_batch, min(train.num_examples, test.num_examples), mesh)
+            b = batch_size_for(eval_batch, min(train.num_examples, test.num_examples), mesh)
             train_f, train_y = extract_features(embed_fn, train, b, mesh)
             test_f, test_y = extract_features(embed_fn, test, b, mesh)
             scores = linear_probe(train_f, train_y, test_f, test_y, train.num_classes, epochs=epochs,

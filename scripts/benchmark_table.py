@@ -1,0 +1,267 @@
+"""Runs every method present, its evaluation protocols and the baselines, and writes BENCHMARKS.md.
+
+    python scripts/benchmark_table.py                         # everything (CPU: about an hour per method set)
+    python scripts/benchmark_table.py --methods simclr,byol   # a subset
+    python scripts/benchmark_table.py --dry_run               # only rebuild the table from runs/
+    python scripts/benchmark_table.py --rerun                 # retrain and re-evaluate even complete runs
+
+For each method M with M/train.py and M/config.py: trains the default preset into runs/M (skipped when
+runs/M/results.json is complete, unless --rerun), then runs `python -m common.evaluate` for the linear
+probe and, for the semi-supervised methods (or all with --finetune_all), fine-tuning on 1% and 10% of
+the labels (each skipped when its JSON exists). The baselines use the body and data of the first run
+(simclr when present): "Strong Sup" / "Weak Sup" (the same body trained from a random initialisation on
+100% / 10% / 1% of the labels, with the fine-tuning protocol's epochs, optimiser and augmentation) and
+raw pixels (kNN and linear probe), written to runs/baselines/. Every number in BENCHMARKS.md is read
+from those JSON files; a cell of something that has not been run says so.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+METHODS = ("simclr", "moco", "byol", "swav", "dino", "pirl", "simclr2", "paws")
+SEMI_SUPERVISED = ("simclr2", "paws")
+FRACTIONS = (0.01, 0.1)
+
+# Published ImageNet-1k results (linear probe on a frozen body unless noted), with where they are from.
+PUBLISHED = {
+    "simclr": ("69.3 (ResNet-50, 1000 ep)",
+               "Chen et al., ICML 2020, arXiv:2002.05709, Table 6"),
+    "moco": ("71.1 (MoCo v2, ResNet-50, 800 ep)",
+             "Chen et al., arXiv:2003.04297, Table 2; facebookresearch/moco README"),
+    "byol": ("74.3 (ResNet-50, 1000 ep)",
+             "Grill et al., NeurIPS 2020, arXiv:2006.07733, Table 1"),
+    "swav": ("75.3 (ResNet-50, multi-crop, 800 ep)",
+             "Caron et al., NeurIPS 2020, arXiv:2006.09882, Table 1; facebookresearch/swav README"),
+    "dino": ("77.0 (ViT-S/16); 75.3 (ResNet-50)",
+             "Caron et al., ICCV 2021, arXiv:2104.14294, Table 2; facebookresearch/dino README"),
+    "pirl": ("63.6 (ResNet-50)",
+             "Misra & van der Maaten, CVPR 2020, arXiv:1912.01991, Table 1"),
+    "simclr2": ("71.7 (ResNet-50 1x, SK0); fine-tuned 1% / 10%: 57.9 / 68.4",
+                "Chen et al., NeurIPS 2020, arXiv:2006.10029, Table 1; google-research/simclr README"),
+    "paws": ("semi-supervised, fine-tuned 1% / 10%: 66.5 / 75.5 (ResNet-50, 300 ep)",
+             "Assran et al., ICCV 2021, arXiv:2104.13963, Table 1; facebookresearch/suncet README"),
+}
+
+
+def read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def run_complete(workdir):
+    results = read_json(os.path.join(workdir, "results.json"))
+    return bool(results) and all(k in results for k in ("method", "knn_top1", "knn_top5", "step"))
+
+
+def call(cmd, log):
+    """Runs cmd from the repository root, appending its output to `log`; True when it succeeded."""
+    print("$ " + " ".join(cmd), flush=True)
+    with open(log, "a") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        ok = subprocess.call(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT) == 0
+    if not ok:
+        print(f"  failed; see {log}", flush=True)
+    return ok
+
+
+def evaluate_cmd(workdir, protocol, output=None, fraction=None, epochs=None, extra=()):
+    cmd = [sys.executable, "-m", "common.evaluate", "--workdir", workdir, "--protocol", protocol]
+    if fraction is not None:
+        cmd += ["--label_fraction", str(fraction)]
+    if epochs is not None:
+        cmd += ["--epochs", str(epochs)]
+    if output:
+        cmd += ["--output", output]
+    return cmd + list(extra)
+
+
+def machine_description():
+    import jax
+
+    device = jax.devices()[0]
+    return (f"{jax.device_count()} x {device.device_kind} ({device.platform}), {os.cpu_count()} CPU cores")
+
+
+# --------------------------------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------------------------------
+
+def run_everything(methods, args):
+    runs = ROOT / args.runs
+    runs.mkdir(parents=True, exist_ok=True)
+    log = str(runs / "benchmark_table.log")
+    linear_extra = ["--precompute"] if args.precompute else []
+    for m in methods:
+        workdir = str(runs / m)
+        if args.rerun or not run_complete(workdir):
+            os.makedirs(workdir, exist_ok=True)
+            with open(os.path.join(workdir, "machine.json"), "w") as f:
+                json.dump({"machine": machine_description(),
+                           "started": datetime.datetime.now().isoformat(timespec="seconds")}, f)
+            if not call([sys.executable, f"{m}/train.py", "--config", f"{m}/config.py", "--workdir", workdir], log):
+                continue
+        jobs = [("linear", None, args.linear_epochs, linear_extra)]
+        if args.finetune_all or m in SEMI_SUPERVISED:
+            jobs += [("finetune", f, args.finetune_epochs, []) for f in FRACTIONS]
+        for protocol, fraction, epochs, extra in jobs:
+            out = os.path.join(workdir, eval_name(protocol, fraction))
+            if args.rerun or not os.path.exists(out):
+                call(evaluate_cmd(workdir, protocol, fraction=fraction, epochs=epochs, extra=extra), log)
+
+    base = baseline_run(methods, runs)
+    if base is None:
+        print("No complete run to take the baselines' body and data from.")
+        return
+    out_dir = runs / "baselines"
+    out_dir.mkdir(exist_ok=True)
+    for protocol, fraction in [("pixels", None), ("supervised", 1.0), ("supervised", 0.1), ("supervised", 0.01)]:
+        out = str(out_dir / eval_name(protocol, fraction))
+        if args.rerun or not os.path.exists(out):
+            epochs = args.finetune_epochs if protocol == "supervised" else None
+            call(evaluate_cmd(str(runs / base), protocol, output=out, fraction=fraction, epochs=epochs), log)
+
+
+def baseline_run(methods, runs):
+    """The run whose body and data the baselines use: simclr if complete, else the first complete one."""
+    for m in sorted(methods, key=lambda m: m != "simclr"):
+        if run_complete(str(runs / m)):
+            return m
+    return None
+
+
+def eval_name(protocol, fraction):
+    if protocol in ("finetune", "supervised"):
+        return f"eval_{protocol}_{round(100 * fraction):g}pct.json"
+    return f"eval_{protocol}.json"
+
+
+# --------------------------------------------------------------------------------------------------
+# The table
+# --------------------------------------------------------------------------------------------------
+
+def pct(value):
+    return f"{value:.1f}" if isinstance(value, (int, float)) else "not run"
+
+
+def pair(result, a="top1", b="top5"):
+    return f"{result[a]:.1f} / {result[b]:.1f}" if result else "not run"
+
+
+def method_row(m, runs):
+    workdir = runs / m
+    results = read_json(workdir / "results.json")
+    if not (ROOT / m / "train.py").exists():
+        return f"| {m} | — | — | — | no `{m}/train.py` yet | | | | {PUBLISHED[m][0]} |"
+    if not run_complete(str(workdir)):
+        return f"| {m} | not run | | | not run | not run | not run | not run | {PUBLISHED[m][0]} |"
+    config = read_json(workdir / "config.json") or {}
+    model = config.get("model", {})
+    body = f"{model.get('name', '?')}" + (f" ({model['stem']} stem)" if "stem" in model else "")
+    epochs = config.get("optim", {}).get("epochs", "?")
+    machine = (read_json(workdir / "machine.json") or {}).get("machine", "machine not recorded")
+    wall = f"{results['wall_time_s'] / 60:.1f} min, {machine}"
+    knn = (f"{results['knn_top1']:.1f} / {results['knn_top5']:.1f} "
+           f"(init {results.get('knn_top1_init', float('nan')):.1f})")
+    subset = [f"{config['eval'][f'knn_{s}_examples']} {s}" for s in ("train", "test")
+              if config.get("eval", {}).get(f"knn_{s}_examples")]
+    if subset:
+        knn += f" (first {' / '.join(subset)} images)"
+    linear = read_json(workdir / "eval_linear.json")
+    fts = [read_json(workdir / eval_name("finetune", f)) for f in FRACTIONS]
+    ft = " / ".join(pct(r["top1"]) if r else ("not run" if m in SEMI_SUPERVISED else "—") for r in fts)
+    linear_cell = pair(linear) + (f" ({linear['epochs']} ep, {'precomputed' if linear['features'].startswith('pre') else 'augmented'})"
+                                  if linear else "")
+    return (f"| {m} | {body} | {epochs:g} | {wall} | {knn} | {linear_cell} | {ft} | {results['step']} | "
+            f"{PUBLISHED[m][0]} |")
+
+
+def baseline_rows(runs, base):
+    rows = []
+    pixels = read_json(runs / "baselines" / "eval_pixels.json")
+    rows.append("| Raw pixels, kNN (k=20, T=0.07) | " + (pair(pixels, "knn_top1", "knn_top5") if pixels else "not run") + " |")
+    rows.append("| Raw pixels, linear probe | " + (pair(pixels) + f" ({pixels['epochs']} ep)" if pixels else "not run") + " |")
+    for label, fraction in [("Strong Sup (100% labels)", 1.0), ("Weak Sup (10% labels)", 0.1), ("Weak Sup (1% labels)", 0.01)]:
+        r = read_json(runs / "baselines" / eval_name("supervised", fraction))
+        cell = pair(r) + f" ({r['epochs']} ep, {r['labelled_examples']} images, {r['body']})" if r else "not run"
+        rows.append(f"| {label} | {cell} |")
+    return rows
+
+
+def write_table(methods, args):
+    runs = ROOT / args.runs
+    base = baseline_run(methods, runs)
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `python scripts/benchmark_table.py` on {datetime.date.today().isoformat()} from the JSON "
+        f"files under `{args.runs}/`; nothing is filled in by hand. Default preset of each method on its "
+        "default data (Fashion-MNIST from the Debian package unless the config says otherwise), test split. "
+        "Accuracies in percent, top-1 / top-5.",
+        "",
+        "- **kNN**: the run's own final monitor (weighted kNN, k=20, T=0.07, all training and test "
+        "images unless noted), with the same body at initialisation in brackets.",
+        "- **Linear**: `python -m common.evaluate --protocol linear`: SGD + momentum, cosine schedule, on "
+        "the frozen body; 'augmented' = random resized crop + flip on the fly, 'precomputed' = features "
+        "extracted once without augmentation.",
+        "- **Fine-tune 1% / 10%**: body + linear head trained end to end on a class-balanced 1% / 10% of "
+        "the training labels (run for the semi-supervised methods; '—' = not part of the protocol for "
+        "that method here).",
+        "- **Published**: ImageNet-1k top-1 from the papers (different data, bodies and budgets: a "
+        "reference point, not a comparison).",
+        "",
+        "| method | body | epochs | wall time, machine | kNN top-1 / top-5 | linear top-1 / top-5 | "
+        "fine-tune 1% / 10% top-1 | steps | published ImageNet top-1 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [method_row(m, runs) for m in methods]
+    lines += ["", "## Baselines", "",
+              (f"Same body and data as `{args.runs}/{base}` (its config.json); the supervised baselines "
+               "use the fine-tuning protocol from a random initialisation." if base else
+               "No complete run yet to take the body and data from."),
+              "", "| baseline | top-1 / top-5 |", "| --- | --- |"]
+    lines += baseline_rows(runs, base)
+    lines += ["", "## Published results (sources)", "", "| method | ImageNet-1k top-1 | source |",
+              "| --- | --- | --- |"]
+    lines += [f"| {m} | {PUBLISHED[m][0]} | {PUBLISHED[m][1]} |" for m in methods]
+    text = "\n".join(lines) + "\n"
+    (ROOT / args.output).write_text(text)
+    print(f"wrote {args.output}")
+    return text
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--methods", default=",".join(METHODS), help="Comma-separated subset of " + ",".join(METHODS))
+    parser.add_argument("--runs", default="runs", help="Folder of the runs, relative to the repository root.")
+    parser.add_argument("--output", default="BENCHMARKS.md")
+    parser.add_argument("--dry_run", action="store_true", help="Only rebuild the table from existing results.")
+    parser.add_argument("--rerun", action="store_true", help="Retrain and re-evaluate even complete runs.")
+    parser.add_argument("--finetune_all", action="store_true", help="Fine-tune 1%/10% for every method.")
+    parser.add_argument("--precompute", action="store_true", help="Linear probe on precomputed features.")
+    parser.add_argument("--linear_epochs", type=int, default=None, help="Default: common.evaluate's.")
+    parser.add_argument("--finetune_epochs", type=int, default=None,
+                        help="Fine-tuning and supervised baselines (default: common.evaluate's per fraction).")
+    args = parser.parse_args(argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    if not args.dry_run:
+        present = [m for m in methods if (ROOT / m / "train.py").exists() and (ROOT / m / "config.py").exists()]
+        run_everything(present, args)
+    write_table(methods, args)
+
+
+if __name__ == "__main__":
+    main()
