@@ -16,12 +16,173 @@ with H(a, b) = -sum_k a_k log b_k averaged over the batch, and n_terms = 2 * n_c
 
 Paper: M. Caron, H. Touvron, I. Misra, H. Jegou, J. Mairal, P. Bojanowski, A. Joulin, "Emerging
 Properties in Self-Supervised Vision Transformers", ICCV 2021, https://arxiv.org/abs/2104.14294.
-Checked against facebookresearch/dino (main_dino.py, utils.py).
+Checked against facebookresearch/dino (main_dino.py, utils.py, vision_transformer.py).
+
+    python dino/train.py --config dino/config.py --workdir runs/dino
+    python dino/visualize_attention.py --workdir runs/dino        # a ViT run's attention maps, as a PNG
+
+Augmentations follow the official torchvision pipeline (DataAugmentationDINO). The representation
+that evaluation uses is the TEACHER's body, as in the official kNN and linear evaluations (the paper
+finds the teacher better than the student throughout training). The README's benchmark table gives
+what the default preset reaches, and on which machine.
 """
+
+import functools
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+
+if __package__ in (None, ""):  # run as a script: put the monorepo root (marked by WORKSPACE) on sys.path
+    _root = pathlib.Path(__file__).resolve().parent
+    while not (_root / "WORKSPACE").exists():
+        _root = _root.parent
+    sys.path.insert(0, str(_root))
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+from flax import nnx
+
+from common import augment, checkpoint, data, evaluate, models
+
+
+# ------------------------------------------------------------------------------------------------
+# Model
+# ------------------------------------------------------------------------------------------------
+
+# DINO initialises its head's linear layers with trunc_normal_(std=.02) (truncated at +-2 in absolute
+# value, i.e. effectively untruncated) and zero biases.
+_trunc_normal = jax.nn.initializers.truncated_normal(0.02, lower=-2 / 0.02, upper=2 / 0.02)
+
+
+class WeightNormLinear(nnx.Module):
+    """The head's last layer: y = x W with W = g * v / ||v||, the norm over the inputs of each output
+    (PyTorch's weight_norm on a Linear, dim=0), no bias. With `norm_last_layer` the norm g is fixed at
+    1 (no parameter), which the paper finds stabilises training; otherwise g is learned."""
+
+    def __init__(self, in_dim, out_dim, norm_last_layer, rngs):
+        # PyTorch's default Linear init, U(-1/sqrt(in), 1/sqrt(in)): DINO creates this layer after
+        # applying its trunc-normal init to the MLP. Only the direction of each column matters.
+        bound = 1.0 / math.sqrt(in_dim)
+        self.v = nnx.Param(jax.random.uniform(rngs.params(), (in_dim, out_dim), minval=-bound, maxval=bound))
+        self.g = None if norm_last_layer else nnx.Param(jnp.ones((out_dim,)))
+
+    def __call__(self, x):  # [N, in_dim] -> [N, out_dim]
+        v = self.v[...]
+        w = v / jnp.sqrt(jnp.sum(v * v, axis=0, keepdims=True))
+        if self.g is not None:
+            w = w * self.g[...]
+        return x @ w
+
+
+class DINOHead(nnx.Module):
+    """g(.) (Sec. 3.1, Appendix): Linear-GELU-Linear-GELU-Linear to a bottleneck, l2 normalisation,
+    then the weight-normalised layer to K outputs. No batch norm, so the ViT head has none anywhere."""
+
+    def __init__(self, in_dim, hidden_dim, bottleneck_dim, out_dim, norm_last_layer, rngs):
+        linear = functools.partial(nnx.Linear, kernel_init=_trunc_normal,
+                                   bias_init=jax.nn.initializers.zeros, rngs=rngs)
+        self.fc1 = linear(in_dim, hidden_dim)
+        self.fc2 = linear(hidden_dim, hidden_dim)
+        self.fc3 = linear(hidden_dim, bottleneck_dim)
+        self.last_layer = WeightNormLinear(bottleneck_dim, out_dim, norm_last_layer, rngs)
+
+    def __call__(self, h):  # [N, D] -> [N, K]
+        # nn.GELU in PyTorch is the exact (erf) form.
+        x = self.fc3(jax.nn.gelu(self.fc2(jax.nn.gelu(self.fc1(h), approximate=False)), approximate=False))
+        x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)  # F.normalize
+        return self.last_layer(x)
+
+
+def create_body(cfg, img_size, rngs):
+    """The body named in cfg. ViTs are built directly: common.models.create_body exposes neither their
+    depth (the CPU presets use shallow ViTs) nor stochastic depth (DINO's student uses 0.1)."""
+    vits = {"vit_tiny": models.vit_tiny, "vit_small": models.vit_small, "vit_base": models.vit_base}
+    if cfg.name in vits:
+        return vits[cfg.name](cfg.patch_size, depth=cfg.depth, img_size=img_size,
+                              drop_path_rate=cfg.drop_path_rate, rngs=rngs)
+    return models.create_body(cfg.name, stem=cfg.stem, bn_momentum=cfg.bn_momentum, rngs=rngs)
+
+
+class Network(nnx.Module):
+    """Body then head over all crops of a batch (the official MultiCropWrapper)."""
+
+    def __init__(self, config, rngs):
+        self.body = create_body(config.model, config.views.crop_size, rngs)
+        m = config.model
+        self.head = DINOHead(self.body.num_features, m.head_hidden_dim, m.head_bottleneck_dim, m.out_dim,
+                             m.norm_last_layer, rngs)
+
+    def __call__(self, crops, key=None):
+        """crops: list of crop-major stacks [n, B, S, S, 3], one per resolution -> [sum of n, B, K].
+
+        The body runs once per resolution on the crops of that resolution batched together (so batch
+        norm sees all crops of one size at once, as the official code); the head runs on all of them.
+        `key` drives the student's stochastic depth (ViTs only).
+        """
+        features = []
+        for i, stack in enumerate(crops):
+            x = stack.reshape(-1, *stack.shape[2:])  # [n * B, S, S, 3], crop-major
+            features.append(self.body(x) if key is None else self.body(x, jax.random.fold_in(key, i)))
+        out = self.head(jnp.concatenate(features))  # [n_crops * B, K]
+        return out.reshape(-1, crops[0].shape[1], out.shape[-1])
+
+
+class Center(nnx.Variable):
+    """c, the running mean of the teacher's outputs [1, K] (eq. 4): state, not a trained parameter."""
+
+
+class DINO(nnx.Module):
+    def __init__(self, config, rngs):
+        self.student = Network(config, rngs)
+        # The teacher starts as a copy of the student (Alg. 1) and is trained only by the EMA below.
+        self.teacher = nnx.clone(self.student)
+        # with arrays of its own: the jitted step donates the state, and one buffer cannot be donated twice.
+        nnx.update(self.teacher, jax.tree.map(jnp.copy, nnx.state(self.teacher)))
+        # It has no stochastic depth (the official teacher is built without); batch norm, in a ResNet,
+        # stays in train mode as in the official code, which never calls teacher.eval().
+        self.teacher.set_attributes(deterministic=True, raise_if_not_found=False)
+        self.center = Center(jnp.zeros((1, config.model.out_dim)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Views
+# ------------------------------------------------------------------------------------------------
+
+def make_view(key, image, crop, cfg):
+    """Flip, colour, blur and solarize for crop number `crop` (static: 0, 1 global, >= 2 local) of one
+    float crop [S, S, 3] in [0, 1] (DataAugmentationDINO): blur p=1.0 on global crop 1, p=0.1 and
+    solarize p=0.2 on global crop 2, blur p=0.5 on the local crops."""
+    k_flip, k_color, k_gray, k_blur, k_solarize = jax.random.split(key, 5)
+    x = augment.random_flip(k_flip, image, p=cfg.flip_p)
+    x = augment.random_color_jitter(k_color, x, *cfg.color_jitter, p=cfg.color_p)
+    x = augment.random_grayscale(k_gray, x, p=cfg.gray_p)
+    # torchvision's GaussianBlur, sigma ~ U(0.1, 2.0), kernel ~10% of the side; the official code uses
+    # PIL's blur with radius ~ U(0.1, 2.0).
+    x = augment.random_gaussian_blur(k_blur, x, p=cfg.blur_p[min(crop, 2)])
+    if crop == 1:
+        x = augment.random_solarize(k_solarize, x, p=cfg.solarize_p)
+    return augment.normalize(x, cfg.mean, cfg.std)
+
+
+def make_views(key, images, cfg):
+    """uint8 [B, H, W, 3] -> [global [2, B, S, S, 3], local [n, B, s, s, 3]] (local only when n > 0).
+
+    torchvision semantics throughout, as the official code; the random resized crops are bilinear
+    (the official code: bicubic).
+    """
+    images = augment.to_float(images)
+    sizes, scales, counts = [cfg.crop_size], [cfg.crop_scale], [2]
+    if cfg.local_crops_number > 0:
+        sizes.append(cfg.local_crop_size)
+        scales.append(cfg.local_crop_scale)
+        counts.append(cfg.local_crops_number)
+    view = functools.partial(make_view, cfg=cfg)
+    return augment.multi_crop(key, images, sizes, scales, counts, view, ratio=tuple(cfg.crop_ratio))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -72,20 +233,9 @@ def dino_loss(student_out, teacher_out, center, student_temp, teacher_temp, cent
     return loss, jax.lax.stop_gradient(new_center)
 
 
-def ema_update(teacher, student, m):
-    """Teacher update theta_t <- m * theta_t + (1 - m) * theta_s (paper Sec. 3.1), on pytrees.
-
-    m follows `cosine_scheduler(momentum_teacher, 1, epochs, niter_per_ep)`, indexed by iteration.
-    """
-    return jax.tree.map(lambda theta_t, theta_s: theta_t * m + (1 - m) * theta_s, teacher, student)
-
-
 # ------------------------------------------------------------------------------------------------
 # Schedules
 # ------------------------------------------------------------------------------------------------
-# Host-side numpy arrays, as in the official code: one value per epoch or per iteration, indexed
-# by the loop and passed into the jitted step as a scalar argument.
-
 
 def teacher_temp_schedule(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs):
     """Teacher temperature per EPOCH: linear warmup, then constant. Returns [nepochs] float64.
@@ -116,3 +266,282 @@ def cosine_scheduler(base_value, final_value, epochs, niter_per_ep, warmup_epoch
         1 + np.cos(np.pi * iters / len(iters))
     )
     return np.concatenate((warmup, cosine))
+
+
+def step_schedules(config, steps_per_epoch):
+    """Every schedule as one float32 array indexed by the step, so the jitted step reads its values
+    from the checkpointed step counter (resume is exact) rather than from host state.
+
+    cosine_scheduler counts whole epochs of niter_per_ep iterations; called with iterations as
+    'epochs' and niter_per_ep = 1 it gives the same arrays and allows the CPU presets' fractions of
+    an epoch. Returns {'lr', 'weight_decay', 'momentum', 'teacher_temp', 'last_layer_frozen'}.
+    """
+    o, m = config.optim, config.method
+    total = max(1, int(o.epochs * steps_per_epoch))
+    warmup = min(total, int(o.warmup_epochs * steps_per_epoch))
+    # Linear scaling of the learning rate with the batch size (official: lr * batch / 256).
+    lr = cosine_scheduler(o.lr * config.data.batch_size / 256, o.min_lr, total, 1, warmup)
+    weight_decay = cosine_scheduler(o.weight_decay, o.weight_decay_end, total, 1)
+    momentum = cosine_scheduler(m.momentum_teacher, 1.0, total, 1)  # lambda: cosine to 1 (Sec. 3.1)
+    epochs = math.ceil(total / steps_per_epoch)
+    per_epoch = teacher_temp_schedule(m.warmup_teacher_temp, m.teacher_temp, m.warmup_teacher_temp_epochs, epochs)
+    teacher_temp = per_epoch[np.arange(total) // steps_per_epoch]  # official: indexed by epoch
+    last_layer_frozen = np.arange(total) < int(o.freeze_last_layer * steps_per_epoch)
+    return {name: jnp.asarray(values, jnp.float32) for name, values in (
+        ("lr", lr), ("weight_decay", weight_decay), ("momentum", momentum), ("teacher_temp", teacher_temp),
+        ("last_layer_frozen", last_layer_frozen))}
+
+
+def make_optimizer(schedules):
+    """AdamW with the per-step learning rate and weight decay; biases and 1-D parameters (norms, the
+    last layer's g) are not decayed, as the official get_params_groups."""
+    at_step = lambda values: lambda count: values[jnp.minimum(count, values.shape[0] - 1)]
+    is_kernel = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+    return optax.adamw(at_step(schedules["lr"]), b1=0.9, b2=0.999, eps=1e-8,
+                       weight_decay=at_step(schedules["weight_decay"]), mask=is_kernel)
+
+
+# ------------------------------------------------------------------------------------------------
+# State
+# ------------------------------------------------------------------------------------------------
+
+def create_state(config, steps_per_epoch):
+    """Everything that changes during training, and the step that changes it.
+
+    Returns (graphdef, state, step_fn): student, teacher, centre and the student's optimizer split
+    into a static graph and a pytree of arrays, and step_fn(state, batch, key) -> (state, metrics),
+    pure, for jax.jit.
+    """
+    model = DINO(config, nnx.Rngs(config.seed))
+    schedules = step_schedules(config, steps_per_epoch)
+    optimizer = nnx.Optimizer(model.student, make_optimizer(schedules), wrt=nnx.Param)
+    graphdef, state = nnx.split((model, optimizer))
+    return graphdef, state, functools.partial(train_step, graphdef, config, schedules)
+
+
+# ------------------------------------------------------------------------------------------------
+# Train step
+# ------------------------------------------------------------------------------------------------
+
+def ema_update(teacher, student, m):
+    """Teacher update theta_t <- m * theta_t + (1 - m) * theta_s (paper Sec. 3.1), on pytrees.
+
+    m follows `cosine_scheduler(momentum_teacher, 1, epochs, niter_per_ep)`, indexed by iteration.
+    """
+    return jax.tree.map(lambda theta_t, theta_s: theta_t * m + (1 - m) * theta_s, teacher, student)
+
+
+def clip_gradients(grads, clip):
+    """Each parameter's gradient scaled down to norm <= clip, one tensor at a time (official
+    utils.clip_gradients; not a global norm)."""
+    def clip_one(g):
+        return g * jnp.minimum(1.0, clip / (jnp.sqrt(jnp.sum(g * g)) + 1e-6))
+    return jax.tree.map(clip_one, grads)
+
+
+def train_step(graphdef, config, schedules, state, batch, key):
+    """One step on the global batch; jitted with `graphdef, config, schedules` bound."""
+    model, optimizer = nnx.merge(graphdef, state)
+    step = optimizer.step[...]
+    s = {name: values[jnp.minimum(step, values.shape[0] - 1)] for name, values in schedules.items()}
+    k_views, k_drop = jax.random.split(key)
+    crops = make_views(k_views, batch["image"], config.views)  # [global [2, B, ...], local [n, B, ...]]
+
+    # The teacher sees the two global crops only. It is outside the differentiated function, and the
+    # paper's stop-gradient (Alg. 1, t.detach()) is also inside dino_loss.
+    teacher_out = jax.lax.stop_gradient(model.teacher(crops[:1]))  # [2, B, K]
+    center = model.center[...]  # c from before this batch
+
+    def loss_fn(student):
+        student_out = student(crops, k_drop if config.model.drop_path_rate > 0 else None)  # [n_crops, B, K]
+        return dino_loss(student_out, teacher_out, center, config.method.student_temp, s["teacher_temp"],
+                         config.method.center_momentum)
+
+    (loss, new_center), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model.student)
+    # The centre's update over the global batch (the official all-reduce follows from sharding).
+    model.center[...] = new_center
+    if config.optim.clip_grad > 0:
+        grads = clip_gradients(grads, config.optim.clip_grad)
+    # The head's last layer stays fixed during the first epoch(s), which the paper finds stabilises
+    # training. PyTorch skips a parameter without gradient entirely; here its gradient is zeroed (Adam's
+    # moments stay 0) and its value restored after the update (no weight decay either).
+    frozen = s["last_layer_frozen"] > 0
+    last_layer = model.student.head.last_layer
+    kept = jax.tree.map(jnp.copy, nnx.state(last_layer, nnx.Param))
+    grads["head"]["last_layer"] = jax.tree.map(lambda g: jnp.where(frozen, 0.0, g), grads["head"]["last_layer"])
+    optimizer.update(model.student, grads)
+    nnx.update(last_layer, jax.tree.map(lambda new, old: jnp.where(frozen, old, new),
+                                        nnx.state(last_layer, nnx.Param), kept))
+    # theta_t <- lambda theta_t + (1 - lambda) theta_s with the updated student (Sec. 3.1).
+    nnx.update(model.teacher, ema_update(nnx.state(model.teacher, nnx.Param), nnx.state(model.student, nnx.Param),
+                                         s["momentum"]))
+    metrics = {"loss": loss, "lr": s["lr"], "weight_decay": s["weight_decay"], "momentum": s["momentum"],
+               "teacher_temp": s["teacher_temp"], "finite": checkpoint.all_finite(loss, nnx.state(model, nnx.Param))}
+    return nnx.state((model, optimizer)), metrics
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation
+# ------------------------------------------------------------------------------------------------
+
+@nnx.jit(static_argnums=(2, 3))
+def embed(body, images, mean, std):
+    """uint8 images [B, H, W, 3] -> body features f(x) [B, D]."""
+    return body(augment.normalize(augment.to_float(images), mean, std))
+
+
+def get_body(graphdef, state):
+    """The representation f(.) that evaluation uses, as a fresh module in eval mode (a copy: switching
+    it to eval leaves the training graph untouched). common/evaluate.py calls this for every method.
+    DINO's is the teacher's body, as the official evaluations (eval_knn.py, eval_linear.py)."""
+    model, _ = nnx.merge(graphdef, state)
+    model.teacher.body.eval()
+    return model.teacher.body
+
+
+def knn_eval(graphdef, state, config, knn_train, knn_test, mesh):
+    """kNN top-1/top-5 of the body's features in eval mode (running batch-norm statistics)."""
+    body = get_body(graphdef, state)
+    embed_fn = lambda images: embed(body, images, tuple(config.views.mean), tuple(config.views.std))
+    return evaluate.knn_monitor(embed_fn, knn_train, knn_test, config.eval.batch_size, mesh,
+                                k=config.eval.knn_k, temperature=config.eval.knn_temperature)
+
+
+# ------------------------------------------------------------------------------------------------
+# Main
+# ------------------------------------------------------------------------------------------------
+
+def check_config(config):
+    """Fails fast, before any data loading or compiling, on values the method cannot run with."""
+    problems = []
+    v, m, o = config.views, config.method, config.optim
+    if config.data.batch_size < 1:
+        problems.append(f"data.batch_size={config.data.batch_size} must be >= 1")
+    if m.student_temp <= 0 or m.teacher_temp <= 0 or m.warmup_teacher_temp <= 0:
+        problems.append("method.student_temp, method.teacher_temp and method.warmup_teacher_temp must be > 0")
+    if not 0 <= m.center_momentum <= 1 or not 0 <= m.momentum_teacher <= 1:
+        problems.append("method.center_momentum and method.momentum_teacher must be in [0, 1]")
+    if o.epochs <= 0 or o.warmup_epochs < 0 or o.freeze_last_layer < 0 or o.clip_grad < 0:
+        problems.append("optim.epochs must be > 0; warmup_epochs, freeze_last_layer and clip_grad >= 0")
+    elif m.warmup_teacher_temp_epochs > math.ceil(o.epochs):
+        problems.append(f"method.warmup_teacher_temp_epochs={m.warmup_teacher_temp_epochs} is longer than "
+                        f"the run ({math.ceil(o.epochs)} epochs)")
+    if v.local_crops_number < 0 or len(v.blur_p) != 3:
+        problems.append("views.local_crops_number must be >= 0 and views.blur_p three probabilities")
+    if config.model.name.startswith("vit"):
+        for name in ("crop_size", "local_crop_size"):
+            if v[name] % config.model.patch_size:
+                problems.append(f"views.{name}={v[name]} is not a multiple of model.patch_size="
+                                f"{config.model.patch_size}")
+    elif config.model.drop_path_rate > 0:
+        problems.append("model.drop_path_rate > 0 needs a ViT body")
+    if problems:
+        raise ValueError("Bad config: " + "; ".join(problems) + ". Fix it with --config.<field>=<value>.")
+
+
+def load_eval_data(config):
+    """The kNN monitor's train and test sets (optionally their first N examples)."""
+    knn_train = data.load(config.data, config.data.train_split)
+    knn_test = data.load(config.data, config.data.eval_split)
+    if config.eval.knn_train_examples:
+        knn_train = knn_train.subset(range(min(config.eval.knn_train_examples, knn_train.num_examples)))
+    if config.eval.knn_test_examples:
+        knn_test = knn_test.subset(range(min(config.eval.knn_test_examples, knn_test.num_examples)))
+    return knn_train, knn_test
+
+
+def write_results(path, results):
+    if jax.process_index() == 0:
+        with open(path, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+def main(config, workdir):
+    from clu import metric_writers, periodic_actions
+
+    check_config(config)
+    checkpoint.maybe_initialize_distributed()
+    mesh = data.make_mesh()
+    data.check_batch_size(config.data.batch_size, mesh)
+    train_data = data.load(config.data, config.data.train_split)
+    knn_train, knn_test = load_eval_data(config)
+    loader = data.Loader(train_data, config.data.batch_size, config.seed, mesh)
+    total_steps = max(1, int(config.optim.epochs * loader.steps_per_epoch))
+
+    graphdef, state, step_fn = create_state(config, loader.steps_per_epoch)
+    state = checkpoint.replicate(state, mesh)
+    os.makedirs(workdir, exist_ok=True)
+    ckpt = checkpoint.Checkpointer(workdir, config.checkpoint_every_steps)
+    state, start_step = ckpt.restore_or(state)
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    results_path = os.path.join(workdir, "results.json")
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    results = {"method": "dino", "wall_time_s": 0.0}
+    if start_step == 0:  # what the randomly initialised body scores, for comparison
+        knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
+        results.update(knn_top1_init=knn["top1"], knn_top5_init=knn["top5"])
+        writer.write_scalars(0, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
+        write_results(results_path, results)
+    else:
+        with open(results_path) as f:
+            results = json.load(f)
+
+    step_fn = jax.jit(step_fn, donate_argnums=0)
+    root_key = jax.random.key(config.seed)
+    guard = checkpoint.FiniteGuard(ckpt)
+    progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
+    start_time = time.time()
+    step = start_step
+    for step, batch in loader.iterate(start_step):
+        if step >= total_steps:
+            break
+        state, metrics = step_fn(state, batch, jax.random.fold_in(root_key, step))
+        step += 1  # steps completed
+        guard.add(step, metrics["finite"])
+        progress(step)
+        if step % config.log_every_steps == 0 or step == total_steps:
+            guard.check()
+            writer.write_scalars(step, {k: float(v) for k, v in metrics.items() if k != "finite"})
+        if config.eval.knn_every_steps and step % config.eval.knn_every_steps == 0 and step < total_steps:
+            knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
+            writer.write_scalars(step, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
+        if step % config.checkpoint_every_steps == 0 or step == total_steps:
+            guard.check()
+            ckpt.save(step, state, force=True)
+        if ckpt.preempted(step):
+            guard.check()
+            ckpt.save(step, state, force=True)
+            results["wall_time_s"] += time.time() - start_time
+            write_results(results_path, results)
+            writer.flush()
+            ckpt.close()
+            print(f"Pre-empted: saved step {step} to {ckpt.directory}; rerun with the same --workdir to resume.")
+            return None
+
+    guard.check()
+    ckpt.save(step, state, force=True)
+    knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
+    writer.write_scalars(step, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
+    results.update(knn_top1=knn["top1"], knn_top5=knn["top5"], step=step,
+                   wall_time_s=results["wall_time_s"] + time.time() - start_time)
+    write_results(results_path, results)
+    writer.flush()
+    ckpt.close()
+    print(f"kNN top-1 {knn['top1']:.2f}% (random init {results['knn_top1_init']:.2f}%), "
+          f"top-5 {knn['top5']:.2f}%, step {step}; results in {results_path}")
+    return results
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file, e.g. dino/config.py:smoke.",
+                                              lock_config=True)
+    _WORKDIR = flags.DEFINE_string("workdir", "runs/dino", "Checkpoints, logs and results; rerun to resume.")
+    def _run(argv):  # returns None: absl's app.run would exit with status 1 on main's results dict
+        main(_CONFIG.value, _WORKDIR.value)
+
+    app.run(_run)

@@ -1,14 +1,20 @@
-"""DINO loss, centre, schedules and teacher update against the official facebookresearch/dino."""
+"""DINO: loss, centre, schedules and teacher update against the official facebookresearch/dino; the
+head, clipping and step schedules; one train step's EMA, centre and frozen last layer (ResNet body);
+a smoke run of main with resume and attention maps (ViT body), 8 devices vs 1, non-finite guard, bad config."""
 
 import json
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from dino import train as dino
+from dino import visualize_attention
+from tests import helpers
 
 REFERENCE = pathlib.Path(__file__).parent / "reference"
 CASES = json.loads((REFERENCE / "cases.json").read_text())["cases"]
@@ -89,3 +95,151 @@ def test_ema_update_matches_official():
     student = {"w": jnp.asarray(z["student_param"])}
     new_teacher = jax.jit(dino.ema_update)(teacher, student, m)
     _assert_close(new_teacher["w"], z["new_teacher_param"], case["tolerance"]["new_teacher_param"])
+
+
+# ------------------------------------------------------------------------------------------------
+# Pieces of the method
+# ------------------------------------------------------------------------------------------------
+
+def test_step_schedules_equal_the_official_per_epoch_schedules():
+    # 3 whole epochs of 5 steps: the per-step arrays must be the official arrays (built per epoch).
+    config = helpers.smoke_config("dino")
+    config.unlock()
+    config.data.batch_size = 512
+    config.optim.update(epochs=3.0, warmup_epochs=1.0, lr=5e-4, min_lr=1e-6, weight_decay=0.04,
+                        weight_decay_end=0.4, freeze_last_layer=1.0)
+    config.method.update(warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=2,
+                         momentum_teacher=0.996)
+    s = dino.step_schedules(config, steps_per_epoch=5)
+    np.testing.assert_allclose(s["lr"], dino.cosine_scheduler(1e-3, 1e-6, 3, 5, warmup_epochs=1), rtol=1e-6)
+    np.testing.assert_allclose(s["weight_decay"], dino.cosine_scheduler(0.04, 0.4, 3, 5), rtol=1e-6)
+    np.testing.assert_allclose(s["momentum"], dino.cosine_scheduler(0.996, 1.0, 3, 5), rtol=1e-7)
+    np.testing.assert_allclose(s["teacher_temp"], np.repeat([0.04, 0.07, 0.07], 5), rtol=1e-6)
+    np.testing.assert_array_equal(s["last_layer_frozen"], np.arange(15) < 5)
+
+
+def test_clip_gradients_per_parameter():
+    grads = {"a": jnp.array([3.0, 4.0]), "b": jnp.array([0.3, 0.4])}  # norms 5 and 0.5
+    clipped = dino.clip_gradients(grads, 1.0)
+    np.testing.assert_allclose(clipped["a"], np.array([3.0, 4.0]) / (5 + 1e-6), rtol=1e-6)
+    np.testing.assert_array_equal(clipped["b"], grads["b"])  # under the limit: untouched
+
+
+def test_head_is_l2_bottleneck_then_weight_normalised_layer():
+    head = dino.DINOHead(6, 16, 4, 10, norm_last_layer=True, rngs=nnx.Rngs(0))
+    h = np.random.default_rng(0).normal(size=(5, 6)).astype(np.float32)
+    x = np.asarray(head.fc3(jax.nn.gelu(head.fc2(jax.nn.gelu(head.fc1(h), approximate=False)), approximate=False)))
+    x = x / np.linalg.norm(x, axis=-1, keepdims=True)
+    v = np.asarray(head.last_layer.v[...])
+    want = x @ (v / np.linalg.norm(v, axis=0))  # unit-norm columns: outputs are cosines
+    np.testing.assert_allclose(head(h), want, rtol=1e-5, atol=1e-6)
+    assert np.all(np.abs(want) <= 1 + 1e-6)
+    assert head.last_layer.g is None  # norm fixed: nothing to train
+    assert dino.DINOHead(6, 16, 4, 10, norm_last_layer=False, rngs=nnx.Rngs(0)).last_layer.g is not None
+
+
+def test_train_step_centre_frozen_last_layer_and_teacher_ema():
+    # A ResNet body (the default preset's), two steps: the last layer is frozen in step 0 only.
+    config = helpers.smoke_config("dino")
+    config.unlock()
+    config.data.batch_size = 8
+    config.model.update(name="resnet_tiny", stem="small")
+    config.optim.freeze_last_layer = 1 * 8 / 60000
+    config.optim.warmup_epochs = 0.0  # a learning rate > 0 from step 0, so a frozen layer could move
+    config.method.momentum_teacher = 0.9  # a visible EMA step
+    graphdef, state0, step_fn = dino.create_state(config, steps_per_epoch=60000 // 8)
+    images = np.random.default_rng(0).integers(0, 256, size=(8, 28, 28, 3), dtype=np.uint8)
+    batch = {"image": jnp.asarray(images)}
+    key = jax.random.key(1)
+    step_fn = jax.jit(step_fn)
+    state1, metrics = step_fn(state0, batch, key)
+    state2, _ = step_fn(state1, batch, jax.random.key(2))
+    (m0, _), (m1, opt1), (m2, _) = (nnx.merge(graphdef, s) for s in (state0, state1, state2))
+    params = lambda module: [np.asarray(x) for x in jax.tree.leaves(nnx.state(module, nnx.Param))]
+
+    # Teacher: theta_t <- lambda theta_t + (1 - lambda) theta_s, with the UPDATED student, lambda at step 0.
+    lam = 0.9
+    assert float(metrics["momentum"]) == pytest.approx(lam)
+    for t1, t0, s1 in zip(params(m1.teacher), params(m0.teacher), params(m1.student), strict=True):
+        np.testing.assert_allclose(t1, lam * t0 + (1 - lam) * s1, rtol=1e-5, atol=1e-6)
+    assert any(not np.allclose(s1, s0) for s1, s0 in zip(params(m1.student), params(m0.student)))
+
+    # Centre: c <- m c + (1 - m) mean of the raw teacher outputs on the global crops, c = 0 at the start.
+    crops = dino.make_views(jax.random.split(key)[0], batch["image"], config.views)
+    teacher_out = np.asarray(m0.teacher(crops[:1]))  # [2, B, K]; batch norm in train mode, as in the step
+    want = 0.1 * teacher_out.mean(axis=(0, 1))[None]
+    np.testing.assert_allclose(m1.center[...], want, rtol=1e-4, atol=1e-6)
+    assert np.abs(want).max() > 1e-3
+
+    # Last layer: untouched in the frozen step 0 (zero gradient, AdamW update 0), trained in step 1.
+    np.testing.assert_array_equal(m1.student.head.last_layer.v[...], m0.student.head.last_layer.v[...])
+    assert not np.allclose(m2.student.head.last_layer.v[...], m1.student.head.last_layer.v[...])
+    assert int(opt1.step[...]) == 1 and np.isfinite(float(metrics["loss"])) and bool(metrics["finite"])
+
+
+# ------------------------------------------------------------------------------------------------
+# The training loop
+# ------------------------------------------------------------------------------------------------
+
+def test_smoke_run_then_resume_after_sigterm_equals_uninterrupted_run(tmp_path):
+    config = helpers.smoke_config("dino", checkpoint_every_steps=100)
+    results = dino.main(config, str(tmp_path / "straight"))
+    saved = json.loads((tmp_path / "straight" / "results.json").read_text())
+    assert saved == results and saved["step"] == 4 and saved["method"] == "dino"
+    for key in ("knn_top1", "knn_top5", "knn_top1_init", "knn_top5_init"):
+        assert 0.0 <= saved[key] <= 100.0
+    assert saved["knn_top5"] >= saved["knn_top1"]
+    assert saved["knn_top1_init"] > 10.0  # ten classes: even a random body's features beat chance
+    assert (tmp_path / "straight" / "config.json").exists()
+
+    # The attention maps of the smoke ViT (patch 4 on 28x28 images: a 7x7 grid, 3 heads).
+    png = tmp_path / "attention.png"
+    maps = visualize_attention.main(str(tmp_path / "straight"), str(png), num_images=2)
+    assert maps.shape == (2, 3, 7, 7) and png.stat().st_size > 1000
+    total = maps.sum(axis=(2, 3))  # class token to the patches; the rest goes to itself
+    assert np.all(maps >= 0) and np.all(total > 0.5) and np.all(total < 1.0)
+
+    assert helpers.run_with_sigterm_at(dino, config, str(tmp_path / "resumed"), step=2) is None
+    assert helpers.final_params(str(tmp_path / "resumed"))[0] == 2  # SIGTERM saved step 2 and stopped
+    dino.main(config, str(tmp_path / "resumed"))
+    step_a, straight = helpers.final_params(str(tmp_path / "straight"))
+    step_b, resumed = helpers.final_params(str(tmp_path / "resumed"))
+    assert step_a == step_b == 4
+    np.testing.assert_array_equal(straight, resumed)  # student, teacher, centre and optimizer
+
+
+def test_eight_devices_equal_one():
+    one = helpers.run_devices("dino", 1)
+    eight = helpers.run_devices("dino", 8)
+    assert (one["devices"], eight["devices"]) == (1, 8)
+    np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(eight["params"], one["params"], rtol=1e-4, atol=1e-5)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    # Warmup starts at lr 0, so the first step is finite and saved; then lr 1e30 blows the weights up.
+    config = helpers.smoke_config("dino", checkpoint_every_steps=1)
+    config.unlock()
+    config.optim.epochs = 8 * 16 / 60000
+    config.optim.warmup_epochs = 2 * 16 / 60000
+    config.optim.lr = 1e30
+    with pytest.raises(FloatingPointError, match=r"Non-finite loss or parameters at step (\d+)") as err:
+        dino.main(config, str(tmp_path))
+    bad_step = int(re.search(r"at step (\d+)", str(err.value)).group(1))
+    good_step, params = helpers.final_params(str(tmp_path))
+    assert 1 <= good_step < bad_step
+    assert f"last good checkpoint is step {good_step}" in str(err.value)
+    assert np.all(np.isfinite(params))
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("method.teacher_temp", 0.0, "teacher_temp"),
+    ("method.warmup_teacher_temp_epochs", 5, "warmup_teacher_temp_epochs"),
+    ("model.patch_size", 5, "patch_size"),
+    ("views.local_crops_number", -1, "local_crops_number"),
+])
+def test_bad_config_fails_before_any_work(tmp_path, field, value, message):
+    config = helpers.smoke_config("dino", **{field: value})
+    with pytest.raises(ValueError, match=message):
+        dino.main(config, str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists()

@@ -1,0 +1,176 @@
+"""DINO config. Caron, Touvron, Misra, Jegou, Mairal, Bojanowski, Joulin, "Emerging Properties in
+Self-Supervised Vision Transformers", ICCV 2021 (arXiv:2104.14294); defaults of facebookresearch/dino.
+
+    python dino/train.py --config dino/config.py                     # embedded Fashion-MNIST, 2 CPU cores
+    python dino/train.py --config dino/config.py:smoke               # seconds; used by the tests (tiny ViT)
+    python dino/train.py --config dino/config.py:cifar10             # ViT-S with patch 4 (accelerator)
+    python dino/train.py --config dino/config.py:imagenet            # paper's ViT-S/16 settings (accelerator)
+    python dino/visualize_attention.py --workdir runs/dino           # attention maps of a ViT run
+
+Default preset (see README's benchmark table for the measured numbers): a tiny ResNet for 2 epochs of
+Fashion-MNIST, 2 global 28x28 crops + 6 local 12x12 crops; kNN on the test split with the teacher's
+body, written to results.json beside the same body's kNN at initialisation.
+
+Deliberate deviations from the paper, default preset only: a tiny ResNet (a ViT learns more slowly in
+minutes of CPU) with a small head (K = 1024 outputs, not 65536); 2 epochs, so warmup (0.2 epochs),
+frozen last layer (0.2 epochs) and teacher momentum (0.99, paper 0.996) are scaled to the short run;
+a constant teacher temperature 0.04 (the official default; the paper warms 0.04 -> 0.07 over 30
+epochs); base learning rate 2e-3 (paper 5e-4 per 256 images), which a few hundred steps need.
+Everywhere: crops resized bilinearly (official: bicubic) and blurred with torchvision's kernel of
+about 10% of the side (official: PIL's blur); see dino/train.py.
+"""
+
+import ml_collections
+
+
+def get_config(arg=None):
+    preset = arg or "default"
+    if preset not in ("default", "smoke", "cifar10", "imagenet"):
+        raise ValueError(f"Unknown preset {preset!r}: use one of default, smoke, cifar10, imagenet.")
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    # Data: any TFDS name, or an image folder (data.folder). Images are resized on the host to
+    # image_size (0 = native size); the random crops are taken on device.
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "fashion_mnist_local"  # embedded default: Fashion-MNIST from the Debian package
+    c.data.folder = ""  # an image folder: root/<split>/<class>/* or a flat folder of images
+    c.data.data_dir = ""  # TFDS data_dir ('' = TFDS default, ~/tensorflow_datasets)
+    c.data.image_size = 0  # host-side size; 0 keeps 28x28
+    c.data.train_split = "train"
+    c.data.eval_split = "test"
+    c.data.batch_size = 256  # global batch, over all devices (paper: 1024)
+
+    # Views (Sec. 3.1, Appendix; DataAugmentationDINO): multi-crop with torchvision semantics.
+    c.views = ml_collections.ConfigDict()
+    c.views.crop_size = 28  # global crops; paper: 224
+    c.views.crop_scale = (0.4, 1.0)  # global crops' area range; paper: (0.4, 1.0) ((0.25, 1.0) for 800 ep.)
+    c.views.local_crop_size = 12  # paper: 96
+    c.views.local_crop_scale = (0.05, 0.4)  # paper: (0.05, 0.4)
+    c.views.local_crops_number = 6  # paper: 8 (10 for the best ViT-S/16)
+    c.views.crop_ratio = (3 / 4, 4 / 3)
+    c.views.flip_p = 0.5
+    c.views.color_jitter = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue; paper: same
+    c.views.color_p = 0.8
+    c.views.gray_p = 0.2
+    c.views.blur_p = (1.0, 0.1, 0.5)  # global crop 1, global crop 2, local crops; paper: same
+    c.views.solarize_p = 0.2  # global crop 2 only; paper: same
+    c.views.mean = (0.2860, 0.2860, 0.2860)  # per-channel normalisation of the data set
+    c.views.std = (0.3530, 0.3530, 0.3530)
+
+    # Model: body (ViT or ResNet) and the DINO head: 3-layer MLP, bottleneck, l2 norm, weight-normed layer.
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "resnet_tiny"  # paper: vit_small
+    c.model.stem = "small"  # ResNets: 'imagenet' (7x7/2 + max-pool), 'cifar' (3x3/1), 'small' (3x3/2)
+    c.model.bn_momentum = 0.9  # ResNets; NNX convention: running = m * running + (1 - m) * batch
+    c.model.patch_size = 16  # ViTs: paper 16 (or 8)
+    c.model.depth = 12  # ViTs: number of blocks; paper 12
+    c.model.drop_path_rate = 0.0  # ViTs: stochastic depth of the student; paper 0.1
+    c.model.head_hidden_dim = 512  # paper: 2048
+    c.model.head_bottleneck_dim = 128  # paper: 256
+    c.model.out_dim = 1024  # K; paper: 65536
+    c.model.norm_last_layer = True  # fix the last layer's weight norm g = 1; paper: True
+
+    # Method: temperatures (Sec. 3.1), centring (eq. 4) and the teacher's EMA.
+    c.method = ml_collections.ConfigDict()
+    c.method.student_temp = 0.1  # tau_s; paper: 0.1
+    c.method.teacher_temp = 0.04  # tau_t after warmup; paper: 0.07 (official default 0.04)
+    c.method.warmup_teacher_temp = 0.04  # tau_t at epoch 0; paper: 0.04
+    c.method.warmup_teacher_temp_epochs = 0  # whole epochs of linear warmup; paper: 30
+    c.method.center_momentum = 0.9  # m; paper: 0.9
+    c.method.momentum_teacher = 0.99  # lambda at step 0, cosine to 1; paper: 0.996
+
+    # Optimiser: AdamW, linear warmup then cosine learning rate; cosine weight decay; per-tensor clipping.
+    c.optim = ml_collections.ConfigDict()
+    c.optim.epochs = 2.0  # paper: 100-800
+    c.optim.warmup_epochs = 0.2  # paper: 10
+    c.optim.lr = 2e-3  # per 256 images (peak = lr * B / 256); paper: 5e-4
+    c.optim.min_lr = 1e-6  # paper: 1e-6
+    c.optim.weight_decay = 0.04  # at step 0, cosine to weight_decay_end; paper: 0.04
+    c.optim.weight_decay_end = 0.4  # paper: 0.4
+    c.optim.clip_grad = 3.0  # max norm of each parameter's gradient, 0 = off; paper: 3.0
+    c.optim.freeze_last_layer = 0.2  # epochs with the head's last layer frozen; paper: 1
+
+    # Evaluation: weighted kNN on frozen teacher features (k=20, T=0.07 as DINO).
+    c.eval = ml_collections.ConfigDict()
+    c.eval.knn_every_steps = 0  # 0 = only at the start and the end
+    c.eval.knn_k = 20
+    c.eval.knn_temperature = 0.07
+    c.eval.knn_train_examples = 0  # 0 = all; a positive number uses the first N (faster monitor)
+    c.eval.knn_test_examples = 0
+    c.eval.batch_size = 1000
+
+    # Checkpoints and logging.
+    c.checkpoint_every_steps = 200
+    c.log_every_steps = 50
+
+    if preset == "smoke":  # a 2-block ViT, so the attention maps are covered too
+        c.data.batch_size = 16
+        c.views.crop_size = 16
+        c.views.local_crop_size = 8
+        c.views.local_crops_number = 2
+        c.model.name = "vit_tiny"
+        c.model.patch_size = 4
+        c.model.depth = 2
+        c.model.head_hidden_dim = 32
+        c.model.head_bottleneck_dim = 16
+        c.model.out_dim = 32
+        c.optim.epochs = 4 * 16 / 60000  # 4 steps
+        c.optim.warmup_epochs = 16 / 60000
+        c.optim.freeze_last_layer = 2 * 16 / 60000  # the last layer trains from step 2 on
+        c.eval.knn_train_examples = 200
+        c.eval.knn_test_examples = 100
+        c.eval.batch_size = 100
+        c.checkpoint_every_steps = 2
+        c.log_every_steps = 1
+    elif preset == "cifar10":  # no CIFAR setting in the paper: ViT-S with patch 4 (16 is 2x2 tokens)
+        c.data.name = "cifar10"
+        c.data.batch_size = 512
+        c.views.crop_size = 32
+        c.views.local_crop_size = 16
+        c.views.local_crops_number = 8
+        c.views.mean = (0.4914, 0.4822, 0.4465)
+        c.views.std = (0.2470, 0.2435, 0.2616)
+        c.model.name = "vit_small"
+        c.model.patch_size = 4
+        c.model.drop_path_rate = 0.1
+        c.model.head_hidden_dim = 2048
+        c.model.head_bottleneck_dim = 256
+        c.model.out_dim = 65536
+        c.method.teacher_temp = 0.07
+        c.method.warmup_teacher_temp_epochs = 30
+        c.method.momentum_teacher = 0.996
+        c.optim.epochs = 300.0
+        c.optim.warmup_epochs = 10.0
+        c.optim.lr = 5e-4
+        c.optim.freeze_last_layer = 1.0
+        c.eval.knn_every_steps = 5000
+        c.checkpoint_every_steps = 2000
+    elif preset == "imagenet":  # Sec. 4 / Appendix: ViT-S/16, batch 1024, 2x224 + 8x96 crops
+        c.data.name = "imagenet2012"
+        c.data.image_size = 256
+        c.data.eval_split = "validation"
+        c.data.batch_size = 1024
+        c.views.crop_size = 224
+        c.views.local_crop_size = 96
+        c.views.local_crops_number = 8
+        c.views.mean = (0.485, 0.456, 0.406)
+        c.views.std = (0.229, 0.224, 0.225)
+        c.model.name = "vit_small"
+        c.model.patch_size = 16
+        c.model.drop_path_rate = 0.1
+        c.model.head_hidden_dim = 2048
+        c.model.head_bottleneck_dim = 256
+        c.model.out_dim = 65536
+        c.method.teacher_temp = 0.07
+        c.method.warmup_teacher_temp_epochs = 30
+        c.method.momentum_teacher = 0.996
+        c.optim.epochs = 100.0  # 800 for the paper's best ViT-S/16
+        c.optim.warmup_epochs = 10.0
+        c.optim.lr = 5e-4
+        c.optim.freeze_last_layer = 1.0
+        c.eval.knn_every_steps = 10000
+        c.eval.knn_train_examples = 100000
+        c.checkpoint_every_steps = 2500
+        c.log_every_steps = 100
+    return c
