@@ -1,26 +1,188 @@
 """SimCLRv2: big self-supervised models are strong semi-supervised learners.
 
-SimCLRv2 pretrains a large network with SimCLR's contrastive loss (a deeper, 3-layer projection
-head, fine-tuned from its first layer), fine-tunes it on the few labelled examples, and then
-distils it into a student (of the same or a smaller size) on the unlabelled data, where the
-student matches the teacher's temperature-softened class distribution. This file holds the two
-losses: NT-Xent for pretraining and the distillation loss for the last stage.
+Three stages, one run each, chosen by `config.stage`: (1) `pretrain` a body with SimCLR's contrastive
+loss and a deeper, 3-layer projection head; (2) `finetune` the body plus the head's first layer and a new
+linear classifier on a small labelled fraction of the training set; (3) `distill` the fine-tuned
+teacher's temperature-softened predictions on all (unlabelled) training images into a student of the
+same or a smaller body. Each stage reads the previous one's latest checkpoint from `config.init_workdir`.
 
-Losses, for normalised projections h_i of 2N views (i and i' two views of one image) and
-temperature tau, and for teacher/student logits with distillation temperature T:
+For normalised projections h_i of 2N views (i and i' two views of one image), temperature tau, and
+teacher/student logits with distillation temperature T:
 
     l(i, i')      = -log exp(<h_i, h_i'> / tau) / sum_{k != i} exp(<h_i, h_k> / tau)
     L_contrastive = 1/N sum_i [ l(i, i') + l(i', i) ]       (official: sum of the two directions)
+    L_finetune    = cross-entropy of the classifier on the labelled fraction
     L_distill     = -T^2 1/N sum_x sum_y P_T(y|x; T) log P_S(y|x; T),  P(y|x; T) = softmax(logits / T)
 
-Paper: T. Chen et al., "Big Self-Supervised Models are Strong Semi-Supervised Learners",
-NeurIPS 2020, https://arxiv.org/abs/2006.10029. Checked against google-research/simclr
-tf2/objective.py (add_contrastive_loss) and tf2/colabs/distillation_self_training.ipynb (add_kd_loss).
+Paper: T. Chen, S. Kornblith, K. Swersky, M. Norouzi, G. Hinton, "Big Self-Supervised Models are Strong
+Semi-Supervised Learners", NeurIPS 2020, https://arxiv.org/abs/2006.10029. Checked against
+google-research/simclr tf2/objective.py (add_contrastive_loss), tf2/model.py (the projection head and
+its fine-tuning layer) and tf2/colabs/distillation_self_training.ipynb (add_kd_loss).
+
+    python simclr2/train.py --config simclr2/config.py --workdir runs/simclr2/pretrain
+    python simclr2/train.py --config simclr2/config.py --config.stage=finetune \
+        --config.init_workdir=runs/simclr2/pretrain --workdir runs/simclr2/finetune
+    python simclr2/train.py --config simclr2/config.py --config.stage=distill \
+        --config.init_workdir=runs/simclr2/finetune --workdir runs/simclr2/distill
+
+The supervised baseline is stage `finetune` with `--config.init_workdir=''` (the same network from a random
+initialisation). Pretraining views follow the official TensorFlow code (as simclr/); fine-tuning and
+distillation use random crop and flip only, as the paper. The README's benchmark table gives what the
+default preset reaches, and on which machine.
 """
+
+import functools
+import json
+import os
+import pathlib
+import sys
+import time
+
+if __package__ in (None, ""):  # run as a script: put the monorepo root (marked by WORKSPACE) on sys.path
+    _root = pathlib.Path(__file__).resolve().parent
+    while not (_root / "WORKSPACE").exists():
+        _root = _root.parent
+    sys.path.insert(0, str(_root))
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from flax import nnx
+
+from common import augment, checkpoint, data, evaluate, models
+
+STAGES = ("pretrain", "finetune", "distill")
+
+
+# ------------------------------------------------------------------------------------------------
+# Model
+# ------------------------------------------------------------------------------------------------
+
+class HeadLayer(nnx.Module):
+    """One layer of the projection head: Linear-BN(-ReLU). As the official code, no linear bias (the
+    BN shift replaces it) and the last layer has neither a BN shift nor a ReLU."""
+
+    def __init__(self, in_dim, out_dim, last, bn_momentum, rngs):
+        self.fc = nnx.Linear(in_dim, out_dim, use_bias=False, rngs=rngs)
+        self.bn = nnx.BatchNorm(out_dim, momentum=bn_momentum, use_bias=not last, rngs=rngs)
+        self.last = last
+
+    def __call__(self, x):
+        x = self.bn(self.fc(x))
+        return x if self.last else jax.nn.relu(x)
+
+
+def projection_head(in_dim, cfg, num_layers, rngs):
+    """The first num_layers of the cfg.proj_layers layers of g(.) (Sec. 2: 3 layers), widths in_dim ->
+    proj_hidden_dim -> ... -> proj_dim (the official hidden width is in_dim, the body's)."""
+    dims = [in_dim] + [cfg.proj_hidden_dim] * (cfg.proj_layers - 1) + [cfg.proj_dim]
+    return nnx.List([HeadLayer(dims[i], dims[i + 1], i == cfg.proj_layers - 1, cfg.bn_momentum, rngs)
+                     for i in range(num_layers)])
+
+
+class SimCLRv2(nnx.Module):
+    """Pretraining network: z = g(f(x)) with the deeper projection head g."""
+
+    def __init__(self, config, rngs):
+        self.body = models.create_body(config.model.name, stem=config.model.stem,
+                                       img_size=config.views.crop_size,
+                                       bn_momentum=config.model.bn_momentum, rngs=rngs)
+        self.head = projection_head(self.body.num_features, config.model, config.model.proj_layers, rngs)
+
+    def __call__(self, x):
+        h = self.body(x)
+        for layer in self.head:
+            h = layer(h)
+        return h
+
+
+class Classifier(nnx.Module):
+    """Fine-tuned network and distillation student: body, the first `head_layers` layers of the
+    projection head (Sec. 2: fine-tune "from the first layer of the projection head"), then a new
+    linear classifier. The student has head_layers = 0."""
+
+    def __init__(self, config, body_name, head_layers, rngs):
+        self.body = models.create_body(body_name, stem=config.model.stem, img_size=config.views.crop_size,
+                                       bn_momentum=config.model.bn_momentum, rngs=rngs)
+        self.head = projection_head(self.body.num_features, config.model, head_layers, rngs)
+        width = self.head[-1].fc.out_features if head_layers else self.body.num_features
+        # The official supervised head: a linear layer with bias, kernel ~ N(0, 0.01^2).
+        self.classifier = nnx.Linear(width, config.data.num_classes,
+                                     kernel_init=jax.nn.initializers.normal(0.01), rngs=rngs)
+
+    def __call__(self, x):
+        h = self.body(x)
+        for layer in self.head:
+            h = layer(h)
+        return self.classifier(h)
+
+
+def load_model(workdir):
+    """The trained model (first element of the state) of the latest checkpoint of a previous stage's
+    run in `workdir`, as a pure dict of arrays."""
+    import orbax.checkpoint as ocp
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    manager = ocp.CheckpointManager(directory) if os.path.isdir(directory) else None
+    step = manager.latest_step() if manager else None
+    if step is None:
+        raise FileNotFoundError(f"No checkpoint in {directory}: config.init_workdir must be the workdir of "
+                                "a finished run of the previous stage (pretrain -> finetune -> distill).")
+    restored = manager.restore(step, args=ocp.args.StandardRestore())
+    manager.close()
+    return jax.tree.map(np.asarray, restored["0"])  # host arrays: create_state's caller places them
+
+
+def assign(module, pure):
+    """Copies the arrays of `pure` (a pure dict, possibly a subset of the module's) into `module`."""
+    state = nnx.state(module)
+    shapes = [x.shape for x in jax.tree.leaves(state)]
+    nnx.replace_by_pure_dict(state, pure)
+    if [x.shape for x in jax.tree.leaves(state)] != shapes:
+        raise ValueError("The previous stage's checkpoint does not fit this config's model: use the same "
+                         "config.model as the run in config.init_workdir.")
+    nnx.update(module, state)
+
+
+# ------------------------------------------------------------------------------------------------
+# Views
+# ------------------------------------------------------------------------------------------------
+
+def make_view(key, image, cfg):
+    """One SimCLR view of one float image [H, W, 3] in [0, 1] (Appendix A of SimCLR)."""
+    k_crop, k_flip, k_color, k_gray, k_blur, k_sigma = jax.random.split(key, 6)
+    x = augment.random_resized_crop(k_crop, image, cfg.crop_size, scale=cfg.crop_scale, ratio=cfg.crop_ratio)
+    x = augment.random_flip(k_flip, x, p=cfg.flip_p)
+    x = augment.simclr_color_jitter(k_color, x, cfg.color_strength, p=cfg.color_p)
+    x = augment.random_grayscale(k_gray, x, p=cfg.gray_p)
+    if cfg.blur_p > 0:  # kernel 10% of the side, sigma ~ U(0.1, 2.0), zero padding as the official code
+        sigma = jax.random.uniform(k_sigma, (), minval=0.1, maxval=2.0)
+        blurred = augment.simclr_gaussian_blur(x, cfg.crop_size // 10, sigma)
+        x = jnp.where(jax.random.uniform(k_blur) < cfg.blur_p, blurred, x)
+    return augment.normalize(x, cfg.mean, cfg.std)
+
+
+def make_views(key, images, cfg):
+    """Pretraining: uint8 [B, H, W, 3] -> two stacks of views [B, S, S, 3], one key per image and view."""
+    images = augment.to_float(images)
+    k1, k2 = jax.random.split(key)
+    view = functools.partial(make_view, cfg=cfg)
+    return augment.apply_per_image(view, k1, images), augment.apply_per_image(view, k2, images)
+
+
+def make_crop_flip_view(key, image, cfg):
+    """Fine-tuning and distillation: random crop and horizontal flip only (paper, Appendix; the
+    official code turns colour distortion off outside pretraining). [H, W, 3] -> [S, S, 3]."""
+    k_crop, k_flip = jax.random.split(key)
+    x = augment.random_resized_crop(k_crop, image, cfg.crop_size, scale=cfg.crop_scale, ratio=cfg.crop_ratio)
+    x = augment.random_flip(k_flip, x, p=cfg.flip_p)
+    return augment.normalize(x, cfg.mean, cfg.std)
+
+
+def make_crop_flip_views(key, images, cfg):
+    """uint8 [B, H, W, 3] -> one stack of crop-and-flip views [B, S, S, 3]."""
+    view = functools.partial(make_crop_flip_view, cfg=cfg)
+    return augment.apply_per_image(view, key, augment.to_float(images))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -73,3 +235,333 @@ def distillation_loss(student_logits, teacher_logits, temperature):
     teacher_probs = jax.nn.softmax(jax.lax.stop_gradient(teacher_logits) / temperature, axis=1)
     per_example = optax.softmax_cross_entropy(student_logits / temperature, teacher_probs)  # [N]
     return jnp.mean(temperature**2 * per_example)
+
+
+# ------------------------------------------------------------------------------------------------
+# Schedules
+# ------------------------------------------------------------------------------------------------
+
+def stage_optim(config):
+    """The optimiser settings of the configured stage (epochs, warmup, rate, decay)."""
+    return {"pretrain": config.optim, "finetune": config.finetune, "distill": config.distill}[config.stage]
+
+
+def learning_rate_schedule(cfg, batch_size, steps_per_epoch):
+    """Linear warmup to the scaled rate, then cosine decay to 0 (SimCLR Sec. B.1); no warmup when
+    warmup_epochs is 0 (fine-tuning, SimCLRv2 Appendix)."""
+    if cfg.lr_scaling == "linear":
+        peak = cfg.lr * batch_size / 256
+    else:  # 'sqrt': e.g. 0.075 * sqrt(B), better for small batches (SimCLR Appendix B.1)
+        peak = cfg.lr * batch_size ** 0.5
+    total = max(1, int(cfg.epochs * steps_per_epoch))
+    warmup = min(total - 1, int(cfg.warmup_epochs * steps_per_epoch))
+    if warmup == 0:
+        return optax.cosine_decay_schedule(peak, total)
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total, end_value=0.0)
+
+
+def make_optimizer(cfg, weight_decay, schedule):
+    """LARS. As the official code, weight decay skips biases and batch-norm parameters (ndim 1), and the
+    trust-ratio adaptation skips them and the supervised classifier, which learns at the plain rate."""
+    is_kernel = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+    is_adapted = lambda params: jax.tree_util.tree_map_with_path(
+        lambda path, p: p.ndim > 1 and "classifier" not in jax.tree_util.keystr(path), params)
+    return optax.lars(schedule, weight_decay=weight_decay, weight_decay_mask=is_kernel,
+                      trust_coefficient=cfg.trust_coefficient, trust_ratio_mask=is_adapted,
+                      momentum=cfg.momentum)
+
+
+# ------------------------------------------------------------------------------------------------
+# State
+# ------------------------------------------------------------------------------------------------
+
+def create_state(config, steps_per_epoch):
+    """Everything that changes during training, and the step that changes it.
+
+    pretrain: (model, optimizer). finetune: (classifier, optimizer), the body and the first
+    ft_proj_layer head layers read from the pretraining run in config.init_workdir ('' = random: the
+    supervised baseline). distill: (student, optimizer, teacher), the teacher read from the fine-tuning
+    run in config.init_workdir and fixed (eval mode, no optimizer); the student starts from random.
+
+    Returns (graphdef, state, step_fn): the models and the optimizer split into a static graph and a
+    pytree of arrays, and step_fn(state, batch, key) -> (state, metrics), pure, for jax.jit.
+    """
+    rngs = nnx.Rngs(config.seed)
+    ocfg = stage_optim(config)
+    schedule = learning_rate_schedule(ocfg, config.data.batch_size, steps_per_epoch)
+    fixed = ()  # models that the step uses but does not train
+    if config.stage == "pretrain":
+        model, step = SimCLRv2(config, rngs), train_step
+    elif config.stage == "finetune":
+        model, step = Classifier(config, config.model.name, config.model.ft_proj_layer, rngs), finetune_step
+        if config.init_workdir:
+            pretrained = load_model(config.init_workdir)
+            assign(model.body, pretrained["body"])
+            assign(model.head, {k: v for k, v in pretrained["head"].items() if int(k) < len(model.head)})
+    else:
+        model, step = Classifier(config, config.model.student_name, 0, rngs), distill_step
+        teacher = Classifier(config, config.model.name, config.model.ft_proj_layer, rngs)
+        assign(teacher, load_model(config.init_workdir))
+        teacher.eval()  # a fixed teacher: batch norm with its running statistics, nothing updated
+        fixed = (teacher,)
+    optimizer = nnx.Optimizer(model, make_optimizer(config.optim, ocfg.weight_decay, schedule), wrt=nnx.Param)
+    graphdef, state = nnx.split((model, optimizer, *fixed))
+    return graphdef, state, functools.partial(step, graphdef, config, schedule)
+
+
+# ------------------------------------------------------------------------------------------------
+# Train step
+# ------------------------------------------------------------------------------------------------
+
+def train_step(graphdef, config, schedule, state, batch, key):
+    """One pretraining step on the global batch; jitted with `graphdef, config, schedule` bound."""
+    model, optimizer = nnx.merge(graphdef, state)
+    x1, x2 = make_views(key, batch["image"], config.views)
+
+    def loss_fn(model):
+        # Both views in one forward pass: batch norm statistics over all 2N views, as the official code.
+        z1, z2 = jnp.split(model(jnp.concatenate([x1, x2])), 2)
+        return nt_xent_loss(z1, z2, config.method.temperature)
+
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    lr = schedule(optimizer.step[...])
+    optimizer.update(model, grads)
+    metrics = {"loss": loss, "lr": lr, "finite": checkpoint.all_finite(loss, nnx.state(model, nnx.Param))}
+    return nnx.state((model, optimizer)), metrics
+
+
+def finetune_step(graphdef, config, schedule, state, batch, key):
+    """One fine-tuning step on a global batch of labelled images: cross-entropy with the labels."""
+    model, optimizer = nnx.merge(graphdef, state)
+    x = make_crop_flip_views(key, batch["image"], config.views)
+
+    def loss_fn(model):
+        logits = model(x)  # [B, C]
+        loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]))
+        return loss, jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+
+    (loss, accuracy), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    lr = schedule(optimizer.step[...])
+    optimizer.update(model, grads)
+    metrics = {"loss": loss, "accuracy": accuracy, "lr": lr,
+               "finite": checkpoint.all_finite(loss, nnx.state(model, nnx.Param))}
+    return nnx.state((model, optimizer)), metrics
+
+
+def distill_step(graphdef, config, schedule, state, batch, key):
+    """One distillation step on a global batch of training images, their labels unused (Eq. 2):
+    teacher and student see the same view; only the student learns."""
+    student, optimizer, teacher = nnx.merge(graphdef, state)
+    x = make_crop_flip_views(key, batch["image"], config.views)
+    teacher_logits = teacher(x)  # [B, C], outside loss_fn: only the student is differentiated
+
+    def loss_fn(student):
+        return distillation_loss(student(x), teacher_logits, config.method.distill_temperature)
+
+    loss, grads = nnx.value_and_grad(loss_fn)(student)
+    lr = schedule(optimizer.step[...])
+    optimizer.update(student, grads)
+    metrics = {"loss": loss, "lr": lr, "finite": checkpoint.all_finite(loss, nnx.state(student, nnx.Param))}
+    return nnx.state((student, optimizer, teacher)), metrics
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation
+# ------------------------------------------------------------------------------------------------
+
+@nnx.jit(static_argnums=(2, 3))
+def embed(body, images, mean, std):
+    """uint8 images [B, H, W, 3] -> body features f(x) [B, D] (or the classifier's logits [B, C])."""
+    return body(augment.normalize(augment.to_float(images), mean, std))
+
+
+def get_body(graphdef, state):
+    """The representation f(.) that evaluation uses, as a fresh module in eval mode (a copy: switching
+    it to eval leaves the training graph untouched). common/evaluate.py calls this for every method.
+    It is the body of the trained model: pretrained, fine-tuned, or the distilled student."""
+    model = nnx.merge(graphdef, state)[0]
+    model.body.eval()
+    return model.body
+
+
+def knn_eval(graphdef, state, config, knn_train, knn_test, mesh):
+    """kNN top-1/top-5 of the body's features in eval mode (running batch-norm statistics)."""
+    body = get_body(graphdef, state)
+    embed_fn = lambda images: embed(body, images, tuple(config.views.mean), tuple(config.views.std))
+    return evaluate.knn_monitor(embed_fn, knn_train, knn_test, config.eval.batch_size, mesh,
+                                k=config.eval.knn_k, temperature=config.eval.knn_temperature)
+
+
+def classify_eval(graphdef, state, config, test, mesh):
+    """Top-1 accuracy (%) of the classifier in eval mode on whole, unaugmented test images."""
+    model = nnx.merge(graphdef, state)[0]
+    model.eval()
+    embed_fn = lambda images: embed(model, images, tuple(config.views.mean), tuple(config.views.std))
+    logits, labels = evaluate.extract_features(embed_fn, test, config.eval.batch_size, mesh)
+    return 100.0 * float(np.mean(np.argmax(logits, 1) == labels))
+
+
+def evaluate_stage(graphdef, state, config, knn_train, knn_test, mesh):
+    """The stage's scores: kNN of the body after pretraining, test top-1 of the classifier after."""
+    if config.stage == "pretrain":
+        knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
+        return {"knn_top1": knn["top1"], "knn_top5": knn["top5"]}
+    return {"top1": classify_eval(graphdef, state, config, knn_test, mesh)}
+
+
+# ------------------------------------------------------------------------------------------------
+# Main
+# ------------------------------------------------------------------------------------------------
+
+def check_config(config):
+    """Fails fast, before any data loading or compiling, on values the method cannot run with."""
+    problems = []
+    if config.stage not in STAGES:
+        problems.append(f"stage={config.stage!r} must be one of {', '.join(STAGES)}")
+    elif config.stage == "distill" and not config.init_workdir:
+        problems.append("stage='distill' needs init_workdir, the workdir of a finished 'finetune' run")
+    if config.init_workdir and not os.path.isdir(os.path.join(config.init_workdir, "checkpoints")):
+        problems.append(f"init_workdir={config.init_workdir!r} holds no checkpoints/ folder")
+    if config.data.batch_size < 2:
+        problems.append(f"data.batch_size={config.data.batch_size}: NT-Xent needs at least 2 images")
+    if not 0 < config.data.label_fraction <= 1:
+        problems.append(f"data.label_fraction={config.data.label_fraction} must lie in (0, 1]")
+    if not 0 <= config.model.ft_proj_layer < config.model.proj_layers:
+        problems.append(f"model.ft_proj_layer={config.model.ft_proj_layer} must lie in [0, model.proj_layers)")
+    if config.method.temperature <= 0 or config.method.distill_temperature <= 0:
+        problems.append("method.temperature and method.distill_temperature must be > 0")
+    for name in ("optim", "finetune", "distill"):
+        if config[name].lr_scaling not in ("linear", "sqrt"):
+            problems.append(f"{name}.lr_scaling={config[name].lr_scaling!r} must be 'linear' or 'sqrt'")
+        if config[name].epochs <= 0 or config[name].warmup_epochs < 0:
+            problems.append(f"{name}.epochs must be > 0 and {name}.warmup_epochs >= 0")
+    if problems:
+        raise ValueError("Bad config: " + "; ".join(problems) + ". Fix it with --config.<field>=<value>.")
+
+
+def load_train_data(config, workdir):
+    """The stage's training set: every training image, except for fine-tuning: the class-balanced
+    labelled fraction, a pure function of the seed, whose indices are saved in the workdir."""
+    train_data = data.load(config.data, config.data.train_split)
+    if train_data.num_classes != config.data.num_classes:
+        raise ValueError(f"data.num_classes={config.data.num_classes}, but {train_data!r} has "
+                         f"{train_data.num_classes} classes.")
+    if config.stage != "finetune":
+        return train_data
+    labelled = data.balanced_subset(train_data.labels(), config.data.label_fraction, config.data.num_classes,
+                                    config.seed)
+    if jax.process_index() == 0:
+        np.save(os.path.join(workdir, "labelled_indices.npy"), labelled)
+    return train_data.subset(labelled)
+
+
+def load_eval_data(config):
+    """The kNN monitor's train and test sets (optionally their first N examples)."""
+    knn_train = data.load(config.data, config.data.train_split)
+    knn_test = data.load(config.data, config.data.eval_split)
+    if config.eval.knn_train_examples:
+        knn_train = knn_train.subset(range(min(config.eval.knn_train_examples, knn_train.num_examples)))
+    if config.eval.knn_test_examples:
+        knn_test = knn_test.subset(range(min(config.eval.knn_test_examples, knn_test.num_examples)))
+    return knn_train, knn_test
+
+
+def write_results(path, results):
+    if jax.process_index() == 0:
+        with open(path, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+def main(config, workdir):
+    from clu import metric_writers, periodic_actions
+
+    check_config(config)
+    checkpoint.maybe_initialize_distributed()
+    mesh = data.make_mesh()
+    data.check_batch_size(config.data.batch_size, mesh)
+    os.makedirs(workdir, exist_ok=True)
+    train_data = load_train_data(config, workdir)
+    knn_train, knn_test = load_eval_data(config)
+    loader = data.Loader(train_data, config.data.batch_size, config.seed, mesh)
+    total_steps = max(1, int(stage_optim(config).epochs * loader.steps_per_epoch))
+
+    graphdef, state, step_fn = create_state(config, loader.steps_per_epoch)
+    state = checkpoint.replicate(state, mesh)
+    ckpt = checkpoint.Checkpointer(workdir, config.checkpoint_every_steps)
+    state, start_step = ckpt.restore_or(state)
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    results_path = os.path.join(workdir, "results.json")
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    results = {"method": "simclr2", "stage": config.stage, "wall_time_s": 0.0}
+    if config.stage == "finetune":
+        results["label_fraction"] = config.data.label_fraction
+    elif config.stage == "distill":  # the teacher's labelled fraction, as its run recorded it
+        with open(os.path.join(config.init_workdir, "results.json")) as f:
+            results["label_fraction"] = json.load(f)["label_fraction"]
+    if start_step == 0:  # what the initial network scores, for comparison
+        scores = evaluate_stage(graphdef, state, config, knn_train, knn_test, mesh)
+        results.update({f"{k}_init": v for k, v in scores.items()})
+        writer.write_scalars(0, scores)
+        write_results(results_path, results)
+    else:
+        with open(results_path) as f:
+            results = json.load(f)
+
+    step_fn = jax.jit(step_fn, donate_argnums=0)
+    root_key = jax.random.key(config.seed)
+    guard = checkpoint.FiniteGuard(ckpt)
+    progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
+    start_time = time.time()
+    step = start_step
+    for step, batch in loader.iterate(start_step):
+        if step >= total_steps:
+            break
+        state, metrics = step_fn(state, batch, jax.random.fold_in(root_key, step))
+        step += 1  # steps completed
+        guard.add(step, metrics["finite"])
+        progress(step)
+        if step % config.log_every_steps == 0 or step == total_steps:
+            guard.check()
+            writer.write_scalars(step, {k: float(v) for k, v in metrics.items() if k != "finite"})
+        if config.eval.knn_every_steps and step % config.eval.knn_every_steps == 0 and step < total_steps:
+            writer.write_scalars(step, evaluate_stage(graphdef, state, config, knn_train, knn_test, mesh))
+        if step % config.checkpoint_every_steps == 0 or step == total_steps:
+            guard.check()
+            ckpt.save(step, state, force=True)
+        if ckpt.preempted(step):
+            guard.check()
+            ckpt.save(step, state, force=True)
+            results["wall_time_s"] += time.time() - start_time
+            write_results(results_path, results)
+            writer.flush()
+            ckpt.close()
+            print(f"Pre-empted: saved step {step} to {ckpt.directory}; rerun with the same --workdir to resume.")
+            return None
+
+    guard.check()
+    ckpt.save(step, state, force=True)
+    scores = evaluate_stage(graphdef, state, config, knn_train, knn_test, mesh)
+    writer.write_scalars(step, scores)
+    results.update(scores, step=step, wall_time_s=results["wall_time_s"] + time.time() - start_time)
+    write_results(results_path, results)
+    writer.flush()
+    ckpt.close()
+    print(f"{config.stage}: " + ", ".join(f"{k} {v:.2f}%" for k, v in scores.items())
+          + " (initial network: " + ", ".join(f"{results[k + '_init']:.2f}%" for k in scores)
+          + f"), step {step}; results in {results_path}")
+    return results
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file, e.g. simclr2/config.py:smoke.",
+                                              lock_config=True)
+    _WORKDIR = flags.DEFINE_string("workdir", "runs/simclr2", "Checkpoints, logs and results; rerun to resume.")
+    def _run(argv):  # returns None: absl's app.run would exit with status 1 on main's results dict
+        main(_CONFIG.value, _WORKDIR.value)
+
+    app.run(_run)

@@ -1,0 +1,194 @@
+"""SimCLRv2 config. Chen, Kornblith, Swersky, Norouzi, Hinton, "Big Self-Supervised Models are Strong
+Semi-Supervised Learners", NeurIPS 2020 (arXiv:2006.10029). One config for the three stages; `stage`
+chooses the run and `init_workdir` points at the previous stage's workdir.
+
+    python simclr2/train.py --config simclr2/config.py --workdir runs/simclr2/pretrain     # 2 CPU cores
+    python simclr2/train.py --config simclr2/config.py --config.stage=finetune \\
+        --config.init_workdir=runs/simclr2/pretrain --workdir runs/simclr2/finetune_10pct
+    python simclr2/train.py --config simclr2/config.py --config.stage=distill \\
+        --config.init_workdir=runs/simclr2/finetune_10pct --workdir runs/simclr2/distill_10pct
+    python simclr2/train.py --config simclr2/config.py --config.stage=finetune \\
+        --config.init_workdir='' --workdir runs/simclr2/scratch_10pct        # supervised baseline
+    python simclr2/train.py --config simclr2/config.py:smoke           # seconds; used by the tests
+    python simclr2/train.py --config simclr2/config.py:cifar10         # paper-style CIFAR-10 (accelerator)
+    python simclr2/train.py --config simclr2/config.py:imagenet        # paper's ImageNet settings (accelerator)
+
+1% of the labels: add --config.data.label_fraction=0.01 --config.finetune.epochs=60 (paper: 60 epochs
+for 1%, 30 for 10%); the paper fine-tunes with batch 1024 (--config.data.batch_size=1024). Pretraining
+reports the kNN monitor (results.json: knn_top1, ...), fine-tuning and distillation the test top-1 (top1,
+top1_init, label_fraction); the README's benchmark table gives the default pipeline's results and hardware.
+
+Deliberate deviations from the paper: no MoCo-style memory of negatives (the official code has none
+either; the paper reports ~1% from it); no linear head trained on labels during pretraining (the kNN
+monitor replaces it). In the default preset only: a tiny body, 2 pretraining epochs and 1 distillation
+epoch so the pipeline runs in minutes on a CPU; crop scale (0.4, 1) because 28x28 images lose the
+object below that; colour strength 0.5 and no blur (as SimCLR's CIFAR setting); square-root
+learning-rate scaling, which SimCLR recommends for small batches; batch 256 in every stage.
+"""
+
+import ml_collections
+
+
+def get_config(arg=None):
+    preset = arg or "default"
+    if preset not in ("default", "smoke", "cifar10", "imagenet"):
+        raise ValueError(f"Unknown preset {preset!r}: use one of default, smoke, cifar10, imagenet.")
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # also chooses the labelled fraction
+    c.stage = "pretrain"  # 'pretrain' (1), 'finetune' (2) or 'distill' (3): Fig. 3 of the paper
+    c.init_workdir = ""  # previous stage's workdir; finetune: '' = random init (supervised baseline)
+
+    # Data: any TFDS name, or an image folder (data.folder). Images are resized on the host to
+    # image_size (0 = native size); the random crops are taken on device.
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "fashion_mnist_local"  # embedded default: Fashion-MNIST from the Debian package
+    c.data.folder = ""  # an image folder: root/<split>/<class>/* or a flat folder of images
+    c.data.data_dir = ""  # TFDS data_dir ('' = TFDS default, ~/tensorflow_datasets)
+    c.data.image_size = 0  # host-side size; 0 keeps 28x28
+    c.data.train_split = "train"
+    c.data.eval_split = "test"
+    c.data.batch_size = 256  # global batch, over all devices, every stage (paper: 4096; 1024 fine-tuning)
+    c.data.num_classes = 10
+    c.data.label_fraction = 0.1  # fine-tuning's class-balanced labelled fraction (paper: 0.01 and 0.1)
+
+    # Views (SimCLR Sec. 3 and Appendix A), TensorFlow semantics. Pretraining uses all of them;
+    # fine-tuning and distillation only the crop and the flip (paper, Appendix).
+    c.views = ml_collections.ConfigDict()
+    c.views.crop_size = 28  # paper: 224
+    c.views.crop_scale = (0.4, 1.0)  # paper: (0.08, 1.0)
+    c.views.crop_ratio = (3 / 4, 4 / 3)
+    c.views.flip_p = 0.5
+    c.views.color_strength = 0.5  # s in SimCLR's Appendix A; paper: 1.0 (ImageNet)
+    c.views.color_p = 0.8
+    c.views.gray_p = 0.2
+    c.views.blur_p = 0.0  # paper: 0.5 on ImageNet
+    c.views.mean = (0.2860, 0.2860, 0.2860)  # per-channel normalisation of the data set
+    c.views.std = (0.3530, 0.3530, 0.3530)
+
+    # Model: body, the deeper projection head (Sec. 2), the fine-tuning layer, the distillation student.
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "resnet_tiny"  # paper: ResNet-50 to ResNet-152 (3x + SK)
+    c.model.stem = "small"  # 'imagenet' (7x7/2 + max-pool), 'cifar' (3x3/1), 'small' (3x3/2)
+    c.model.bn_momentum = 0.9  # NNX convention: running = m * running + (1 - m) * batch
+    c.model.proj_layers = 3  # paper: 3 (SimCLR: 2)
+    c.model.proj_hidden_dim = 128  # paper: 2048 (= body width)
+    c.model.proj_dim = 64  # paper: 128
+    c.model.ft_proj_layer = 1  # fine-tune from this head layer's output; paper: 1 (0 with 100% labels)
+    c.model.student_name = "resnet_tiny"  # paper: the same body (self-distillation) or a smaller one
+
+    # Method: NT-Xent temperature tau and distillation temperature T (Eq. 2).
+    c.method = ml_collections.ConfigDict()
+    c.method.temperature = 0.2  # paper: 0.1
+    c.method.distill_temperature = 1.0  # paper: 1
+
+    # Optimiser of pretraining: LARS, linear warmup then cosine decay; biases, norms and the classifier
+    # skip decay and trust-ratio adaptation. momentum and trust_coefficient apply to every stage.
+    c.optim = ml_collections.ConfigDict()
+    c.optim.epochs = 2.0  # paper: 800
+    c.optim.warmup_epochs = 0.2  # paper: 5% of the epochs
+    c.optim.lr = 0.075  # base rate; paper: 0.1 (sqrt), i.e. 6.4 at B = 4096
+    c.optim.lr_scaling = "sqrt"  # 'linear': lr * B / 256; 'sqrt': lr * sqrt(B)
+    c.optim.weight_decay = 1e-6  # paper: 1e-4 (ResNet-50, 800 epochs)
+    c.optim.momentum = 0.9
+    c.optim.trust_coefficient = 0.001  # LARS eta
+
+    # Fine-tuning (stage 2, Appendix): LARS without weight decay and without warmup.
+    c.finetune = ml_collections.ConfigDict()
+    c.finetune.epochs = 30.0  # paper: 60 with 1% of the labels, 30 with 10%
+    c.finetune.warmup_epochs = 0.0  # paper: none
+    c.finetune.lr = 0.005  # paper: 0.005 (sqrt), i.e. 0.16 at B = 1024
+    c.finetune.lr_scaling = "sqrt"
+    c.finetune.weight_decay = 0.0  # paper: none
+
+    # Distillation (stage 3, Appendix): the pretraining schedule, decay and batch.
+    c.distill = ml_collections.ConfigDict()
+    c.distill.epochs = 1.0  # paper: 400
+    c.distill.warmup_epochs = 0.1  # paper: as pretraining
+    c.distill.lr = 0.075  # paper: as pretraining
+    c.distill.lr_scaling = "sqrt"
+    c.distill.weight_decay = 1e-6  # paper: as pretraining
+
+    # Evaluation: weighted kNN on frozen features after pretraining (k=20, T=0.07 as DINO); test top-1
+    # of the classifier after fine-tuning and distillation (knn_test_examples limits it too).
+    c.eval = ml_collections.ConfigDict()
+    c.eval.knn_every_steps = 0  # 0 = only at the start and the end (of every stage)
+    c.eval.knn_k = 20
+    c.eval.knn_temperature = 0.07
+    c.eval.knn_train_examples = 0  # 0 = all; a positive number uses the first N (faster monitor)
+    c.eval.knn_test_examples = 0
+    c.eval.batch_size = 1000
+
+    # Checkpoints and logging.
+    c.checkpoint_every_steps = 200
+    c.log_every_steps = 50
+
+    if preset == "smoke":
+        c.data.batch_size = 16
+        c.data.label_fraction = 0.01
+        c.views.crop_size = 16
+        c.model.proj_hidden_dim = 16
+        c.model.proj_dim = 8
+        c.optim.epochs = 4 * 16 / 60000  # 4 steps
+        c.optim.warmup_epochs = 16 / 60000
+        c.finetune.epochs = 4 / 37  # 4 steps: 600 labelled images make 37 batches of 16
+        c.distill.epochs = 4 * 16 / 60000
+        c.distill.warmup_epochs = 16 / 60000
+        c.eval.knn_train_examples = 200
+        c.eval.knn_test_examples = 100
+        c.eval.batch_size = 100
+        c.checkpoint_every_steps = 2
+        c.log_every_steps = 1
+    elif preset == "cifar10":  # SimCLR's CIFAR-10 settings with SimCLRv2's head and stages
+        c.data.name = "cifar10"
+        c.data.batch_size = 512
+        c.views.crop_size = 32
+        c.views.crop_scale = (0.08, 1.0)
+        c.views.mean = (0.4914, 0.4822, 0.4465)
+        c.views.std = (0.2470, 0.2435, 0.2616)
+        c.model.name = "resnet18"
+        c.model.stem = "cifar"
+        c.model.student_name = "resnet18"
+        c.model.proj_hidden_dim = 512
+        c.model.proj_dim = 128
+        c.method.temperature = 0.5
+        c.optim.epochs = 1000.0
+        c.optim.warmup_epochs = 10.0
+        c.optim.lr = 1.0
+        c.optim.lr_scaling = "linear"
+        c.distill.epochs = 400.0
+        c.distill.warmup_epochs = 10.0
+        c.distill.lr = 1.0
+        c.distill.lr_scaling = "linear"
+        c.eval.knn_every_steps = 5000
+        c.checkpoint_every_steps = 2000
+    elif preset == "imagenet":  # Appendix: ResNet-50, batch 4096, 800 epochs, LARS 0.1 x sqrt(B)
+        c.data.name = "imagenet2012"
+        c.data.image_size = 256
+        c.data.eval_split = "validation"
+        c.data.batch_size = 4096
+        c.data.num_classes = 1000
+        c.views.crop_size = 224
+        c.views.crop_scale = (0.08, 1.0)
+        c.views.color_strength = 1.0
+        c.views.blur_p = 0.5
+        c.views.mean = (0.485, 0.456, 0.406)
+        c.views.std = (0.229, 0.224, 0.225)
+        c.model.name = "resnet50"
+        c.model.stem = "imagenet"
+        c.model.student_name = "resnet50"
+        c.model.proj_hidden_dim = 2048
+        c.model.proj_dim = 128
+        c.method.temperature = 0.1
+        c.optim.epochs = 800.0
+        c.optim.warmup_epochs = 40.0
+        c.optim.lr = 0.1
+        c.optim.weight_decay = 1e-4
+        c.distill.epochs = 400.0
+        c.distill.warmup_epochs = 20.0
+        c.distill.lr = 0.1
+        c.distill.weight_decay = 1e-4
+        c.eval.knn_every_steps = 10000
+        c.eval.knn_train_examples = 100000
+        c.checkpoint_every_steps = 2500
+        c.log_every_steps = 100
+    return c
