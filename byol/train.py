@@ -249,12 +249,17 @@ def schedule_steps(cfg, steps_per_epoch):
 
 
 def make_optimizer(cfg, schedule):
-    """LARS (App. C.1); weight decay and trust-ratio adaptation skip biases and batch-norm parameters
-    (ndim 1), as the official `exclude_bias_and_norm`."""
+    """LARS as the official `optimizers.lars` (App. C.1): weight decay, the trust ratio
+    eta ||w|| / ||u||, momentum, then the learning rate. Biases and batch-norm parameters (ndim 1) skip
+    decay and trust ratio, as `exclude_bias_and_norm`. (optax.lars takes the momentum after the
+    learning rate, which differs from this while the rate changes.)"""
     is_kernel = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-    return optax.lars(schedule, weight_decay=cfg.weight_decay, weight_decay_mask=is_kernel,
-                      trust_coefficient=cfg.trust_coefficient, trust_ratio_mask=is_kernel,
-                      momentum=cfg.momentum)
+    return optax.chain(
+        optax.masked(optax.add_decayed_weights(cfg.weight_decay), is_kernel),
+        optax.masked(optax.scale_by_trust_ratio(trust_coefficient=cfg.trust_coefficient), is_kernel),
+        optax.trace(decay=cfg.momentum),
+        optax.scale_by_learning_rate(schedule),
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -270,8 +275,9 @@ def create_state(config, steps_per_epoch):
     counter, which is in the state, so a resumed run continues both schedules exactly.
     """
     model = BYOL(config, nnx.Rngs(config.seed))
-    # xi starts as a copy of theta (body and projector; the target has no predictor).
-    target = nnx.clone(model.online)
+    # xi starts as a copy of theta (body and projector; the target has no predictor), in buffers of its
+    # own: main's jit donates the state, and one buffer cannot be donated twice.
+    target = nnx.clone(model.online, arrays=True)
     total_steps, warmup_steps = schedule_steps(config.optim, steps_per_epoch)
     lr_schedule = functools.partial(learning_rate_schedule, batch_size=config.data.batch_size,
                                     base_learning_rate=config.optim.lr, total_steps=total_steps,

@@ -1,7 +1,10 @@
-"""BYOL loss, schedules and target update against the official deepmind-research outputs."""
+"""BYOL: the loss, schedules and target update against the official deepmind-research outputs; the
+asymmetric views; the EMA target in the train step; a smoke run of main, resume, 8 devices vs 1, the
+non-finite guard, bad config."""
 
 import json
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +12,7 @@ import numpy as np
 import pytest
 
 from byol import train as byol
+from tests import helpers
 
 REFERENCE = pathlib.Path(__file__).parent / "reference"
 CASES = json.loads((REFERENCE / "cases.json").read_text())["cases"]
@@ -96,3 +100,153 @@ def test_ema_update_matches_official():
     tol = case["tolerance"]["new_target"]
     _assert_close(new_target["w"], z["new_target_w"], tol)
     _assert_close(new_target["b"], z["new_target_b"], tol)
+
+
+
+def test_lars_applies_momentum_before_the_learning_rate():
+    # The official optimizers.lars, written out: u = g + wd w (kernels only); u *= eta ||w|| / ||u||
+    # (kernels only); mu = m mu + u; update = -lr(k) mu. Biases (ndim 1) skip decay and trust ratio.
+    import ml_collections
+    import optax
+    cfg = ml_collections.ConfigDict(dict(weight_decay=1e-2, trust_coefficient=1e-3, momentum=0.9))
+    schedule = lambda k: 0.5 + 0.1 * k  # a changing rate tells the two momentum placements apart
+    tx = byol.make_optimizer(cfg, schedule)
+    params = {"w": jnp.full((3, 2), 2.0), "b": jnp.ones(2)}
+    grads = {"w": jnp.arange(6.0).reshape(3, 2), "b": jnp.array([1.0, -2.0])}
+    opt_state, mu = tx.init(params), {"w": 0.0, "b": 0.0}
+    for k in range(3):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        w = np.asarray(params["w"])
+        u = np.asarray(grads["w"]) + 1e-2 * w
+        u = u * 1e-3 * np.linalg.norm(w) / np.linalg.norm(u)
+        mu = {"w": 0.9 * mu["w"] + u, "b": 0.9 * mu["b"] + np.asarray(grads["b"])}
+        np.testing.assert_allclose(updates["w"], -schedule(k) * mu["w"], rtol=1e-5)
+        np.testing.assert_allclose(updates["b"], -schedule(k) * mu["b"], rtol=1e-5)
+        params = optax.apply_updates(params, updates)
+
+# ------------------------------------------------------------------------------------------------
+# Views, the train step, and main
+# ------------------------------------------------------------------------------------------------
+
+def _plain_views_config(**views):
+    """Smoke config whose crop is the whole image, with every random op off unless set in `views`."""
+    config = helpers.smoke_config("byol")
+    config.unlock()
+    config.views.update(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, color_p=0.0, gray_p=0.0,
+                        blur_p=(0.0, 0.0), solarize_p=(0.0, 0.0), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    config.views.update(views)
+    return config
+
+
+def test_views_blur_view_one_and_solarize_view_two():
+    images = np.random.default_rng(0).integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8)
+    x = images / 255.0
+    # 32 // 10 = 3 taps, as the official kernel of 32 / 10 (a side below 30 gets 1 tap: no blur).
+    config = _plain_views_config(crop_size=32, blur_p=(1.0, 0.0), solarize_p=(0.0, 1.0))
+    view1, view2 = jax.jit(lambda key, x: byol.make_views(key, x, config.views))(jax.random.key(0), images)
+    # View 2: solarised, pixels at or above 0.5 inverted (the official threshold), nothing else.
+    np.testing.assert_allclose(view2, np.where(x >= 0.5, 1 - x, x), atol=1e-5)
+    # View 1: always blurred, so much smoother than the (white-noise) image, and never solarised.
+    variation = lambda v: np.abs(np.diff(np.asarray(v), axis=2)).mean()
+    assert variation(view1) < 0.7 * variation(x)
+    np.testing.assert_allclose(np.asarray(view1).mean(), x.mean(), atol=0.05)
+
+
+def test_colour_transform_brightness_is_additive():
+    # TensorFlow semantics (official BYOL): brightness adds one delta in [-0.4, 0.4] per image,
+    # where torchvision would multiply.
+    image = jnp.linspace(0.3, 0.6, 8 * 8 * 3).reshape(8, 8, 3)
+    config = _plain_views_config(color_jitter=(0.4, 0.0, 0.0, 0.0), color_p=1.0)
+    deltas = []
+    for seed in range(4):
+        out = np.asarray(byol.color_transform(jax.random.key(seed), image, config.views))
+        unclipped = (out > 0) & (out < 1)
+        delta = (out - np.asarray(image))[unclipped]
+        np.testing.assert_allclose(delta, delta[0], atol=1e-6)
+        deltas.append(delta[0])
+    assert all(abs(d) <= 0.4 for d in deltas) and np.ptp(deltas) > 0.01
+
+
+def _restore(workdir, step):
+    """The checkpoint of `step` as saved: {'0': online model, '1': target, '2': optimizer}."""
+    import orbax.checkpoint as ocp
+    manager = ocp.CheckpointManager(str(workdir / "checkpoints"))
+    tree = manager.restore(step, args=ocp.args.StandardRestore())
+    manager.close()
+    return tree
+
+
+def _weights(tree):
+    """{path: array} of the nnx.Param leaves (batch-norm running 'mean' and 'var' left out)."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(path): np.asarray(x) for path, x in leaves
+            if path[-1].key not in ("mean", "var")}
+
+
+def test_smoke_run_target_update_and_resume_after_sigterm(tmp_path):
+    config = helpers.smoke_config("byol", checkpoint_every_steps=1)  # keeps steps 3 and 4
+    results = byol.main(config, str(tmp_path / "straight"))
+    saved = json.loads((tmp_path / "straight" / "results.json").read_text())
+    assert saved == results and saved["step"] == 4 and saved["method"] == "byol"
+    for key in ("knn_top1", "knn_top5", "knn_top1_init", "knn_top5_init"):
+        assert 0.0 <= saved[key] <= 100.0
+    assert saved["knn_top5"] >= saved["knn_top1"]
+    assert saved["knn_top1_init"] > 10.0  # ten classes: even a random body's features beat chance
+    assert (tmp_path / "straight" / "config.json").exists()
+
+    # The target after the last step (k = 3 of K = 4) is the EMA of the saved weights, with tau read
+    # from the step counter: xi_4 = tau(3) xi_3 + (1 - tau(3)) theta_4, tau(k) = 1 - (1 - b)(cos(pi k / K) + 1) / 2.
+    before, after = _restore(tmp_path / "straight", 3), _restore(tmp_path / "straight", 4)
+    assert set(after["1"]) == {"body", "projector"}  # the target has no predictor
+    tau = 1 - (1 - config.method.base_ema) * (np.cos(np.pi * 3 / 4) + 1) / 2
+    xi_3, xi_4, theta_3, theta_4 = (_weights(t) for t in (before["1"], after["1"], before["0"]["online"],
+                                                           after["0"]["online"]))
+    assert xi_4.keys() == theta_4.keys() and len(xi_4) > 10
+    for name in xi_4:
+        np.testing.assert_allclose(xi_4[name], tau * xi_3[name] + (1 - tau) * theta_4[name], rtol=1e-5, atol=1e-7)
+    assert max(np.abs(theta_4[n] - theta_3[n]).max() for n in theta_4) > 1e-4  # the online network trained
+    assert max(np.abs(theta_4[n] - xi_4[n]).max() for n in theta_4) > 1e-4  # and the target lags it
+
+    assert helpers.run_with_sigterm_at(byol, config, str(tmp_path / "resumed"), step=2) is None
+    assert helpers.final_params(str(tmp_path / "resumed"))[0] == 2  # SIGTERM saved step 2 and stopped
+    byol.main(config, str(tmp_path / "resumed"))
+    step_a, straight = helpers.final_params(str(tmp_path / "straight"))
+    step_b, resumed = helpers.final_params(str(tmp_path / "resumed"))
+    assert step_a == step_b == 4
+    np.testing.assert_array_equal(straight, resumed)
+
+
+def test_eight_devices_equal_one():
+    one = helpers.run_devices("byol", 1)
+    eight = helpers.run_devices("byol", 8)
+    assert (one["devices"], eight["devices"]) == (1, 8)
+    np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(eight["params"], one["params"], rtol=1e-4, atol=1e-5)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    # Warmup starts at lr 0, so the first step is finite and saved; then lr 1e30 blows the weights up.
+    config = helpers.smoke_config("byol", checkpoint_every_steps=1)
+    config.unlock()
+    config.optim.epochs = 8 * 16 / 60000
+    config.optim.warmup_epochs = 2 * 16 / 60000
+    config.optim.lr = 1e30
+    with pytest.raises(FloatingPointError, match=r"Non-finite loss or parameters at step (\d+)") as err:
+        byol.main(config, str(tmp_path))
+    bad_step = int(re.search(r"at step (\d+)", str(err.value)).group(1))
+    good_step, params = helpers.final_params(str(tmp_path))
+    assert 1 <= good_step < bad_step
+    assert f"last good checkpoint is step {good_step}" in str(err.value)
+    assert np.all(np.isfinite(params))
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("method.base_ema", 1.5, "base_ema"),
+    ("views.solarize_p", (0.2,), "solarize_p"),
+    ("data.batch_size", 1, "batch_size"),
+])
+def test_bad_config_fails_before_any_work(tmp_path, field, value, message):
+    config = helpers.smoke_config("byol", **{field: value})
+    with pytest.raises(ValueError, match=message):
+        byol.main(config, str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists()
