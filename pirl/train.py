@@ -18,11 +18,176 @@ Paper: I. Misra and L. van der Maaten, "Self-Supervised Learning of Pretext-Inva
 Representations", CVPR 2020, https://arxiv.org/abs/1912.01991. There is no stand-alone official
 release; checked against the authors' implementation in facebookresearch/vissl
 (vissl/losses/nce_loss.py, NCELossWithMemory, config pretrain/pirl/pirl_jigsaw_4node_resnet50.yaml).
+
+    python pirl/train.py --config pirl/config.py --workdir runs/pirl
+
+Augmentations follow VISSL, i.e. torchvision (random resized crops, colour jitter, grayscale, flip) and
+PIL (posterize, sharpness, solarize, autocontrast, as float analogues). The memory bank is REPLICATED
+on every device, as in VISSL: each example scores K rows drawn uniformly from the whole bank, so every
+device needs random access to all of it, and at 128 floats per image even ImageNet's bank (656 MB)
+fits on any accelerator; sharding it would need an all-gather of the bank, or of B x K rows, every
+step. The update after the loss writes the global batch's rows on every device alike. The README's
+benchmark table gives what the default preset reaches, and on which machine.
 """
+
+import functools
+import json
+import os
+import pathlib
+import sys
+import time
+
+if __package__ in (None, ""):  # run as a script: put the monorepo root (marked by WORKSPACE) on sys.path
+    _root = pathlib.Path(__file__).resolve().parent
+    while not (_root / "WORKSPACE").exists():
+        _root = _root.parent
+    sys.path.insert(0, str(_root))
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+from flax import nnx
+
+from common import augment, checkpoint, data, evaluate, models
+
+
+# ------------------------------------------------------------------------------------------------
+# Model
+# ------------------------------------------------------------------------------------------------
+
+class PIRL(nnx.Module):
+    """One body for the image and every patch, and the paper's heads (Sec. 3.3, VISSL's config).
+
+    f(v_I): body -> linear to D. g(v_It): each patch through the body -> a shared linear to D per
+    patch -> the patch embeddings concatenated in their (shuffled) order [B, n * D] -> linear to D.
+    The heads are linear, without batch norm or ReLU, as VISSL's pirl heads.
+    """
+
+    def __init__(self, config, rngs):
+        self.body = models.create_body(config.model.name, stem=config.model.stem,
+                                       img_size=config.views.crop_size,
+                                       bn_momentum=config.model.bn_momentum, rngs=rngs)
+        dim, num_patches = config.model.embed_dim, config.views.grid ** 2
+        self.image_head = nnx.Linear(self.body.num_features, dim, rngs=rngs)
+        self.patch_head = nnx.Linear(self.body.num_features, dim, rngs=rngs)
+        self.jigsaw_head = nnx.Linear(num_patches * dim, dim, rngs=rngs)
+
+    def embed_image(self, images):
+        """f(v_I): images [B, S, S, 3] -> [B, D]."""
+        return self.image_head(self.body(images))
+
+    def embed_jigsaw(self, patches):
+        """g(v_It): patches [B, n, P, P, 3] -> [B, D]. The body sees the B * n patches as one batch
+        (its own batch-norm statistics, apart from the images', as VISSL's separate forward passes)."""
+        b, n = patches.shape[:2]
+        h = self.patch_head(self.body(patches.reshape(b * n, *patches.shape[2:])))  # [B * n, D]
+        return self.jigsaw_head(h.reshape(b, -1))  # [B, n * D] -> [B, D]
+
+
+class Memory(nnx.Variable):
+    """The memory bank: one unit embedding per training image, [N, D]; moved by momentum, not SGD."""
+
+
+class NormConstant(nnx.Variable):
+    """Z, the NCE model's normalisation constant: < 0 until estimated at the first step, then fixed."""
+
+
+class MemoryBank(nnx.Module):
+    """The memory bank m (Sec. 3.2) and Z; checkpointed with the rest of the state."""
+
+    def __init__(self, size, dim, norm_constant, rngs):
+        # VISSL: uniform in a cube, then each row L2-normalised (norm_init); the cube's side cancels.
+        rows = jax.random.uniform(rngs.params(), (size, dim), minval=-1.0, maxval=1.0)
+        self.memory = Memory(l2_normalize(rows))
+        self.Z = NormConstant(jnp.asarray(norm_constant, jnp.float32))
+
+
+# ------------------------------------------------------------------------------------------------
+# Views
+# ------------------------------------------------------------------------------------------------
+
+def posterize(img, bits):
+    """PIL ImageOps.posterize on the uint8 values: keep the top `bits` bits (bits may be traced)."""
+    step = 2.0 ** (8 - bits)
+    return jnp.floor(jnp.round(img * 255) / step) * step / 255
+
+
+def sharpness(img, factor):
+    """PIL ImageEnhance.Sharpness: smooth + factor * (img - smooth), with `smooth` the SMOOTH filter
+    (3x3 taps, centre 5, others 1, / 13; border pixels kept): 0 blurs, 1 is the identity, 2 sharpens."""
+    h, w = img.shape[:2]
+    taps = ((1, 1, 1), (1, 5, 1), (1, 1, 1))
+    inner = sum(taps[i][j] * img[i:h - 2 + i, j:w - 2 + j] for i in range(3) for j in range(3)) / 13
+    smooth = img.at[1:-1, 1:-1].set(inner)
+    return jnp.clip(smooth + factor * (img - smooth), 0.0, 1.0)
+
+
+def autocontrast(img):
+    """PIL ImageOps.autocontrast (cutoff 0): stretch each channel's [min, max] to [0, 1]."""
+    lo, hi = img.min(axis=(0, 1)), img.max(axis=(0, 1))  # [C]
+    return jnp.where(hi > lo, (img - lo) / jnp.where(hi > lo, hi - lo, 1.0), img)
+
+
+def random_pil_photometric(key, img, p):
+    """VISSL ImgPilRandomPhotometric: with probability p, ALL of posterize (4-8 bits), sharpness
+    (factor ~ U[0.1, 1.9]), solarize (integer threshold in [0, 256] on the uint8 scale) and
+    autocontrast, in that order. PIL works on uint8 images; these are the float analogues."""
+    k_apply, k_bits, k_sharp, k_solar = jax.random.split(key, 4)
+    x = posterize(img, jax.random.randint(k_bits, (), 4, 9))
+    x = sharpness(x, jax.random.uniform(k_sharp, (), minval=0.1, maxval=1.9))
+    x = augment.solarize(x, jax.random.randint(k_solar, (), 0, 257) / 255)
+    x = autocontrast(x)
+    return jnp.where(jax.random.uniform(k_apply) < p, x, img)
+
+
+def photometric(key, img, cfg):
+    """The per-view recipe VISSL applies to the image and to EACH patch: colour jitter, PIL photometric
+    ops, grayscale, flip, normalise. [P, P, 3] in [0, 1] -> [P, P, 3]."""
+    k_color, k_pil, k_gray, k_flip = jax.random.split(key, 4)
+    x = augment.color_jitter(k_color, img, *cfg.color_jitter)
+    x = random_pil_photometric(k_pil, x, cfg.photometric_p)
+    x = augment.random_grayscale(k_gray, x, p=cfg.gray_p)
+    x = augment.random_flip(k_flip, x, p=cfg.flip_p)
+    return augment.normalize(x, cfg.mean, cfg.std)
+
+
+def make_jigsaw(key, image, cfg):
+    """The jigsaw view v_It of one float image [H, W, 3] (VISSL ImgPilToPatchesAndImage).
+
+    A random resized crop of side patch_crop_size is cut into a grid x grid of cells; from each cell a
+    patch of side cell - patch_jitter is taken at a random offset in [0, patch_jitter) along each
+    axis (the gap stops the network from matching patch borders), and the patches are shuffled by a
+    random permutation. Returns [grid^2, P, P, 3].
+    """
+    k_crop, k_jitter, k_perm, k_views = jax.random.split(key, 4)
+    x = augment.random_resized_crop(k_crop, image, cfg.patch_crop_size, scale=cfg.patch_crop_scale,
+                                    ratio=cfg.crop_ratio)
+    cell = cfg.patch_crop_size // cfg.grid
+    size = cell - cfg.patch_jitter
+    rows, cols = jnp.meshgrid(jnp.arange(cfg.grid), jnp.arange(cfg.grid), indexing="ij")
+    corners = cell * jnp.stack([rows.ravel(), cols.ravel()], axis=1)  # [n, 2]
+    corners = corners + jax.random.randint(k_jitter, corners.shape, 0, cfg.patch_jitter)
+    patches = jax.vmap(lambda c: jax.lax.dynamic_slice(x, (c[0], c[1], 0), (size, size, 3)))(corners)
+    patches = patches[jax.random.permutation(k_perm, cfg.grid ** 2)]  # [n, P, P, 3]
+    keys = jax.random.split(k_views, cfg.grid ** 2)
+    return jax.vmap(functools.partial(photometric, cfg=cfg))(keys, patches)
+
+
+def make_image_view(key, image, cfg):
+    """The image view v_I of one float image [H, W, 3]: random resized crop, then `photometric`."""
+    k_crop, k_view = jax.random.split(key)
+    x = augment.random_resized_crop(k_crop, image, cfg.crop_size, scale=cfg.crop_scale, ratio=cfg.crop_ratio)
+    return photometric(k_view, x, cfg)
+
+
+def make_views(key, images, cfg):
+    """uint8 [B, H, W, 3] -> (patches [B, grid^2, P, P, 3], image views [B, S, S, 3]); torchvision
+    semantics (VISSL), one key per image and view."""
+    images = augment.to_float(images)
+    k_jigsaw, k_image = jax.random.split(key)
+    return (augment.apply_per_image(functools.partial(make_jigsaw, cfg=cfg), k_jigsaw, images),
+            augment.apply_per_image(functools.partial(make_image_view, cfg=cfg), k_image, images))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -169,3 +334,249 @@ def update_memory(memory, indices, image_embedding, momentum):
     embedding = l2_normalize(jax.lax.stop_gradient(image_embedding))  # [B, D]
     updated = l2_normalize(momentum * memory[indices] + (1 - momentum) * embedding)  # [B, D]
     return memory.at[indices].set(updated)
+
+
+# ------------------------------------------------------------------------------------------------
+# Schedules
+# ------------------------------------------------------------------------------------------------
+
+def learning_rate_schedule(cfg, batch_size, steps_per_epoch):
+    """lr x B/256 decayed by a cosine to final_lr_fraction of it, no warmup (VISSL: 0.03 per 256
+    images, 0.12 at batch 1024, to 0.00012). VISSL steps it once per epoch; here every step."""
+    peak = cfg.lr * batch_size / 256
+    total = max(1, int(cfg.epochs * steps_per_epoch))
+    return optax.cosine_decay_schedule(peak, total, alpha=cfg.final_lr_fraction)
+
+
+def make_optimizer(cfg, schedule):
+    """PyTorch SGD with momentum: weight decay added to the gradient before the momentum; biases and
+    batch-norm parameters (ndim 1) are not decayed (VISSL regularize_bias/regularize_bn False)."""
+    is_kernel = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+    return optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask=is_kernel),
+                       optax.sgd(schedule, momentum=cfg.momentum))
+
+
+# ------------------------------------------------------------------------------------------------
+# State
+# ------------------------------------------------------------------------------------------------
+
+def create_state(config, steps_per_epoch):
+    """Everything that changes during training, and the step that changes it.
+
+    Returns (graphdef, state, step_fn): the model, its optimizer and the memory bank (with Z) split
+    into a static graph and a pytree of arrays, and step_fn(state, batch, key) -> (state, metrics),
+    pure, for jax.jit.
+    """
+    rngs = nnx.Rngs(config.seed)
+    model = PIRL(config, rngs)
+    bank = MemoryBank(config.method.memory_size, config.model.embed_dim, config.method.norm_constant, rngs)
+    schedule = learning_rate_schedule(config.optim, config.data.batch_size, steps_per_epoch)
+    optimizer = nnx.Optimizer(model, make_optimizer(config.optim, schedule), wrt=nnx.Param)
+    graphdef, state = nnx.split((model, optimizer, bank))
+    return graphdef, state, functools.partial(train_step, graphdef, config, schedule)
+
+
+# ------------------------------------------------------------------------------------------------
+# Train step
+# ------------------------------------------------------------------------------------------------
+
+def train_step(graphdef, config, schedule, state, batch, key):
+    """One step on the global batch; jitted with `graphdef, config, schedule` bound.
+
+    The key is split into (views, negatives of the patch branch, negatives of the image branch).
+    """
+    model, optimizer, bank = nnx.merge(graphdef, state)
+    k_views, k_patch, k_image = jax.random.split(key, 3)
+    patches, images = make_views(k_views, batch["image"], config.views)
+    indices = batch["index"]  # [B] data-set indices: the positives' rows in the bank
+    # K negatives per embedding, uniform with replacement over the whole bank and drawn separately for
+    # each branch (VISSL's sampler); column 0 is replaced by the positive inside pirl_loss.
+    shape = (indices.shape[0], config.method.num_negatives + 1)
+    neg_idx_patch = jax.random.randint(k_patch, shape, 0, config.method.memory_size)  # [B, K + 1]
+    neg_idx_image = jax.random.randint(k_image, shape, 0, config.method.memory_size)  # [B, K + 1]
+    memory, Z = bank.memory[...], bank.Z[...]
+
+    def loss_fn(model):
+        patch_embedding = model.embed_jigsaw(patches)  # g(v_It) [B, D]
+        image_embedding = model.embed_image(images)  # f(v_I) [B, D]
+        loss, Z_used = pirl_loss(patch_embedding, image_embedding, memory, indices, neg_idx_patch,
+                                 neg_idx_image, config.method.temperature, Z, config.method.loss_type)
+        return loss, (Z_used, image_embedding)
+
+    (loss, (Z, image_embedding)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    lr = schedule(optimizer.step[...])
+    optimizer.update(model, grads)
+    # The bank moves after the loss, with the image embeddings of this step (Sec. 3.2); Z stays fixed
+    # once estimated at the first step.
+    bank.memory[...] = update_memory(memory, indices, image_embedding, config.method.memory_momentum)
+    bank.Z[...] = Z
+    finite = checkpoint.all_finite(loss, (nnx.state(model, nnx.Param), bank.memory[...]))
+    metrics = {"loss": loss, "lr": lr, "Z": Z, "finite": finite}
+    return nnx.state((model, optimizer, bank)), metrics
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation
+# ------------------------------------------------------------------------------------------------
+
+@nnx.jit(static_argnums=(2, 3))
+def embed(body, images, mean, std):
+    """uint8 images [B, H, W, 3] -> body features f(x) [B, D]."""
+    return body(augment.normalize(augment.to_float(images), mean, std))
+
+
+def get_body(graphdef, state):
+    """The representation f(.) that evaluation uses, as a fresh module in eval mode (a copy: switching
+    it to eval leaves the training graph untouched). common/evaluate.py calls this for every method."""
+    model, _, _ = nnx.merge(graphdef, state)
+    model.body.eval()
+    return model.body
+
+
+def knn_eval(graphdef, state, config, knn_train, knn_test, mesh):
+    """kNN top-1/top-5 of the body's features in eval mode (running batch-norm statistics)."""
+    body = get_body(graphdef, state)
+    embed_fn = lambda images: embed(body, images, tuple(config.views.mean), tuple(config.views.std))
+    return evaluate.knn_monitor(embed_fn, knn_train, knn_test, config.eval.batch_size, mesh,
+                                k=config.eval.knn_k, temperature=config.eval.knn_temperature)
+
+
+# ------------------------------------------------------------------------------------------------
+# Main
+# ------------------------------------------------------------------------------------------------
+
+def check_config(config):
+    """Fails fast, before any data loading or compiling, on values the method cannot run with."""
+    problems = []
+    if config.data.batch_size < 2:
+        problems.append(f"data.batch_size={config.data.batch_size}: batch norm needs at least 2 images")
+    if config.method.temperature <= 0:
+        problems.append(f"method.temperature={config.method.temperature} must be > 0")
+    if config.method.loss_type not in ("nce", "cross_entropy"):
+        problems.append(f"method.loss_type={config.method.loss_type!r} must be 'nce' or 'cross_entropy'")
+    if config.method.num_negatives < 1 or config.method.memory_size < 1:
+        problems.append("method.num_negatives and method.memory_size must be >= 1")
+    if not 0 <= config.method.memory_momentum < 1:
+        problems.append(f"method.memory_momentum={config.method.memory_momentum} must be in [0, 1)")
+    if config.method.norm_constant == 0:
+        problems.append("method.norm_constant must be > 0, or < 0 to estimate Z at the first step")
+    if config.views.patch_jitter < 1 or config.views.patch_crop_size // config.views.grid <= config.views.patch_jitter:
+        problems.append(f"views.patch_jitter={config.views.patch_jitter} must be >= 1 and smaller than a grid "
+                        f"cell (views.patch_crop_size // views.grid = "
+                        f"{config.views.patch_crop_size // config.views.grid})")
+    if config.optim.epochs <= 0:
+        problems.append("optim.epochs must be > 0")
+    if problems:
+        raise ValueError("Bad config: " + "; ".join(problems) + ". Fix it with --config.<field>=<value>.")
+
+
+def load_eval_data(config):
+    """The kNN monitor's train and test sets (optionally their first N examples)."""
+    knn_train = data.load(config.data, config.data.train_split)
+    knn_test = data.load(config.data, config.data.eval_split)
+    if config.eval.knn_train_examples:
+        knn_train = knn_train.subset(range(min(config.eval.knn_train_examples, knn_train.num_examples)))
+    if config.eval.knn_test_examples:
+        knn_test = knn_test.subset(range(min(config.eval.knn_test_examples, knn_test.num_examples)))
+    return knn_train, knn_test
+
+
+def write_results(path, results):
+    if jax.process_index() == 0:
+        with open(path, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+def main(config, workdir):
+    from clu import metric_writers, periodic_actions
+
+    check_config(config)
+    checkpoint.maybe_initialize_distributed()
+    mesh = data.make_mesh()
+    data.check_batch_size(config.data.batch_size, mesh)
+    train_data = data.load(config.data, config.data.train_split)
+    if train_data.num_examples != config.method.memory_size:  # one bank row per training image
+        raise ValueError(f"Bad config: method.memory_size={config.method.memory_size} must equal the "
+                         f"{train_data.num_examples} training images. Fix it with "
+                         f"--config.method.memory_size={train_data.num_examples}.")
+    knn_train, knn_test = load_eval_data(config)
+    loader = data.Loader(train_data, config.data.batch_size, config.seed, mesh)
+    total_steps = max(1, int(config.optim.epochs * loader.steps_per_epoch))
+
+    graphdef, state, step_fn = create_state(config, loader.steps_per_epoch)
+    state = checkpoint.replicate(state, mesh)
+    os.makedirs(workdir, exist_ok=True)
+    ckpt = checkpoint.Checkpointer(workdir, config.checkpoint_every_steps)
+    state, start_step = ckpt.restore_or(state)
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    results_path = os.path.join(workdir, "results.json")
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    results = {"method": "pirl", "wall_time_s": 0.0}
+    if start_step == 0:  # what the randomly initialised body scores, for comparison
+        knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
+        results.update(knn_top1_init=knn["top1"], knn_top5_init=knn["top5"])
+        writer.write_scalars(0, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
+        write_results(results_path, results)
+    else:
+        with open(results_path) as f:
+            results = json.load(f)
+
+    step_fn = jax.jit(step_fn, donate_argnums=0)
+    root_key = jax.random.key(config.seed)
+    guard = checkpoint.FiniteGuard(ckpt)
+    progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
+    start_time = time.time()
+    step = start_step
+    for step, batch in loader.iterate(start_step):
+        if step >= total_steps:
+            break
+        state, metrics = step_fn(state, batch, jax.random.fold_in(root_key, step))
+        step += 1  # steps completed
+        guard.add(step, metrics["finite"])
+        progress(step)
+        if step % config.log_every_steps == 0 or step == total_steps:
+            guard.check()
+            writer.write_scalars(step, {k: float(v) for k, v in metrics.items() if k != "finite"})
+        if config.eval.knn_every_steps and step % config.eval.knn_every_steps == 0 and step < total_steps:
+            knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
+            writer.write_scalars(step, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
+        if step % config.checkpoint_every_steps == 0 or step == total_steps:
+            guard.check()
+            ckpt.save(step, state, force=True)
+        if ckpt.preempted(step):
+            guard.check()
+            ckpt.save(step, state, force=True)
+            results["wall_time_s"] += time.time() - start_time
+            write_results(results_path, results)
+            writer.flush()
+            ckpt.close()
+            print(f"Pre-empted: saved step {step} to {ckpt.directory}; rerun with the same --workdir to resume.")
+            return None
+
+    guard.check()
+    ckpt.save(step, state, force=True)
+    knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
+    writer.write_scalars(step, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
+    results.update(knn_top1=knn["top1"], knn_top5=knn["top5"], step=step,
+                   wall_time_s=results["wall_time_s"] + time.time() - start_time)
+    write_results(results_path, results)
+    writer.flush()
+    ckpt.close()
+    print(f"kNN top-1 {knn['top1']:.2f}% (random init {results['knn_top1_init']:.2f}%), "
+          f"top-5 {knn['top5']:.2f}%, step {step}; results in {results_path}")
+    return results
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file, e.g. pirl/config.py:smoke.",
+                                              lock_config=True)
+    _WORKDIR = flags.DEFINE_string("workdir", "runs/pirl", "Checkpoints, logs and results; rerun to resume.")
+    def _run(argv):  # returns None: absl's app.run would exit with status 1 on main's results dict
+        main(_CONFIG.value, _WORKDIR.value)
+
+    app.run(_run)

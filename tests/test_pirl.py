@@ -1,14 +1,22 @@
-"""PIRL: NCE / InfoNCE loss with a memory bank against VISSL's NCELossWithMemory outputs."""
+"""PIRL: the loss and memory update against VISSL's NCELossWithMemory outputs, the jigsaw view, the
+PIL photometric ops against PIL, one train step against its formula, a smoke run of main with resume,
+8 devices vs 1, the non-finite guard, bad configs."""
 
 import json
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
+from flax import nnx
+from PIL import Image, ImageEnhance, ImageOps
 
+from common import data
 from pirl import train as pirl
+from tests import helpers
 
 REFERENCE = pathlib.Path(__file__).parent / "reference"
 CASES = [
@@ -89,3 +97,133 @@ def test_gradients():
     grads_given_Z = jax.jit(jax.grad(loss_fn, argnums=(0, 1)))(args[0], args[1], args[2], float(z["Z"]))
     np.testing.assert_allclose(grads[0], grads_given_Z[0], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(grads[1], grads_given_Z[1], rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# Views
+# ------------------------------------------------------------------------------------------------
+
+def test_jigsaw_patches_are_jittered_grid_cells_in_a_random_order():
+    # Geometry alone: a full-image crop of the same size (an identity resize), no photometric change.
+    cfg = helpers.smoke_config("pirl").views
+    cfg.unlock()
+    cfg.update(patch_crop_size=24, patch_crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), grid=3,
+               patch_jitter=3, color_jitter=(0.0, 0.0, 0.0, 0.0), photometric_p=0.0, gray_p=0.0,
+               flip_p=0.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    image = np.random.default_rng(0).uniform(size=(24, 24, 3)).astype(np.float32)
+    patches = np.asarray(jax.jit(lambda k: pirl.make_jigsaw(k, image, cfg))(jax.random.key(3)))
+    assert patches.shape == (9, 5, 5, 3)  # cells of 8, patches of 8 - 3
+    cells = []
+    for patch in patches:  # find where each patch was cut: exactly one cell, an offset in [0, jitter)
+        found = [(top, left) for top in range(20) for left in range(20)
+                 if np.allclose(image[top:top + 5, left:left + 5], patch, atol=1e-5)]
+        assert len(found) == 1
+        (top, left), = found
+        assert top % 8 < 3 and left % 8 < 3
+        cells.append(3 * (top // 8) + left // 8)
+    assert sorted(cells) == list(range(9)) and cells != list(range(9))  # every cell once, shuffled
+
+
+def test_pil_photometric_ops_match_pil():
+    rng = np.random.default_rng(1)
+    uint8 = rng.integers(0, 256, size=(12, 10, 3), dtype=np.uint8)
+    uint8[..., 2] = np.clip(uint8[..., 2], 40, 200)  # one channel short of the full range
+    img, pil = jnp.asarray(uint8 / 255, jnp.float32), Image.fromarray(uint8)
+
+    def check(got, want, atol):
+        np.testing.assert_allclose(np.asarray(got) * 255, np.asarray(want, np.float64), atol=atol)
+
+    for bits in (4, 6, 8):
+        check(pirl.posterize(img, bits), ImageOps.posterize(pil, bits), 1e-3)
+    for factor in (0.1, 1.0, 1.9):  # PIL rounds the smoothed image to uint8, then truncates the blend
+        check(pirl.sharpness(img, factor), ImageEnhance.Sharpness(pil).enhance(factor), 1.5)
+    check(pirl.autocontrast(img), ImageOps.autocontrast(pil), 1.01)  # PIL truncates to uint8
+    for threshold in (0, 100, 256):
+        check(pirl.augment.solarize(img, threshold / 255), ImageOps.solarize(pil, threshold), 1e-3)
+
+
+# ------------------------------------------------------------------------------------------------
+# Train step and main
+# ------------------------------------------------------------------------------------------------
+
+def restore(workdir, step):
+    """The checkpoint of `step` as saved: {'0': model, '1': optimizer, '2': memory bank}."""
+    manager = ocp.CheckpointManager(str(workdir / "checkpoints"))
+    tree = manager.restore(step, args=ocp.args.StandardRestore())
+    manager.close()
+    return tree
+
+
+def test_smoke_run_then_resume_after_sigterm_equals_uninterrupted_run(tmp_path):
+    config = helpers.smoke_config("pirl", checkpoint_every_steps=100)
+    results = pirl.main(config, str(tmp_path / "straight"))
+    saved = json.loads((tmp_path / "straight" / "results.json").read_text())
+    assert saved == results and saved["step"] == 4 and saved["method"] == "pirl"
+    for key in ("knn_top1", "knn_top5", "knn_top1_init", "knn_top5_init"):
+        assert 0.0 <= saved[key] <= 100.0
+    assert saved["knn_top5"] >= saved["knn_top1"]
+    assert saved["knn_top1_init"] > 10.0  # ten classes: even a random body's features beat chance
+    assert (tmp_path / "straight" / "config.json").exists()
+
+    assert helpers.run_with_sigterm_at(pirl, config, str(tmp_path / "resumed"), step=2) is None
+    assert helpers.final_params(str(tmp_path / "resumed"))[0] == 2  # SIGTERM saved step 2 and stopped
+    pirl.main(config, str(tmp_path / "resumed"))
+    step_a, straight = helpers.final_params(str(tmp_path / "straight"))
+    step_b, resumed = helpers.final_params(str(tmp_path / "resumed"))
+    assert step_a == step_b == 4
+    np.testing.assert_array_equal(straight, resumed)  # the memory bank and Z included
+
+    # The memory bank: the rows of the 4 batches moved and stayed unit vectors, every other row is
+    # still its initial value; Z was estimated at step 1 and then kept (step 2 and step 4 agree).
+    graphdef, initial, _ = pirl.create_state(config, 60000 // 16)
+    initial_memory = np.asarray(nnx.merge(graphdef, initial)[2].memory[...])  # [60000, D]
+    mesh = data.make_mesh()
+    loader = data.Loader(data.load(config.data, config.data.train_split), 16, config.seed, mesh)
+    seen = np.concatenate([loader.indices(step) for step in range(4)])
+    final, halfway = restore(tmp_path / "straight", 4), restore(tmp_path / "resumed", 2)
+    memory = np.asarray(final["2"]["memory"])
+    unseen = np.setdiff1d(np.arange(60000), seen)
+    np.testing.assert_array_equal(memory[unseen], initial_memory[unseen])
+    assert np.all(np.abs(memory[seen] - initial_memory[seen]).max(axis=1) > 1e-3)
+    np.testing.assert_allclose(np.linalg.norm(memory, axis=1), 1.0, rtol=1e-5)
+    assert float(nnx.merge(graphdef, initial)[2].Z[...]) == -1.0  # "not yet estimated"
+    assert float(final["2"]["Z"]) > 0 and float(final["2"]["Z"]) == float(halfway["2"]["Z"])
+    assert int(final["1"]["step"]) == 4
+
+
+def test_eight_devices_equal_one():
+    one = helpers.run_devices("pirl", 1)
+    eight = helpers.run_devices("pirl", 8)
+    assert (one["devices"], eight["devices"]) == (1, 8)
+    np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(eight["params"], one["params"], rtol=1e-4, atol=1e-5)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    # lr 1e30: the first step's loss is finite; the weights it leaves blow up a later step.
+    config = helpers.smoke_config("pirl", checkpoint_every_steps=1)
+    config.unlock()
+    config.optim.epochs = 8 * 16 / 60000
+    config.optim.lr = 1e30
+    with pytest.raises(FloatingPointError, match=r"Non-finite loss or parameters at step (\d+)") as err:
+        pirl.main(config, str(tmp_path))
+    bad_step = int(re.search(r"at step (\d+)", str(err.value)).group(1))
+    good_step, params = helpers.final_params(str(tmp_path))
+    assert 1 <= good_step < bad_step
+    assert f"last good checkpoint is step {good_step}" in str(err.value)
+    assert np.all(np.isfinite(params))
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("method.temperature", 0.0, "temperature"),
+    ("method.loss_type", "hinge", "loss_type"),
+    ("method.memory_momentum", 1.0, "memory_momentum"),
+    ("views.patch_jitter", 8, "patch_jitter"),
+    ("method.memory_size", 1000, "memory_size"),  # must equal the 60000 training images
+    ("data.batch_size", 1, "batch_size"),
+])
+def test_bad_config_fails_before_any_work(tmp_path, field, value, message):
+    config = helpers.smoke_config("pirl", **{field: value})
+    with pytest.raises(ValueError, match=message):
+        pirl.main(config, str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists()

@@ -1,0 +1,145 @@
+"""PIRL config. Misra and van der Maaten, "Self-Supervised Learning of Pretext-Invariant
+Representations", CVPR 2020 (arXiv:1912.01991); values from the authors' VISSL config
+pretrain/pirl/pirl_jigsaw_4node_resnet50.yaml.
+
+    python pirl/train.py --config pirl/config.py                 # embedded Fashion-MNIST, 2 CPU cores
+    python pirl/train.py --config pirl/config.py:smoke           # seconds; used by the tests
+    python pirl/train.py --config pirl/config.py:cifar10         # paper's recipe on CIFAR-10 (accelerator)
+    python pirl/train.py --config pirl/config.py:imagenet        # paper's ImageNet settings (accelerator)
+
+Default preset (measured on this project's 2-core CPU machine, see README's benchmark table): a tiny
+ResNet for 2 epochs of Fashion-MNIST; the kNN monitor on the test split is printed and written to
+results.json beside the kNN accuracy of the same body at initialisation.
+
+Deliberate deviations from the paper in the default preset only: a tiny body, 2 epochs and 4096
+negatives (paper 32000) so it runs in minutes on a CPU; the jigsaw geometry scaled from 255-pixel
+crops with 64-pixel patches to 36-pixel crops with 9-pixel patches; image crop scale (0.4, 1) because
+28x28 images lose the object below that. Everywhere: the cosine schedule decays every step (VISSL
+steps it once per epoch), and the paper has no CIFAR-10 recipe (it trains on ImageNet and YFCC), so
+:cifar10 is the ImageNet recipe with a CIFAR ResNet-18 and CIFAR-sized crops.
+"""
+
+import ml_collections
+
+
+def get_config(arg=None):
+    preset = arg or "default"
+    if preset not in ("default", "smoke", "cifar10", "imagenet"):
+        raise ValueError(f"Unknown preset {preset!r}: use one of default, smoke, cifar10, imagenet.")
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    # Data: any TFDS name, or an image folder (data.folder). Images are resized on the host to
+    # image_size (0 = native size); the random crops are taken on device.
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "fashion_mnist_local"  # embedded default: Fashion-MNIST from the Debian package
+    c.data.folder = ""  # an image folder: root/<split>/<class>/* or a flat folder of images
+    c.data.data_dir = ""  # TFDS data_dir ('' = TFDS default, ~/tensorflow_datasets)
+    c.data.image_size = 0  # host-side size; 0 keeps 28x28
+    c.data.train_split = "train"
+    c.data.eval_split = "test"
+    c.data.batch_size = 256  # global batch, over all devices (paper: 1024 = 32 GPUs x 32)
+
+    # Views (Sec. 3.3, VISSL ImgPilToPatchesAndImage): the image v_I is a random resized crop; the
+    # jigsaw v_It is a 3x3 grid of jittered patches from another crop, shuffled. Every view then gets
+    # colour jitter, VISSL's PIL photometric ops, grayscale and flip; torchvision semantics.
+    c.views = ml_collections.ConfigDict()
+    c.views.crop_size = 28  # image view side; paper: 224
+    c.views.crop_scale = (0.4, 1.0)  # paper: (0.08, 1.0)
+    c.views.crop_ratio = (3 / 4, 4 / 3)
+    c.views.patch_crop_size = 36  # side of the crop cut into the grid; paper: 255
+    c.views.patch_crop_scale = (0.6, 1.0)  # paper: (0.6, 1.0)
+    c.views.grid = 3  # grid x grid patches; paper: 3 (9 patches)
+    c.views.patch_jitter = 3  # patch = cell - jitter, at a random offset in [0, jitter); paper: 21 (85 -> 64)
+    c.views.color_jitter = (0.4, 0.4, 0.4, 0.2)  # brightness, contrast, saturation, hue; paper: same
+    c.views.photometric_p = 0.66  # posterize, sharpness, solarize, autocontrast together; paper: 0.66
+    c.views.gray_p = 0.2
+    c.views.flip_p = 0.5
+    c.views.mean = (0.2860, 0.2860, 0.2860)  # per-channel normalisation of the data set
+    c.views.std = (0.3530, 0.3530, 0.3530)
+
+    # Model: body f shared by all patches and the image; linear heads to the embedding (Sec. 3.3).
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "resnet_tiny"  # paper: resnet50
+    c.model.stem = "small"  # 'imagenet' (7x7/2 + max-pool), 'cifar' (3x3/1), 'small' (3x3/2)
+    c.model.bn_momentum = 0.9  # NNX convention: running = m * running + (1 - m) * batch
+    c.model.embed_dim = 128  # embedding and memory-bank width; paper: 128
+
+    # Method: NCE against a memory bank (Sec. 3.2); lambda = 0.5 is fixed in pirl_loss (paper: 0.5).
+    c.method = ml_collections.ConfigDict()
+    c.method.temperature = 0.07  # tau; paper: 0.07
+    c.method.num_negatives = 4096  # K negatives per embedding from the bank; paper: 32000
+    c.method.memory_size = 60000  # one row per training image; paper: 1281167 (ImageNet)
+    c.method.memory_momentum = 0.5  # m_I <- 0.5 m_I + 0.5 f(v_I); paper: 0.5
+    c.method.norm_constant = -1.0  # Z; < 0: estimated at the first step, then frozen (paper: -1)
+    c.method.loss_type = "nce"  # 'nce' (paper) or 'cross_entropy' (InfoNCE)
+
+    # Optimiser: SGD with momentum, lr x B/256, cosine to lr / 1000, no decay on biases and norms.
+    c.optim = ml_collections.ConfigDict()
+    c.optim.epochs = 2.0  # paper: 800
+    c.optim.lr = 0.03  # base rate per 256 images; paper: 0.03 (0.12 at batch 1024)
+    c.optim.final_lr_fraction = 0.001  # paper: 0.00012 / 0.12
+    c.optim.weight_decay = 1e-4  # paper: 1e-4
+    c.optim.momentum = 0.9  # paper: 0.9
+
+    # Evaluation: weighted kNN on frozen features (k=20, T=0.07 as DINO).
+    c.eval = ml_collections.ConfigDict()
+    c.eval.knn_every_steps = 0  # 0 = only at the start and the end
+    c.eval.knn_k = 20
+    c.eval.knn_temperature = 0.07
+    c.eval.knn_train_examples = 0  # 0 = all; a positive number uses the first N (faster monitor)
+    c.eval.knn_test_examples = 0
+    c.eval.batch_size = 1000
+
+    # Checkpoints and logging.
+    c.checkpoint_every_steps = 200
+    c.log_every_steps = 50
+
+    if preset == "smoke":
+        c.data.batch_size = 16
+        c.views.crop_size = 16
+        c.views.patch_crop_size = 24  # cells of 8, patches of 6
+        c.views.patch_jitter = 2
+        c.model.embed_dim = 8
+        c.method.num_negatives = 64
+        c.optim.epochs = 4 * 16 / 60000  # 4 steps
+        c.eval.knn_train_examples = 200
+        c.eval.knn_test_examples = 100
+        c.eval.batch_size = 100
+        c.checkpoint_every_steps = 2
+        c.log_every_steps = 1
+    elif preset == "cifar10":  # the ImageNet recipe with a CIFAR ResNet-18 and CIFAR-sized crops
+        c.data.name = "cifar10"
+        c.views.crop_size = 32
+        c.views.crop_scale = (0.08, 1.0)
+        c.views.patch_crop_size = 36  # 255/224 of the image crop: cells of 12, patches of 9
+        c.views.mean = (0.4914, 0.4822, 0.4465)
+        c.views.std = (0.2470, 0.2435, 0.2616)
+        c.model.name = "resnet18"
+        c.model.stem = "cifar"
+        c.method.num_negatives = 32000
+        c.method.memory_size = 50000
+        c.optim.epochs = 800.0
+        c.eval.knn_every_steps = 5000
+        c.checkpoint_every_steps = 2000
+    elif preset == "imagenet":  # VISSL pirl_jigsaw_4node_resnet50: 32 GPUs x 32 images, 800 epochs
+        c.data.name = "imagenet2012"
+        c.data.image_size = 256
+        c.data.eval_split = "validation"
+        c.data.batch_size = 1024
+        c.views.crop_size = 224
+        c.views.crop_scale = (0.08, 1.0)
+        c.views.patch_crop_size = 255
+        c.views.patch_jitter = 21
+        c.views.mean = (0.485, 0.456, 0.406)
+        c.views.std = (0.229, 0.224, 0.225)
+        c.model.name = "resnet50"
+        c.model.stem = "imagenet"
+        c.method.num_negatives = 32000
+        c.method.memory_size = 1281167
+        c.optim.epochs = 800.0
+        c.eval.knn_every_steps = 10000
+        c.eval.knn_train_examples = 100000
+        c.checkpoint_every_steps = 2500
+        c.log_every_steps = 100
+    return c
