@@ -14,10 +14,147 @@ Papers: K. He, H. Fan, Y. Wu, S. Xie, R. Girshick, "Momentum Contrast for Unsupe
 Representation Learning", CVPR 2020, https://arxiv.org/abs/1911.05722; X. Chen, H. Fan,
 R. Girshick, K. He, "Improved Baselines with Momentum Contrastive Learning", 2020,
 https://arxiv.org/abs/2003.04297. Checked against facebookresearch/moco (moco/builder.py).
+
+    python moco/train.py --config moco/config.py --workdir runs/moco
+    python moco/train.py --config moco/config.py:imagenet_v1 --workdir runs/moco_v1   # MoCo v1
+
+Shuffling BN. The official code trains on 8 GPUs with per-GPU batch norm, and computes the keys on a
+batch shuffled across GPUs, so that a query and its key never share batch-norm statistics (which
+would let the model find its positive through the statistics, and "cheat"). Here the batch is one
+global array over a data mesh, and batch norm would be global by default. Instead both encoders use
+ghost batch norm: statistics per group of B / method.bn_groups contiguous rows (the official 8 GPUs'
+local batches, or the official CIFAR-10 demo's SplitBatchNorm), and the key encoder sees the batch
+in a random order, then un-shuffles its outputs. This equals the official behaviour on bn_groups GPUs
+and gives the same numbers on any device count (tests/test_moco.py runs it on 1 and 8 devices).
+Augmentations follow the official torchvision pipeline. The README's benchmark table gives what the
+default preset reaches, and on which machine.
 """
+
+import functools
+import json
+import os
+import pathlib
+import sys
+import time
+
+if __package__ in (None, ""):  # run as a script: put the monorepo root (marked by WORKSPACE) on sys.path
+    _root = pathlib.Path(__file__).resolve().parent
+    while not (_root / "WORKSPACE").exists():
+        _root = _root.parent
+    sys.path.insert(0, str(_root))
 
 import jax
 import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from common import augment, checkpoint, data, evaluate, models
+
+
+# ------------------------------------------------------------------------------------------------
+# Model
+# ------------------------------------------------------------------------------------------------
+
+class Encoder(nnx.Module):
+    """The body f(.) and the official fc head: v2's MLP (Linear-ReLU-Linear, with biases, `--mlp`)
+    or v1's single Linear. [B, S, S, 3] -> [B, proj_dim], not normalised."""
+
+    def __init__(self, config, rngs):
+        self.body = models.create_body(config.model.name, stem=config.model.stem,
+                                       img_size=config.views.crop_size,
+                                       bn_momentum=config.model.bn_momentum, rngs=rngs)
+        width = self.body.num_features
+        if config.model.mlp:
+            self.fc1 = nnx.Linear(width, config.model.proj_hidden_dim, rngs=rngs)
+            width = config.model.proj_hidden_dim
+        else:
+            self.fc1 = None
+        self.fc2 = nnx.Linear(width, config.model.proj_dim, rngs=rngs)
+
+    def __call__(self, x):
+        h = self.body(x)
+        if self.fc1 is not None:
+            h = jax.nn.relu(self.fc1(h))
+        return self.fc2(h)
+
+
+class Queue(nnx.Variable):
+    """MoCo's dictionary and its pointer: buffers, changed by the step but never by the optimizer."""
+
+
+class MoCo(nnx.Module):
+    """Query encoder, key encoder (a copy at initialisation, then its moving average) and the queue of
+    K unit keys [K, proj_dim] (the official buffer is its transpose), initialised to random unit keys."""
+
+    def __init__(self, config, rngs):
+        self.encoder_q = Encoder(config, rngs)
+        # The key encoder starts as a copy of the query encoder (the official code copies param_q into
+        # param_k). nnx.clone shares the arrays; jnp.copy gives it buffers of its own, which the jitted
+        # step can donate.
+        self.encoder_k = nnx.clone(self.encoder_q)
+        nnx.update(self.encoder_k, jax.tree.map(jnp.copy, nnx.state(self.encoder_k)))
+        queue = jax.random.normal(rngs.params(), (config.method.queue_size, config.model.proj_dim))
+        self.queue = Queue(normalize(queue))
+        self.queue_ptr = Queue(jnp.zeros((), jnp.int32))
+
+
+def grouped_forward(encoder, x, groups):
+    """encoder(x) with batch-norm statistics per group of B / groups contiguous rows (ghost BN).
+
+    Each group runs as on its own GPU: the official per-GPU batch norm, whatever the device count.
+    The running statistics become the mean of the groups' updates (as the demo's SplitBatchNorm).
+    x: [B, ...] -> [B, proj_dim].
+    """
+    graphdef, state = nnx.split(encoder)
+
+    def forward(state, x):  # one group: [B / groups, ...]
+        encoder = nnx.merge(graphdef, state)
+        return encoder(x), nnx.state(encoder, nnx.BatchStat)
+
+    out, stats = jax.vmap(forward, in_axes=(None, 0))(state, x.reshape(groups, -1, *x.shape[1:]))
+    nnx.update(encoder, jax.tree.map(lambda s: jnp.mean(s, axis=0), stats))
+    return out.reshape(x.shape[0], -1)
+
+
+def shuffled_keys(encoder_k, x, key, groups):
+    """Keys with shuffling BN: the key encoder sees the batch in a random order, so each key's
+    batch-norm group differs from its query's; the outputs are put back in the original order.
+    x: [B, ...] -> k: [B, proj_dim], without gradient (the official code computes keys under no_grad)."""
+    shuffle = jax.random.permutation(key, x.shape[0])
+    k = grouped_forward(encoder_k, x[shuffle], groups)
+    return jax.lax.stop_gradient(k[jnp.argsort(shuffle)])
+
+
+# ------------------------------------------------------------------------------------------------
+# Views
+# ------------------------------------------------------------------------------------------------
+
+def make_view(key, image, cfg):
+    """One MoCo view of one float image [H, W, 3] in [0, 1], torchvision semantics (main_moco.py).
+
+    v2 (`aug_plus`): crop, colour jitter with probability color_p, grayscale, blur, flip.
+    v1: crop, grayscale, then colour jitter on every image, flip. The blur kernel is ~10% of the side
+    (PIL's blur, used by the official code, has a radius sigma instead of a fixed kernel).
+    """
+    k_crop, k_color, k_gray, k_blur, k_flip = jax.random.split(key, 5)
+    x = augment.random_resized_crop(k_crop, image, cfg.crop_size, scale=cfg.crop_scale, ratio=cfg.crop_ratio)
+    if cfg.aug_plus:
+        x = augment.random_color_jitter(k_color, x, *cfg.color_jitter, p=cfg.color_p)
+        x = augment.random_grayscale(k_gray, x, p=cfg.gray_p)
+        x = augment.random_gaussian_blur(k_blur, x, p=cfg.blur_p, sigma=cfg.blur_sigma)
+    else:
+        x = augment.random_grayscale(k_gray, x, p=cfg.gray_p)
+        x = augment.color_jitter(k_color, x, *cfg.color_jitter)
+    x = augment.random_flip(k_flip, x, p=cfg.flip_p)
+    return augment.normalize(x, cfg.mean, cfg.std)
+
+
+def make_views(key, images, cfg):
+    """uint8 [B, H, W, 3] -> query views and key views, each [B, S, S, 3], one key per image and view."""
+    images = augment.to_float(images)
+    k1, k2 = jax.random.split(key)
+    view = functools.partial(make_view, cfg=cfg)
+    return augment.apply_per_image(view, k1, images), augment.apply_per_image(view, k2, images)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -83,3 +220,237 @@ def momentum_update(params_k, params_q, m):
     return jax.tree.map(
         lambda theta_k, theta_q: theta_k * m + theta_q * (1 - m), params_k, params_q
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# Schedules
+# ------------------------------------------------------------------------------------------------
+
+def learning_rate_schedule(cfg, batch_size, steps_per_epoch):
+    """lr * B / 256 (the official 0.03 is for batch 256), then v2's cosine decay to 0 (`--cos`), or
+    v1's steps: x0.1 at each epoch listed in cfg.schedule. No warmup, as the official code."""
+    peak = cfg.lr * batch_size / 256
+    total = max(1, int(cfg.epochs * steps_per_epoch))
+    if cfg.cos:
+        return optax.cosine_decay_schedule(peak, total)
+    return optax.piecewise_constant_schedule(peak, {int(e * steps_per_epoch): 0.1 for e in cfg.schedule})
+
+
+def make_optimizer(cfg, schedule):
+    """torch.optim.SGD: weight decay added to the gradient before the momentum, on every parameter
+    of the query encoder (biases and batch norm included, as the official code)."""
+    return optax.chain(optax.add_decayed_weights(cfg.weight_decay),
+                       optax.sgd(schedule, momentum=cfg.momentum))
+
+
+# ------------------------------------------------------------------------------------------------
+# State
+# ------------------------------------------------------------------------------------------------
+
+def create_state(config, steps_per_epoch):
+    """Everything that changes during training, and the step that changes it.
+
+    Returns (graphdef, state, step_fn): both encoders, the queue and its pointer, and the optimizer of
+    the query encoder, split into a static graph and a pytree of arrays, and
+    step_fn(state, batch, key) -> (state, metrics), pure, for jax.jit.
+    """
+    model = MoCo(config, nnx.Rngs(config.seed))
+    schedule = learning_rate_schedule(config.optim, config.data.batch_size, steps_per_epoch)
+    # Only the query encoder is optimised: the key encoder moves by the momentum update alone.
+    optimizer = nnx.Optimizer(model.encoder_q, make_optimizer(config.optim, schedule), wrt=nnx.Param)
+    graphdef, state = nnx.split((model, optimizer))
+    return graphdef, state, functools.partial(train_step, graphdef, config, schedule)
+
+
+# ------------------------------------------------------------------------------------------------
+# Train step
+# ------------------------------------------------------------------------------------------------
+
+def train_step(graphdef, config, schedule, state, batch, key):
+    """One step on the global batch; jitted with `graphdef, config, schedule` bound.
+
+    The order of the official forward: momentum update, keys, loss, then the queue update.
+    """
+    model, optimizer = nnx.merge(graphdef, state)
+    k_views, k_shuffle = jax.random.split(key)
+    x_q, x_k = make_views(k_views, batch["image"], config.views)
+    m, groups = config.method.momentum, config.method.bn_groups
+
+    theta_k, theta_q = nnx.state(model.encoder_k, nnx.Param), nnx.state(model.encoder_q, nnx.Param)
+    nnx.update(model.encoder_k, momentum_update(theta_k, theta_q, m))
+    k = shuffled_keys(model.encoder_k, x_k, k_shuffle, groups)  # [N, D]
+    queue = model.queue[...]  # [K, D], keys of earlier batches
+
+    def loss_fn(encoder_q):
+        q = grouped_forward(encoder_q, x_q, groups)  # [N, D]
+        return moco_loss(q, k, queue, config.method.temperature), q
+
+    (loss, q), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model.encoder_q)
+    lr = schedule(optimizer.step[...])
+    optimizer.update(model.encoder_q, grads)
+    model.queue[...], model.queue_ptr[...] = update_queue(queue, model.queue_ptr[...], k)
+
+    # Instance-discrimination accuracy (main_moco.py's Acc@1): the positive beats every queued key.
+    q, k = normalize(q), normalize(k)
+    acc1 = jnp.mean(jnp.sum(q * k, axis=-1) > jnp.max(q @ queue.T, axis=-1))
+    metrics = {"loss": loss, "acc1": acc1, "lr": lr,
+               "finite": checkpoint.all_finite(loss, nnx.state(model, nnx.Param))}
+    return nnx.state((model, optimizer)), metrics
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation
+# ------------------------------------------------------------------------------------------------
+
+@nnx.jit(static_argnums=(2, 3))
+def embed(body, images, mean, std):
+    """uint8 images [B, H, W, 3] -> body features f(x) [B, D]."""
+    return body(augment.normalize(augment.to_float(images), mean, std))
+
+
+def get_body(graphdef, state):
+    """The representation f(.) that evaluation uses, as a fresh module in eval mode (a copy: switching
+    it to eval leaves the training graph untouched). common/evaluate.py calls this for every method."""
+    model, _ = nnx.merge(graphdef, state)
+    model.encoder_q.body.eval()
+    return model.encoder_q.body
+
+
+def knn_eval(graphdef, state, config, knn_train, knn_test, mesh):
+    """kNN top-1/top-5 of the body's features in eval mode (running batch-norm statistics)."""
+    body = get_body(graphdef, state)
+    embed_fn = lambda images: embed(body, images, tuple(config.views.mean), tuple(config.views.std))
+    return evaluate.knn_monitor(embed_fn, knn_train, knn_test, config.eval.batch_size, mesh,
+                                k=config.eval.knn_k, temperature=config.eval.knn_temperature)
+
+
+# ------------------------------------------------------------------------------------------------
+# Main
+# ------------------------------------------------------------------------------------------------
+
+def check_config(config):
+    """Fails fast, before any data loading or compiling, on values the method cannot run with."""
+    problems = []
+    batch, groups, queue = config.data.batch_size, config.method.bn_groups, config.method.queue_size
+    if groups < 1 or batch % groups or batch // groups < 2:
+        problems.append(f"data.batch_size={batch} must split into method.bn_groups={groups} groups of "
+                        "at least 2 images (batch norm needs 2)")
+    if queue < batch or queue % batch:
+        problems.append(f"method.queue_size={queue} must be a multiple of data.batch_size={batch}, "
+                        "so each enqueue fits without wrapping (as the official code asserts)")
+    if config.method.temperature <= 0:
+        problems.append(f"method.temperature={config.method.temperature} must be > 0")
+    if not 0.0 <= config.method.momentum <= 1.0:
+        problems.append(f"method.momentum={config.method.momentum} must be in [0, 1]")
+    if config.optim.epochs <= 0:
+        problems.append("optim.epochs must be > 0")
+    if problems:
+        raise ValueError("Bad config: " + "; ".join(problems) + ". Fix it with --config.<field>=<value>.")
+
+
+def load_eval_data(config):
+    """The kNN monitor's train and test sets (optionally their first N examples)."""
+    knn_train = data.load(config.data, config.data.train_split)
+    knn_test = data.load(config.data, config.data.eval_split)
+    if config.eval.knn_train_examples:
+        knn_train = knn_train.subset(range(min(config.eval.knn_train_examples, knn_train.num_examples)))
+    if config.eval.knn_test_examples:
+        knn_test = knn_test.subset(range(min(config.eval.knn_test_examples, knn_test.num_examples)))
+    return knn_train, knn_test
+
+
+def write_results(path, results):
+    if jax.process_index() == 0:
+        with open(path, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+def main(config, workdir):
+    from clu import metric_writers, periodic_actions
+
+    check_config(config)
+    checkpoint.maybe_initialize_distributed()
+    mesh = data.make_mesh()
+    data.check_batch_size(config.data.batch_size, mesh)
+    train_data = data.load(config.data, config.data.train_split)
+    knn_train, knn_test = load_eval_data(config)
+    loader = data.Loader(train_data, config.data.batch_size, config.seed, mesh)
+    total_steps = max(1, int(config.optim.epochs * loader.steps_per_epoch))
+
+    graphdef, state, step_fn = create_state(config, loader.steps_per_epoch)
+    state = checkpoint.replicate(state, mesh)
+    os.makedirs(workdir, exist_ok=True)
+    ckpt = checkpoint.Checkpointer(workdir, config.checkpoint_every_steps)
+    state, start_step = ckpt.restore_or(state)
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    results_path = os.path.join(workdir, "results.json")
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    results = {"method": "moco", "wall_time_s": 0.0}
+    if start_step == 0:  # what the randomly initialised body scores, for comparison
+        knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
+        results.update(knn_top1_init=knn["top1"], knn_top5_init=knn["top5"])
+        writer.write_scalars(0, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
+        write_results(results_path, results)
+    else:
+        with open(results_path) as f:
+            results = json.load(f)
+
+    step_fn = jax.jit(step_fn, donate_argnums=0)
+    root_key = jax.random.key(config.seed)
+    guard = checkpoint.FiniteGuard(ckpt)
+    progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
+    start_time = time.time()
+    step = start_step
+    for step, batch in loader.iterate(start_step):
+        if step >= total_steps:
+            break
+        state, metrics = step_fn(state, batch, jax.random.fold_in(root_key, step))
+        step += 1  # steps completed
+        guard.add(step, metrics["finite"])
+        progress(step)
+        if step % config.log_every_steps == 0 or step == total_steps:
+            guard.check()
+            writer.write_scalars(step, {k: float(v) for k, v in metrics.items() if k != "finite"})
+        if config.eval.knn_every_steps and step % config.eval.knn_every_steps == 0 and step < total_steps:
+            knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
+            writer.write_scalars(step, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
+        if step % config.checkpoint_every_steps == 0 or step == total_steps:
+            guard.check()
+            ckpt.save(step, state, force=True)
+        if ckpt.preempted(step):
+            guard.check()
+            ckpt.save(step, state, force=True)
+            results["wall_time_s"] += time.time() - start_time
+            write_results(results_path, results)
+            writer.flush()
+            ckpt.close()
+            print(f"Pre-empted: saved step {step} to {ckpt.directory}; rerun with the same --workdir to resume.")
+            return None
+
+    guard.check()
+    ckpt.save(step, state, force=True)
+    knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
+    writer.write_scalars(step, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
+    results.update(knn_top1=knn["top1"], knn_top5=knn["top5"], step=step,
+                   wall_time_s=results["wall_time_s"] + time.time() - start_time)
+    write_results(results_path, results)
+    writer.flush()
+    ckpt.close()
+    print(f"kNN top-1 {knn['top1']:.2f}% (random init {results['knn_top1_init']:.2f}%), "
+          f"top-5 {knn['top5']:.2f}%, step {step}; results in {results_path}")
+    return results
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file, e.g. moco/config.py:smoke.",
+                                              lock_config=True)
+    _WORKDIR = flags.DEFINE_string("workdir", "runs/moco", "Checkpoints, logs and results; rerun to resume.")
+    def _run(argv):  # returns None: absl's app.run would exit with status 1 on main's results dict
+        main(_CONFIG.value, _WORKDIR.value)
+
+    app.run(_run)

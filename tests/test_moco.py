@@ -1,14 +1,19 @@
-"""MoCo v2 loss, queue and momentum update against the official facebookresearch/moco outputs."""
+"""MoCo v2: loss, queue and momentum update against the official facebookresearch/moco outputs; ghost
+(shuffling) batch norm, views, the train step, a smoke run of main, resume, 8 devices vs 1, bad config."""
 
 import json
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
+from common import checkpoint, data
 from moco import train as moco
+from tests import helpers
 
 REFERENCE = pathlib.Path(__file__).parent / "reference"
 CASES = json.loads((REFERENCE / "cases.json").read_text())["cases"]
@@ -80,3 +85,186 @@ def test_momentum_update_matches_official():
     tol = case["tolerance"]["new_param_k"]
     _assert_close(new_k["w"], z["new_param_k_w"], tol)
     _assert_close(new_k["b"], z["new_param_k_b"], tol)
+
+
+# ------------------------------------------------------------------------------------------------
+# The method: ghost (shuffling) batch norm, views, the train step, main
+# ------------------------------------------------------------------------------------------------
+
+def _encoder():
+    return moco.Encoder(helpers.smoke_config("moco"), nnx.Rngs(0))
+
+
+# Jitted once for the tests below (an eager ResNet compiles op by op, which is slower).
+_forward = nnx.jit(lambda encoder, x: encoder(x))
+_grouped_forward = nnx.jit(moco.grouped_forward, static_argnums=2)
+_shuffled_keys = nnx.jit(moco.shuffled_keys, static_argnums=3)
+
+
+def test_grouped_forward_is_batch_norm_per_group_of_contiguous_rows():
+    x = jax.random.normal(jax.random.key(1), (8, 16, 16, 3))
+    encoder = _encoder()
+    alone = [nnx.clone(encoder) for _ in range(2)]  # each group on its own "GPU"
+    want = jnp.concatenate([_forward(alone[0], x[:4]), _forward(alone[1], x[4:])])
+    np.testing.assert_allclose(_grouped_forward(encoder, x, 2), want, rtol=1e-5, atol=1e-5)
+    # Running statistics: the mean of the two groups' updates.
+    stats = [jax.tree.leaves(nnx.state(m, nnx.BatchStat)) for m in (encoder, *alone)]
+    assert len(stats[0]) > 0
+    for got, a, b in zip(*stats):
+        np.testing.assert_allclose(got, (a + b) / 2, rtol=1e-5, atol=1e-6)
+    # One group is plain batch norm over the whole batch (train mode: running statistics unused).
+    np.testing.assert_allclose(_grouped_forward(encoder, x, 1), _forward(encoder, x), rtol=1e-5, atol=1e-5)
+
+
+def test_shuffled_keys_use_batch_norm_groups_of_the_shuffled_batch_and_keep_the_order():
+    x = jax.random.normal(jax.random.key(2), (8, 16, 16, 3))
+    key = jax.random.key(3)
+    encoder = _encoder()  # in train mode: its outputs do not depend on its running statistics
+    perm = np.asarray(jax.random.permutation(key, 8))
+    got = _shuffled_keys(encoder, x, key, 2)
+    want = np.zeros(got.shape, np.float32)
+    for group in (perm[:4], perm[4:]):  # image perm[j] is normalised with the images of its group
+        want[group] = _forward(encoder, x[group])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # The groups differ from the query's contiguous ones, so the keys differ from unshuffled ones...
+    unshuffled = jnp.concatenate([_forward(encoder, x[:4]), _forward(encoder, x[4:])])
+    assert not np.allclose(got, unshuffled, atol=1e-3)
+    # ...but with one group (global batch norm) the shuffle changes nothing.
+    np.testing.assert_allclose(_shuffled_keys(encoder, x, key, 1), _forward(encoder, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("aug_plus", [True, False])
+def test_views_with_identity_settings_are_the_normalised_image(aug_plus):
+    config = helpers.smoke_config("moco", **{"views.aug_plus": aug_plus, "views.crop_size": 28,
+                                             "views.crop_scale": (1.0, 1.0), "views.crop_ratio": (1.0, 1.0),
+                                             "views.color_jitter": (0.0, 0.0, 0.0, 0.0), "views.color_p": 1.0,
+                                             "views.gray_p": 1.0, "views.blur_p": 0.0, "views.flip_p": 1.0})
+    images = np.asarray(jax.random.randint(jax.random.key(4), (2, 28, 28, 3), 0, 256), np.uint8)
+    gray = images.astype(np.float32) / 255 @ np.array([0.2989, 0.587, 0.114], np.float32)
+    want = (np.repeat(gray[..., None], 3, -1)[:, :, ::-1] - 0.2860) / 0.3530  # grayscale, flipped
+    make_views = jax.jit(lambda key, images: moco.make_views(key, images, config.views))
+    for view in make_views(jax.random.key(5), images):
+        np.testing.assert_allclose(view, want, rtol=1e-4, atol=1e-4)
+
+
+def test_train_step_order_momentum_then_keys_then_loss_then_enqueue():
+    config = helpers.smoke_config("moco")
+    mesh = data.make_mesh()
+    loader = data.Loader(data.load(config.data, config.data.train_split), 16, config.seed, mesh)
+    graphdef, state0, step_fn = moco.create_state(config, loader.steps_per_epoch)
+    state0 = checkpoint.replicate(state0, mesh)
+    step_fn = jax.jit(step_fn)
+    keys = [jax.random.key(10), jax.random.key(11)]
+    state1, metrics1 = step_fn(state0, loader.get(0), keys[0])
+    state2, metrics2 = step_fn(state1, loader.get(1), keys[1])
+    (model0, _), (model1, _), (model2, _) = (nnx.merge(graphdef, s) for s in (state0, state1, state2))
+    params = lambda m: nnx.state(m, nnx.Param)
+    m, groups, T = config.method.momentum, config.method.bn_groups, config.method.temperature
+
+    # The key encoder starts as a copy; the momentum update uses the query BEFORE this step's SGD update.
+    for k0, q0 in zip(jax.tree.leaves(params(model0.encoder_k)), jax.tree.leaves(params(model0.encoder_q))):
+        np.testing.assert_array_equal(k0, q0)
+    want_k2 = jax.tree.map(lambda k, q: m * k + (1 - m) * q, params(model1.encoder_k), params(model1.encoder_q))
+    for got, want in zip(jax.tree.leaves(params(model2.encoder_k)), jax.tree.leaves(want_k2)):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(model2.encoder_q.fc2.kernel[...], model1.encoder_q.fc2.kernel[...])
+
+    # Step 2 recomputed by hand: keys from the updated key encoder on shuffled groups; the loss against
+    # the queue BEFORE the enqueue; then the keys enter the queue at the pointer, which moves by B.
+    @nnx.jit
+    def by_hand(model1, model2, images):
+        k_views, k_shuffle = jax.random.split(keys[1])
+        x_q, x_k = moco.make_views(k_views, images, config.views)
+        k = moco.shuffled_keys(model2.encoder_k, x_k, k_shuffle, groups)
+        q = moco.grouped_forward(model1.encoder_q, x_q, groups)
+        return moco.moco_loss(q, k, model1.queue[...], T), moco.normalize(k)
+
+    loss, k = by_hand(model1, model2, loader.get(1)["image"])
+    np.testing.assert_allclose(metrics2["loss"], loss, rtol=1e-4, atol=1e-5)
+    queue1 = np.asarray(model1.queue[...])
+    assert (int(model0.queue_ptr[...]), int(model1.queue_ptr[...]), int(model2.queue_ptr[...])) == (0, 16, 32)
+    queue2 = np.asarray(model2.queue[...])
+    np.testing.assert_allclose(queue2[16:32], k, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(np.delete(queue2, np.s_[16:32], 0), np.delete(queue1, np.s_[16:32], 0))
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(model0.queue[...]), axis=1), 1.0, rtol=1e-5)
+    # SGD with cosine decay from lr * B / 256, no warmup.
+    np.testing.assert_allclose(metrics1["lr"], config.optim.lr * 16 / 256, rtol=1e-6)
+
+
+def test_smoke_run_then_resume_after_sigterm_equals_uninterrupted_run(tmp_path):
+    config = helpers.smoke_config("moco", checkpoint_every_steps=100)
+    results = moco.main(config, str(tmp_path / "straight"))
+    saved = json.loads((tmp_path / "straight" / "results.json").read_text())
+    assert saved == results and saved["step"] == 4 and saved["method"] == "moco"
+    for key in ("knn_top1", "knn_top5", "knn_top1_init", "knn_top5_init"):
+        assert 0.0 <= saved[key] <= 100.0
+    assert saved["knn_top5"] >= saved["knn_top1"]
+    assert saved["knn_top1_init"] > 10.0  # ten classes: even a random body's features beat chance
+    assert (tmp_path / "straight" / "config.json").exists()
+
+    assert helpers.run_with_sigterm_at(moco, config, str(tmp_path / "resumed"), step=2) is None
+    assert helpers.final_params(str(tmp_path / "resumed"))[0] == 2  # SIGTERM saved step 2 and stopped
+    moco.main(config, str(tmp_path / "resumed"))
+    step_a, straight = helpers.final_params(str(tmp_path / "straight"))
+    step_b, resumed = helpers.final_params(str(tmp_path / "resumed"))
+    assert step_a == step_b == 4
+    # Every leaf, the queue and its pointer included (the queue is part of the checkpoint).
+    np.testing.assert_array_equal(straight, resumed)
+
+
+def test_eight_devices_equal_one():
+    # Intended per-device behaviour: none. Batch-norm groups are method.bn_groups slices of the global
+    # batch whatever the device count, so 8 devices must give the numbers of 1.
+    one = helpers.run_devices("moco", 1)
+    eight = helpers.run_devices("moco", 8)
+    assert (one["devices"], eight["devices"]) == (1, 8)
+    np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5, atol=1e-5)
+    # State leaves in order: the model (encoders, batch-norm statistics, queue, pointer), then the
+    # optimizer, whose momentum buffer is a raw gradient: a sum of ~1e4 terms of both signs, so the
+    # reduction order on 8 devices moves it in the 5th digit.
+    model = moco.MoCo(helpers.smoke_config("moco"), nnx.Rngs(0))
+    n_model = sum(x.size for x in jax.tree.leaves(nnx.state(model)))
+    one_params, eight_params = np.asarray(one["params"]), np.asarray(eight["params"])
+    np.testing.assert_allclose(eight_params[:n_model], one_params[:n_model], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(eight_params[n_model:], one_params[n_model:], rtol=1e-3, atol=1e-4)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    # lr 1e30: the first step leaves huge but finite weights (saved), a later one overflows.
+    config = helpers.smoke_config("moco", checkpoint_every_steps=1)
+    config.unlock()
+    config.optim.epochs = 8 * 16 / 60000
+    config.optim.lr = 1e30
+    with pytest.raises(FloatingPointError, match=r"Non-finite loss or parameters at step (\d+)") as err:
+        moco.main(config, str(tmp_path))
+    bad_step = int(re.search(r"at step (\d+)", str(err.value)).group(1))
+    good_step, params = helpers.final_params(str(tmp_path))
+    assert 1 <= good_step < bad_step
+    assert f"last good checkpoint is step {good_step}" in str(err.value)
+    assert np.all(np.isfinite(params))
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("method.queue_size", 24, "queue_size"),
+    ("method.bn_groups", 3, "bn_groups"),
+    ("method.bn_groups", 16, "bn_groups"),
+    ("method.temperature", 0.0, "temperature"),
+    ("method.momentum", 1.5, "momentum"),
+])
+def test_bad_config_fails_before_any_work(tmp_path, field, value, message):
+    config = helpers.smoke_config("moco", **{field: value})
+    with pytest.raises(ValueError, match=message):
+        moco.main(config, str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_presets_pass_the_config_check_and_v1_differs_in_the_official_flags():
+    from moco import config as moco_config
+    presets = {name: moco_config.get_config(name)
+               for name in ("default", "smoke", "cifar10", "imagenet", "imagenet_v1")}
+    for config in presets.values():
+        moco.check_config(config)
+    v1, v2 = presets["imagenet_v1"], presets["imagenet"]
+    assert (v2.model.mlp, v2.views.aug_plus, v2.optim.cos, v2.method.temperature) == (True, True, True, 0.2)
+    assert (v1.model.mlp, v1.views.aug_plus, v1.optim.cos, v1.method.temperature) == (False, False, False, 0.07)
+    assert (v2.method.queue_size, v2.method.momentum, v2.optim.lr, v2.data.batch_size) == (65536, 0.999, 0.03, 256)

@@ -1,0 +1,159 @@
+"""MoCo v2 config. He, Fan, Wu, Xie, Girshick, "Momentum Contrast for Unsupervised Visual Representation
+Learning", CVPR 2020 (arXiv:1911.05722); Chen, Fan, Girshick, He, "Improved Baselines with Momentum
+Contrastive Learning", 2020 (arXiv:2003.04297).
+
+    python moco/train.py --config moco/config.py                 # embedded Fashion-MNIST, 2 CPU cores
+    python moco/train.py --config moco/config.py:smoke           # seconds; used by the tests
+    python moco/train.py --config moco/config.py:cifar10         # the official CIFAR-10 demo (accelerator)
+    python moco/train.py --config moco/config.py:imagenet        # MoCo v2, 200 epochs (accelerator)
+    python moco/train.py --config moco/config.py:imagenet_v1     # MoCo v1, 200 epochs (accelerator)
+
+v1 and v2 differ in four fields, named after the official flags: model.mlp (v2's MLP head),
+views.aug_plus (v2's augmentations), optim.cos (v2's cosine schedule) and method.temperature (0.2 / 0.07).
+
+Default preset (measured on this project's 2-core CPU machine, see README's benchmark table): a tiny
+ResNet for 2 epochs of Fashion-MNIST; the kNN monitor on the test split is printed and written to
+results.json beside the kNN accuracy of the same body at initialisation.
+
+Deliberate deviations from the paper: everywhere, the learning rate is scaled by B / 256 (the paper's
+0.03 is for batch 256), the cosine schedule decays per step (the official code per epoch), shuffling BN
+is ghost batch norm over method.bn_groups groups (see moco/train.py), and the blur kernel is ~10% of the
+side. In the default preset only: a tiny body and 2 epochs so it runs in minutes on a CPU; crop scale
+(0.4, 1) because 28x28 images lose the object below that; a queue of 4096 keys and momentum 0.99 (the
+official CIFAR-10 demo's values: with 0.999 the key encoder would barely move in a few hundred steps);
+learning rate 0.06 per 256 images.
+"""
+
+import ml_collections
+
+
+def get_config(arg=None):
+    preset = arg or "default"
+    if preset not in ("default", "smoke", "cifar10", "imagenet", "imagenet_v1"):
+        raise ValueError(f"Unknown preset {preset!r}: use one of default, smoke, cifar10, imagenet, imagenet_v1.")
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    # Data: any TFDS name, or an image folder (data.folder). Images are resized on the host to
+    # image_size (0 = native size); the random crops are taken on device.
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "fashion_mnist_local"  # embedded default: Fashion-MNIST from the Debian package
+    c.data.folder = ""  # an image folder: root/<split>/<class>/* or a flat folder of images
+    c.data.data_dir = ""  # TFDS data_dir ('' = TFDS default, ~/tensorflow_datasets)
+    c.data.image_size = 0  # host-side size; 0 keeps 28x28
+    c.data.train_split = "train"
+    c.data.eval_split = "test"
+    c.data.batch_size = 256  # global batch, over all devices (paper: 256 on 8 GPUs)
+
+    # Views (main_moco.py, torchvision semantics). v2 (aug_plus): crop, colour jitter with probability
+    # color_p, grayscale, blur, flip. v1: crop, grayscale, colour jitter on every image, flip.
+    c.views = ml_collections.ConfigDict()
+    c.views.aug_plus = True  # paper: True for v2 (--aug-plus), False for v1
+    c.views.crop_size = 28  # paper: 224
+    c.views.crop_scale = (0.4, 1.0)  # paper: (0.2, 1.0)
+    c.views.crop_ratio = (3 / 4, 4 / 3)
+    c.views.color_jitter = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue; v1: hue 0.4
+    c.views.color_p = 0.8  # v2 only (v1 jitters every image)
+    c.views.gray_p = 0.2
+    c.views.blur_p = 0.5  # v2 only
+    c.views.blur_sigma = (0.1, 2.0)  # paper: (0.1, 2.0), v2 only
+    c.views.flip_p = 0.5
+    c.views.mean = (0.2860, 0.2860, 0.2860)  # per-channel normalisation of the data set
+    c.views.std = (0.3530, 0.3530, 0.3530)
+
+    # Model: the encoder is the body and the official fc head, an MLP in v2.
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "resnet_tiny"  # paper: resnet50
+    c.model.stem = "small"  # 'imagenet' (7x7/2 + max-pool), 'cifar' (3x3/1), 'small' (3x3/2)
+    c.model.bn_momentum = 0.9  # NNX convention: running = m * running + (1 - m) * batch
+    c.model.mlp = True  # paper: True for v2 (--mlp): Linear-ReLU-Linear; False for v1: one Linear
+    c.model.proj_hidden_dim = 128  # paper: 2048 (= body width)
+    c.model.proj_dim = 128  # paper: 128 (--moco-dim)
+
+    # Method: the queue, the momentum encoder and the contrastive temperature.
+    c.method = ml_collections.ConfigDict()
+    c.method.temperature = 0.2  # paper: 0.2 for v2, 0.07 for v1 (--moco-t)
+    c.method.queue_size = 4096  # K, a multiple of the batch size; paper: 65536 (--moco-k)
+    c.method.momentum = 0.99  # m of the key encoder; paper: 0.999 (--moco-m)
+    c.method.bn_groups = 8  # shuffling-BN groups, the official GPU count; paper: 8 GPUs of 32 images
+
+    # Optimiser: SGD with momentum, weight decay on every parameter, cosine decay (v2) or steps (v1).
+    c.optim = ml_collections.ConfigDict()
+    c.optim.epochs = 2.0  # paper: 200 (800 for the best v2 result)
+    c.optim.lr = 0.06  # per 256 images (scaled by B / 256); paper: 0.03
+    c.optim.weight_decay = 1e-4  # paper: 1e-4
+    c.optim.momentum = 0.9  # paper: 0.9
+    c.optim.cos = True  # paper: True for v2 (--cos); False for v1, which uses optim.schedule
+    c.optim.schedule = (120.0, 160.0)  # epochs where v1 multiplies the rate by 0.1 (--schedule)
+
+    # Evaluation: weighted kNN on frozen features (k=20, T=0.07 as DINO).
+    c.eval = ml_collections.ConfigDict()
+    c.eval.knn_every_steps = 0  # 0 = only at the start and the end
+    c.eval.knn_k = 20
+    c.eval.knn_temperature = 0.07
+    c.eval.knn_train_examples = 0  # 0 = all; a positive number uses the first N (faster monitor)
+    c.eval.knn_test_examples = 0
+    c.eval.batch_size = 1000
+
+    # Checkpoints and logging.
+    c.checkpoint_every_steps = 200
+    c.log_every_steps = 50
+
+    if preset == "smoke":
+        c.data.batch_size = 16
+        c.views.crop_size = 16
+        c.model.proj_hidden_dim = 16
+        c.model.proj_dim = 8
+        c.method.queue_size = 64
+        c.method.bn_groups = 2
+        c.optim.epochs = 4 * 16 / 60000  # 4 steps
+        c.eval.knn_train_examples = 200
+        c.eval.knn_test_examples = 100
+        c.eval.batch_size = 100
+        c.checkpoint_every_steps = 2
+        c.log_every_steps = 1
+    elif preset == "cifar10":  # the official CIFAR-10 demo (facebookresearch/moco, colab), asymmetric loss
+        c.data.name = "cifar10"
+        c.data.batch_size = 512
+        c.views.crop_size = 32
+        c.views.crop_scale = (0.08, 1.0)
+        c.views.blur_p = 0.0  # the demo has no blur
+        c.views.mean = (0.4914, 0.4822, 0.4465)
+        c.views.std = (0.2470, 0.2435, 0.2616)
+        c.model.name = "resnet18"
+        c.model.stem = "cifar"
+        c.model.proj_hidden_dim = 512  # the demo's head is one Linear; v2's MLP here
+        c.method.temperature = 0.1
+        c.method.queue_size = 4096
+        c.method.momentum = 0.99
+        c.optim.epochs = 200.0  # 82.6% kNN in the demo; 800 epochs: 88.7%
+        c.optim.lr = 0.03  # the demo's 0.06 at batch 512
+        c.optim.weight_decay = 5e-4
+        c.eval.knn_every_steps = 5000
+        c.checkpoint_every_steps = 2000
+    elif preset in ("imagenet", "imagenet_v1"):  # main_moco.py: ResNet-50, batch 256 on 8 GPUs, 200 epochs
+        c.data.name = "imagenet2012"
+        c.data.image_size = 256
+        c.data.eval_split = "validation"
+        c.views.crop_size = 224
+        c.views.crop_scale = (0.2, 1.0)
+        c.views.mean = (0.485, 0.456, 0.406)
+        c.views.std = (0.229, 0.224, 0.225)
+        c.model.name = "resnet50"
+        c.model.stem = "imagenet"
+        c.model.proj_hidden_dim = 2048
+        c.method.queue_size = 65536
+        c.method.momentum = 0.999
+        c.optim.epochs = 200.0
+        c.optim.lr = 0.03
+        c.eval.knn_every_steps = 10000
+        c.eval.knn_train_examples = 100000
+        c.checkpoint_every_steps = 2500
+        c.log_every_steps = 100
+        if preset == "imagenet_v1":  # 60.6% linear top-1 in the paper (v2, 200 epochs: 67.5%)
+            c.views.aug_plus = False
+            c.views.color_jitter = (0.4, 0.4, 0.4, 0.4)
+            c.model.mlp = False
+            c.method.temperature = 0.07
+            c.optim.cos = False
+    return c
