@@ -6,7 +6,8 @@ Sinkhorn-Knopp iterations that spread the batch evenly over the prototypes. It t
 crop of an image (two large crops plus several small multi-crops) to predict, with a softmax over
 the prototype scores, the code computed from another crop of the same image ("swapped
 prediction"). No negatives, queue of pairs or momentum encoder is needed; the equipartition
-constraint inside Sinkhorn is what prevents collapse.
+constraint inside Sinkhorn is what prevents collapse. When the batch is small next to K, a queue
+of past embeddings enlarges the set that Sinkhorn spreads over the prototypes.
 
 Loss, for scores z_v = normalize(f(x_v)) C^T of crop v ([n_crops, B, K]) and the assigned crops A:
 
@@ -16,15 +17,125 @@ Loss, for scores z_v = normalize(f(x_v)) C^T of crop v ([n_crops, B, K]) and the
 Paper: M. Caron et al., "Unsupervised Learning of Visual Features by Contrasting Cluster
 Assignments", NeurIPS 2020, https://arxiv.org/abs/2006.09882. Checked against
 facebookresearch/swav main_swav.py.
+
+    python swav/train.py --config swav/config.py --workdir runs/swav
+
+Augmentations follow the official PyTorch code (torchvision semantics: RandomResizedCrop per crop size,
+flip, ColorJitter(0.8s, 0.8s, 0.8s, 0.2s) with p 0.8, grayscale p 0.2, Gaussian blur p 0.5 on every
+crop). SwAV has no target network: the codes come from the same network, under a stop-gradient. The
+README's benchmark table gives what the default preset reaches, and on which machine.
 """
+
+import functools
+import json
+import os
+import pathlib
+import sys
+import time
+
+if __package__ in (None, ""):  # run as a script: put the monorepo root (marked by WORKSPACE) on sys.path
+    _root = pathlib.Path(__file__).resolve().parent
+    while not (_root / "WORKSPACE").exists():
+        _root = _root.parent
+    sys.path.insert(0, str(_root))
 
 import jax
 import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from common import augment, checkpoint, data, evaluate, models
+
+
+# ------------------------------------------------------------------------------------------------
+# Model
+# ------------------------------------------------------------------------------------------------
+
+class ProjectionHead(nnx.Module):
+    """Linear-BN-ReLU-Linear, as the official `projection_head` (hidden_mlp, then feat_dim)."""
+
+    def __init__(self, in_dim, hidden_dim, out_dim, bn_momentum, rngs):
+        self.fc1 = nnx.Linear(in_dim, hidden_dim, rngs=rngs)
+        self.bn1 = nnx.BatchNorm(hidden_dim, momentum=bn_momentum, rngs=rngs)
+        self.fc2 = nnx.Linear(hidden_dim, out_dim, rngs=rngs)
+
+    def __call__(self, h):
+        return self.fc2(jax.nn.relu(self.bn1(self.fc1(h))))
+
+
+class Queue(nnx.Variable):
+    """Embeddings of past batches: state, not a parameter (no gradient, no optimizer state), and
+    checkpointed with the model."""
+
+
+class SwAV(nnx.Module):
+    """Body f, projection head g, prototypes C (a bias-free linear layer; its kernel [D, K] holds one
+    prototype per column) and, when method.queue_length > 0, the queue [A, L, D] of past embeddings
+    of the A assigned crops. The official queue is per GPU (queue_length / world_size rows each) and its
+    Sinkhorn sums are all-reduced, so over all devices it is one queue of queue_length rows: this one."""
+
+    def __init__(self, config, rngs):
+        self.body = models.create_body(config.model.name, stem=config.model.stem,
+                                       img_size=config.views.crop_size,
+                                       bn_momentum=config.model.bn_momentum, rngs=rngs)
+        self.head = ProjectionHead(self.body.num_features, config.model.proj_hidden_dim,
+                                   config.model.proj_dim, config.model.bn_momentum, rngs)
+        self.prototypes = nnx.Linear(config.model.proj_dim, config.model.num_prototypes, use_bias=False,
+                                     rngs=rngs)
+        m = config.method
+        self.queue = (Queue(jnp.zeros((len(m.crops_for_assign), m.queue_length, config.model.proj_dim)))
+                      if m.queue_length else None)
+
+    def __call__(self, crops):
+        """crops: one crop-major stack [n_g, B, S_g, S_g, 3] per crop size.
+
+        Returns the embeddings z [V, B, D] (unit norm) and the prototype scores z C [V, B, K], V crops.
+        """
+        n_crops, batch_size = sum(c.shape[0] for c in crops), crops[0].shape[1]
+        # One body pass per crop size (so batch norm statistics are per size, as the official forward);
+        # the head then sees all crops together.
+        h = jnp.concatenate([self.body(c.reshape(-1, *c.shape[2:])) for c in crops])  # [V * B, F]
+        z = l2_normalize(self.head(h))  # [V * B, D]
+        scores = self.prototypes(z)  # [V * B, K]
+        return z.reshape(n_crops, batch_size, -1), scores.reshape(n_crops, batch_size, -1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Views
+# ------------------------------------------------------------------------------------------------
+
+def make_view(key, crop, index, cfg):
+    """Flip, colour distortion and blur of one crop [S, S, 3] in [0, 1] (official MultiCropDataset: the
+    same recipe for every crop, whatever its size or `index`), then normalisation."""
+    k_flip, k_color, k_gray, k_blur = jax.random.split(key, 4)
+    s = cfg.color_strength
+    x = augment.random_flip(k_flip, crop, p=cfg.flip_p)
+    x = augment.random_color_jitter(k_color, x, 0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p=cfg.color_p)
+    x = augment.random_grayscale(k_gray, x, p=cfg.gray_p)
+    if cfg.blur_p > 0:  # PIL's blur, radius ~ U(0.1, 2); here a kernel of about 10% of the side
+        x = augment.random_gaussian_blur(k_blur, x, p=cfg.blur_p, sigma=(0.1, 2.0))
+    return augment.normalize(x, cfg.mean, cfg.std)
+
+
+def make_views(key, images, cfg):
+    """uint8 [B, H, W, 3] -> multi-crop views, torchvision semantics, one key per image and crop: the two
+    large crops [2, B, S, S, 3] and, when views.local_crops_number > 0, the small crops [n, B, s, s, 3]."""
+    groups = [(cfg.crop_size, tuple(cfg.crop_scale), 2)]  # (size, area range, count) per crop size
+    if cfg.local_crops_number:
+        groups.append((cfg.local_crop_size, tuple(cfg.local_crop_scale), cfg.local_crops_number))
+    sizes, scales, counts = zip(*groups)
+    return augment.multi_crop(key, augment.to_float(images), sizes, scales, counts,
+                              view_fn=functools.partial(make_view, cfg=cfg), ratio=tuple(cfg.crop_ratio))
 
 
 # ------------------------------------------------------------------------------------------------
 # Loss
 # ------------------------------------------------------------------------------------------------
+
+def l2_normalize(x, axis=-1):
+    # torch.nn.functional.normalize: x / max(||x||, 1e-12)
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
+
 
 def sinkhorn(scores, epsilon, n_iters):
     """Soft codes of one crop: Sinkhorn-Knopp equipartition of the batch over the prototypes.
@@ -68,8 +179,8 @@ def sinkhorn(scores, epsilon, n_iters):
     return jnp.exp(log_q + jnp.log(batch_size))
 
 
-def swav_loss(scores, temperature, epsilon, n_iters, crops_for_assign):
-    """Swapped prediction loss over all crops (official `train()` loop, without the queue).
+def swav_loss(scores, temperature, epsilon, n_iters, crops_for_assign, queue_scores=None):
+    """Swapped prediction loss over all crops (official `train()` loop).
 
     Each assigned crop a gets codes q_a = sinkhorn(scores[a]); every OTHER crop v (large and small)
     predicts them with p_v = softmax(scores[v] / tau):
@@ -86,20 +197,284 @@ def swav_loss(scores, temperature, epsilon, n_iters, crops_for_assign):
         epsilon: Sinkhorn regularisation (paper 0.05).
         n_iters: Sinkhorn iterations (paper 3), a Python int.
         crops_for_assign: Python sequence of crop indices whose codes are computed (paper [0, 1]).
+        queue_scores: optional [A, L, K] scores of the queued embeddings of each assigned crop. They
+            are put before the batch's scores, Sinkhorn runs over all L + B rows, and only the codes
+            of the last B rows (the batch) are kept, as the official code does once its queue is full.
 
     Returns:
         Scalar loss.
     """
     n_crops, batch_size, _ = scores.shape
     assigned = jnp.asarray(crops_for_assign)  # [A]
+    to_assign = scores[assigned]  # [A, B, K]
+    if queue_scores is not None:
+        to_assign = jnp.concatenate([queue_scores, to_assign], axis=1)  # [A, L + B, K]
     # Stop-gradient: the codes are targets, computed under torch.no_grad in the official code;
     # gradients reach the prototypes and the encoder only through the predictions p_v.
     q = jax.vmap(lambda s: sinkhorn(s, epsilon, n_iters))(
-        jax.lax.stop_gradient(scores[assigned])
-    )  # [A, B, K]
+        jax.lax.stop_gradient(to_assign)
+    )[:, -batch_size:]  # [A, B, K]
     log_p = jax.nn.log_softmax(scores / temperature, axis=-1)  # [n_crops, B, K]
     cross_entropy = -jnp.einsum("abk,vbk->av", q, log_p) / batch_size  # [A, n_crops]
     # A crop never predicts its own code.
     other_crop = jnp.arange(n_crops)[None, :] != assigned[:, None]  # [A, n_crops]
     per_assigned = jnp.sum(jnp.where(other_crop, cross_entropy, 0.0), axis=1) / (n_crops - 1)
     return jnp.mean(per_assigned)
+
+
+def update_queue(queue, z):
+    """First in, first out, newest first (official: queue[i, bs:] = queue[i, :-bs]; queue[i, :bs] = z).
+
+    queue [A, L, D], z [A, B, D] (this batch's embeddings of the assigned crops) -> [A, L, D]: the
+    oldest B rows drop out at the end.
+    """
+    return jnp.concatenate([z, queue[:, : queue.shape[1] - z.shape[1]]], axis=1)
+
+
+def queue_is_full(queue):
+    """Official test of a full queue: its last row is not all zeros (embeddings have unit norm)."""
+    return jnp.any(queue[:, -1] != 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Schedules
+# ------------------------------------------------------------------------------------------------
+
+def learning_rate_schedule(cfg, steps_per_epoch):
+    """Linear warmup from start_warmup_lr to lr, then cosine decay to final_lr (official lr_schedule).
+
+    The rate is the one for the configured batch: SwAV gives it per batch size (4.8 at 4096, 0.6 at 256).
+    """
+    total = max(1, int(cfg.epochs * steps_per_epoch))
+    warmup = min(total - 1, int(cfg.warmup_epochs * steps_per_epoch))
+    return optax.warmup_cosine_decay_schedule(cfg.start_warmup_lr, cfg.lr, max(warmup, 1), total,
+                                              end_value=cfg.final_lr)
+
+
+def make_optimizer(cfg, schedule):
+    """LARS on every parameter, as the official SGD wrapped in apex LARC (which excludes none)."""
+    return optax.lars(schedule, weight_decay=cfg.weight_decay, trust_coefficient=cfg.trust_coefficient,
+                      momentum=cfg.momentum)
+
+
+# ------------------------------------------------------------------------------------------------
+# State
+# ------------------------------------------------------------------------------------------------
+
+def create_state(config, steps_per_epoch):
+    """Everything that changes during training, and the step that changes it.
+
+    Returns (graphdef, state, step_fn): the model (with its queue) and its optimizer split into a
+    static graph and a pytree of arrays, and step_fn(state, batch, key) -> (state, metrics), pure, for
+    jax.jit.
+    """
+    model = SwAV(config, nnx.Rngs(config.seed))
+    schedule = learning_rate_schedule(config.optim, steps_per_epoch)
+    optimizer = nnx.Optimizer(model, make_optimizer(config.optim, schedule), wrt=nnx.Param)
+    graphdef, state = nnx.split((model, optimizer))
+    queue_start_step = int(config.method.epoch_queue_starts * steps_per_epoch)
+    return graphdef, state, functools.partial(train_step, graphdef, config, schedule, queue_start_step)
+
+
+# ------------------------------------------------------------------------------------------------
+# Train step
+# ------------------------------------------------------------------------------------------------
+
+def train_step(graphdef, config, schedule, queue_start_step, state, batch, key):
+    """One step on the global batch; jitted with `graphdef, config, schedule, queue_start_step` bound."""
+    model, optimizer = nnx.merge(graphdef, state)
+    crops = make_views(key, batch["image"], config.views)
+    m = config.method
+    loss_at = functools.partial(swav_loss, temperature=m.temperature, epsilon=m.epsilon,
+                                n_iters=m.sinkhorn_iterations, crops_for_assign=tuple(m.crops_for_assign))
+    # Prototypes back on the unit sphere before the forward pass, so that the scores are cosines
+    # (official: in place under torch.no_grad at the start of every iteration).
+    model.prototypes.kernel[...] = l2_normalize(model.prototypes.kernel[...], axis=0)
+    queue_in_use = model.queue is not None and queue_is_full(model.queue[...])
+
+    def loss_fn(model):
+        z, scores = model(crops)
+        if model.queue is None:
+            return loss_at(scores), z
+        queue_scores = model.queue[...] @ model.prototypes.kernel[...]  # [A, L, K], current prototypes
+        loss = jax.lax.cond(queue_in_use, lambda: loss_at(scores, queue_scores=queue_scores),
+                            lambda: loss_at(scores))
+        return loss, z
+
+    (loss, z), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    step = optimizer.step[...]
+    # Prototypes frozen for the first steps (official: their gradient is dropped). LARS still adds
+    # weight decay, which moves each prototype along itself only; the next normalisation undoes it.
+    frozen = step < m.freeze_prototypes_steps
+    grads["prototypes"] = jax.tree.map(lambda g: jnp.where(frozen, 0.0, g), grads["prototypes"])
+    lr = schedule(step)
+    optimizer.update(model, grads)
+    metrics = {"loss": loss, "lr": lr, "finite": checkpoint.all_finite(loss, nnx.state(model, nnx.Param))}
+    if model.queue is not None:
+        # This batch's embeddings of the assigned crops join the queue once it has started (official:
+        # from epoch `epoch_queue_starts`); it is used from the step after it is full.
+        z_assigned = jax.lax.stop_gradient(z[jnp.asarray(m.crops_for_assign)])  # [A, B, D]
+        queue = model.queue[...]
+        model.queue[...] = jnp.where(step >= queue_start_step, update_queue(queue, z_assigned), queue)
+        metrics["queue_in_use"] = queue_in_use.astype(jnp.float32)
+    return nnx.state((model, optimizer)), metrics
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation
+# ------------------------------------------------------------------------------------------------
+
+@nnx.jit(static_argnums=(2, 3))
+def embed(body, images, mean, std):
+    """uint8 images [B, H, W, 3] -> body features f(x) [B, D]."""
+    return body(augment.normalize(augment.to_float(images), mean, std))
+
+
+def get_body(graphdef, state):
+    """The representation f(.) that evaluation uses, as a fresh module in eval mode (a copy: switching
+    it to eval leaves the training graph untouched). common/evaluate.py calls this for every method."""
+    model, _ = nnx.merge(graphdef, state)
+    model.body.eval()
+    return model.body
+
+
+def knn_eval(graphdef, state, config, knn_train, knn_test, mesh):
+    """kNN top-1/top-5 of the body's features in eval mode (running batch-norm statistics)."""
+    body = get_body(graphdef, state)
+    embed_fn = lambda images: embed(body, images, tuple(config.views.mean), tuple(config.views.std))
+    return evaluate.knn_monitor(embed_fn, knn_train, knn_test, config.eval.batch_size, mesh,
+                                k=config.eval.knn_k, temperature=config.eval.knn_temperature)
+
+
+# ------------------------------------------------------------------------------------------------
+# Main
+# ------------------------------------------------------------------------------------------------
+
+def check_config(config):
+    """Fails fast, before any data loading or compiling, on values the method cannot run with."""
+    problems = []
+    m = config.method
+    n_crops = 2 + config.views.local_crops_number
+    if config.views.local_crops_number < 0:
+        problems.append(f"views.local_crops_number={config.views.local_crops_number} must be >= 0")
+    if not m.crops_for_assign or any(not 0 <= a < n_crops for a in m.crops_for_assign):
+        problems.append(f"method.crops_for_assign={tuple(m.crops_for_assign)} must index crops 0..{n_crops - 1}")
+    if m.temperature <= 0 or m.epsilon <= 0:
+        problems.append(f"method.temperature={m.temperature} and method.epsilon={m.epsilon} must be > 0")
+    if m.sinkhorn_iterations < 1:
+        problems.append(f"method.sinkhorn_iterations={m.sinkhorn_iterations} must be >= 1")
+    if m.queue_length < 0 or m.queue_length % config.data.batch_size:
+        problems.append(f"method.queue_length={m.queue_length} must be a multiple of data.batch_size="
+                        f"{config.data.batch_size} (0 = no queue)")
+    if config.optim.epochs <= 0 or config.optim.warmup_epochs < 0:
+        problems.append("optim.epochs must be > 0 and optim.warmup_epochs >= 0")
+    if problems:
+        raise ValueError("Bad config: " + "; ".join(problems) + ". Fix it with --config.<field>=<value>.")
+
+
+def load_eval_data(config):
+    """The kNN monitor's train and test sets (optionally their first N examples)."""
+    knn_train = data.load(config.data, config.data.train_split)
+    knn_test = data.load(config.data, config.data.eval_split)
+    if config.eval.knn_train_examples:
+        knn_train = knn_train.subset(range(min(config.eval.knn_train_examples, knn_train.num_examples)))
+    if config.eval.knn_test_examples:
+        knn_test = knn_test.subset(range(min(config.eval.knn_test_examples, knn_test.num_examples)))
+    return knn_train, knn_test
+
+
+def write_results(path, results):
+    if jax.process_index() == 0:
+        with open(path, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+def main(config, workdir):
+    from clu import metric_writers, periodic_actions
+
+    check_config(config)
+    checkpoint.maybe_initialize_distributed()
+    mesh = data.make_mesh()
+    data.check_batch_size(config.data.batch_size, mesh)
+    train_data = data.load(config.data, config.data.train_split)
+    knn_train, knn_test = load_eval_data(config)
+    loader = data.Loader(train_data, config.data.batch_size, config.seed, mesh)
+    total_steps = max(1, int(config.optim.epochs * loader.steps_per_epoch))
+
+    graphdef, state, step_fn = create_state(config, loader.steps_per_epoch)
+    state = checkpoint.replicate(state, mesh)
+    os.makedirs(workdir, exist_ok=True)
+    ckpt = checkpoint.Checkpointer(workdir, config.checkpoint_every_steps)
+    state, start_step = ckpt.restore_or(state)
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    results_path = os.path.join(workdir, "results.json")
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    results = {"method": "swav", "wall_time_s": 0.0}
+    if start_step == 0:  # what the randomly initialised body scores, for comparison
+        knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
+        results.update(knn_top1_init=knn["top1"], knn_top5_init=knn["top5"])
+        writer.write_scalars(0, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
+        write_results(results_path, results)
+    else:
+        with open(results_path) as f:
+            results = json.load(f)
+
+    step_fn = jax.jit(step_fn, donate_argnums=0)
+    root_key = jax.random.key(config.seed)
+    guard = checkpoint.FiniteGuard(ckpt)
+    progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
+    start_time = time.time()
+    step = start_step
+    for step, batch in loader.iterate(start_step):
+        if step >= total_steps:
+            break
+        state, metrics = step_fn(state, batch, jax.random.fold_in(root_key, step))
+        step += 1  # steps completed
+        guard.add(step, metrics["finite"])
+        progress(step)
+        if step % config.log_every_steps == 0 or step == total_steps:
+            guard.check()
+            writer.write_scalars(step, {k: float(v) for k, v in metrics.items() if k != "finite"})
+        if config.eval.knn_every_steps and step % config.eval.knn_every_steps == 0 and step < total_steps:
+            knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
+            writer.write_scalars(step, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
+        if step % config.checkpoint_every_steps == 0 or step == total_steps:
+            guard.check()
+            ckpt.save(step, state, force=True)
+        if ckpt.preempted(step):
+            guard.check()
+            ckpt.save(step, state, force=True)
+            results["wall_time_s"] += time.time() - start_time
+            write_results(results_path, results)
+            writer.flush()
+            ckpt.close()
+            print(f"Pre-empted: saved step {step} to {ckpt.directory}; rerun with the same --workdir to resume.")
+            return None
+
+    guard.check()
+    ckpt.save(step, state, force=True)
+    knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
+    writer.write_scalars(step, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
+    results.update(knn_top1=knn["top1"], knn_top5=knn["top5"], step=step,
+                   wall_time_s=results["wall_time_s"] + time.time() - start_time)
+    write_results(results_path, results)
+    writer.flush()
+    ckpt.close()
+    print(f"kNN top-1 {knn['top1']:.2f}% (random init {results['knn_top1_init']:.2f}%), "
+          f"top-5 {knn['top5']:.2f}%, step {step}; results in {results_path}")
+    return results
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file, e.g. swav/config.py:smoke.",
+                                              lock_config=True)
+    _WORKDIR = flags.DEFINE_string("workdir", "runs/swav", "Checkpoints, logs and results; rerun to resume.")
+    def _run(argv):  # returns None: absl's app.run would exit with status 1 on main's results dict
+        main(_CONFIG.value, _WORKDIR.value)
+
+    app.run(_run)

@@ -1,14 +1,20 @@
-"""PAWS: snn, sharpen and the loss against the official facebookresearch/suncet outputs."""
+"""PAWS: snn, sharpen and the loss against the official facebookresearch/suncet outputs; the support
+sampler, the step's objective, a smoke run of main, resume, 8 devices vs 1, the baseline, bad config."""
 
+import functools
 import json
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
+from common import data
 from paws import train as paws
+from tests import helpers
 
 REFERENCE = pathlib.Path(__file__).parent / "reference"
 CASES = [
@@ -106,3 +112,156 @@ def test_no_gradient_through_targets():
     )
     assert np.all(np.asarray(g_target) == 0.0) and np.all(np.asarray(g_target_supports) == 0.0)
     assert np.abs(np.asarray(g_anchor)).max() > 1e-3
+
+
+# ------------------------------------------------------------------------------------------------
+# The method around the loss: supports, labels, step, main, resume, devices, config checks
+# ------------------------------------------------------------------------------------------------
+
+def test_support_batch_is_class_balanced_in_the_official_layout():
+    # Pool of 5 classes x 4 images whose pixels encode (class, image): 10 * class + image.
+    num_classes, per_class = 5, 4
+    codes = 10 * np.arange(num_classes)[:, None] + np.arange(per_class)[None, :]
+    pool = jnp.asarray(np.broadcast_to(codes[:, :, None, None, None], (5, 4, 2, 2, 3)), jnp.uint8)
+    images, classes = paws.sample_supports(jax.random.key(3), pool, 3, 2)
+    images, classes = np.asarray(images), np.asarray(classes)
+    assert images.shape == (6, 2, 2, 3) and classes.shape == (6,)
+    code = images[:, 0, 0, 0].astype(int)
+    np.testing.assert_array_equal(code // 10, classes)  # each image is of the class reported
+    assert len(set(classes[:3])) == 3  # three distinct classes ...
+    np.testing.assert_array_equal(classes[3:], classes[:3])  # ... repeated as [a, b, c, a, b, c]
+    assert len(set(code)) == 6  # distinct images
+    again, _ = paws.sample_supports(jax.random.key(3), pool, 3, 2)
+    np.testing.assert_array_equal(np.asarray(again), images)  # a pure function of the key
+    other, _ = paws.sample_supports(jax.random.key(4), pool, 3, 2)
+    assert not np.array_equal(np.asarray(other), images)
+
+
+def test_labels_matrix_is_the_official_smoothed_one_hot():
+    # Official make_labels_matrix(num_classes=3, s_batch_size=2, world_size=1, smoothing=0.1):
+    # off = 0.1 / 3 everywhere, row j hot in column j % 3 with 1 - 0.1 + off.
+    off, on = 0.1 / 3, 0.9 + 0.1 / 3
+    want = np.array([[on, off, off], [off, on, off], [off, off, on]] * 2)
+    np.testing.assert_allclose(paws.labels_matrix(3, 2, 0.1), want, rtol=1e-6)
+
+
+def test_learning_rate_warms_up_from_start_lr_then_decays_to_final_lr():
+    config = helpers.smoke_config("paws")
+    o = config.optim  # 4 steps, 1 of warmup
+    schedule = paws.learning_rate_schedule(o, steps_per_epoch=60000 // 16)
+    np.testing.assert_allclose([schedule(0), schedule(1), schedule(4)], [o.start_lr, o.lr, o.final_lr],
+                               rtol=1e-6)
+
+
+def manual_paws_loss(graphdef, config, state, batch, key):
+    """The step's objective written out again from the official call site, for comparison."""
+    model, _, labelled = nnx.merge(graphdef, state)
+    m, v = config.method, config.views
+    k_views, k_supports, k_support_views = jax.random.split(key, 3)
+    images, _ = paws.sample_supports(k_supports, labelled.images[...], m.classes_per_batch, m.s_per_class)
+    supports = paws.make_support_views(k_support_views, images, v)
+    x_g, x_l = paws.make_views(k_views, batch["image"], v)
+    b, n_s = x_g.shape[1], supports.shape[0]
+    h, z = model(jnp.concatenate([supports, x_g[0], x_g[1]]))
+    _, z_l = model(jnp.concatenate(list(x_l)))
+    target_views = jnp.concatenate([h[n_s + b:], h[n_s:n_s + b]])  # official swap
+    labels = jnp.tile(paws.labels_matrix(m.classes_per_batch, m.s_per_class, m.label_smoothing),
+                      (v.supervised_views, 1))
+    loss, reg = paws.paws_loss(jnp.concatenate([z[n_s:], z_l]), z[:n_s], labels, target_views,
+                               h[:n_s], labels, m.tau, m.T, m.me_max, v.multicrop)
+    return loss, reg
+
+
+def test_train_step_objective_and_update():
+    config = helpers.smoke_config("paws")
+    mesh = data.make_mesh()
+    loader = data.Loader(data.load(config.data, "train"), config.data.batch_size, config.seed, mesh)
+    graphdef, state, step_fn = paws.create_state(config, loader.steps_per_epoch)
+    batch, key = loader.get(0), jax.random.key(7)
+    want_loss, want_reg = map(float, jax.jit(functools.partial(manual_paws_loss, graphdef, config))(
+        state, batch, key))
+    before = jax.tree.map(np.asarray, nnx.state(nnx.merge(graphdef, state)[0], nnx.Param))
+    new_state, metrics = jax.jit(step_fn)(state, batch, key)
+    np.testing.assert_allclose(float(metrics["xent"]), want_loss, rtol=1e-4)
+    np.testing.assert_allclose(float(metrics["me_max_reg"]), want_reg, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(float(metrics["loss"]), want_loss + want_reg, rtol=1e-4)
+    assert want_reg <= 0.0  # -H(pbar) with me_max
+    np.testing.assert_allclose(float(metrics["lr"]), config.optim.start_lr, rtol=1e-6)
+    model, optimizer, labelled = nnx.merge(graphdef, new_state)
+    assert int(optimizer.step[...]) == 1
+    after = nnx.state(model, nnx.Param)
+    changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != b)), after, before)
+    assert all(jax.tree.leaves(changed))  # every parameter, the prediction/projection head included
+    # The labelled pool is the class-sorted balanced subset of the seed, unchanged by the step.
+    train = data.load(config.data, "train")
+    want = data.balanced_subset(train.labels(), config.data.label_fraction, 10, config.seed)
+    np.testing.assert_array_equal(np.sort(np.asarray(labelled.indices[...]).ravel()), want)
+    np.testing.assert_array_equal(train.labels()[np.asarray(labelled.indices[...])],
+                                  np.repeat(np.arange(10)[:, None], len(want) // 10, axis=1))
+
+
+def test_smoke_run_then_resume_after_sigterm_equals_uninterrupted_run(tmp_path):
+    config = helpers.smoke_config("paws", checkpoint_every_steps=100)
+    results = paws.main(config, str(tmp_path / "straight"))
+    saved = json.loads((tmp_path / "straight" / "results.json").read_text())
+    assert saved == results and saved["step"] == 4 and saved["method"] == "paws"
+    assert saved["label_fraction"] == 0.01 and saved["supervised_baseline"] is False
+    for key in ("knn_top1", "knn_top5", "knn_top1_init", "knn_top5_init", "snn_top1", "snn_top1_init"):
+        assert 0.0 <= saved[key] <= 100.0
+    assert saved["knn_top5"] >= saved["knn_top1"]
+    assert saved["knn_top1_init"] > 10.0  # ten classes: even a random body's features beat chance
+    assert saved["snn_top1"] > 10.0  # four steps of PAWS already beat chance on the test images
+    recorded = json.loads((tmp_path / "straight" / "labelled.json").read_text())
+    train = data.load(config.data, "train")
+    want = data.balanced_subset(train.labels(), 0.01, 10, config.seed)
+    np.testing.assert_array_equal(np.sort(recorded["indices"]), want)
+
+    assert helpers.run_with_sigterm_at(paws, config, str(tmp_path / "resumed"), step=2) is None
+    assert helpers.final_params(str(tmp_path / "resumed"))[0] == 2  # SIGTERM saved step 2 and stopped
+    paws.main(config, str(tmp_path / "resumed"))
+    step_a, straight = helpers.final_params(str(tmp_path / "straight"))
+    step_b, resumed = helpers.final_params(str(tmp_path / "resumed"))
+    assert step_a == step_b == 4
+    np.testing.assert_array_equal(straight, resumed)
+
+
+def test_eight_devices_equal_one():
+    one = helpers.run_devices("paws", 1)
+    eight = helpers.run_devices("paws", 8)
+    assert (one["devices"], eight["devices"]) == (1, 8)
+    np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(eight["params"], one["params"], rtol=1e-4, atol=1e-5)
+
+
+def test_supervised_baseline_runs_and_reports_its_classifier(tmp_path):
+    # Non-finite guard on the baseline preset: warmup starts at lr 0, so step 1 is finite and saved;
+    # then lr 1e30 blows the weights up. (The guard and the loop are shared with PAWS.)
+    config = helpers.smoke_config("paws", checkpoint_every_steps=1)
+    config.unlock()
+    config.method.supervised_baseline = True
+    config.optim.epochs = 8 * 16 / 60000
+    config.optim.warmup_epochs = 2 * 16 / 60000
+    config.optim.start_lr = 0.0
+    config.optim.lr = 1e30
+    with pytest.raises(FloatingPointError, match=r"Non-finite loss or parameters at step (\d+)") as err:
+        paws.main(config, str(tmp_path))
+    bad_step = int(re.search(r"at step (\d+)", str(err.value)).group(1))
+    good_step, params = helpers.final_params(str(tmp_path))
+    assert 1 <= good_step < bad_step
+    assert f"last good checkpoint is step {good_step}" in str(err.value)
+    assert np.all(np.isfinite(params))
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["supervised_baseline"] is True and 0.0 <= saved["supervised_top1_init"] <= 100.0
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("method.tau", 0.0, "tau"),
+    ("data.label_fraction", 0.0, "label_fraction"),
+    ("method.s_per_class", 0, "s_per_class"),
+    ("views.multicrop", -1, "multicrop"),
+])
+def test_bad_config_fails_before_any_work(tmp_path, field, value, message):
+    config = helpers.smoke_config("paws", **{field: value})
+    with pytest.raises(ValueError, match=message):
+        paws.main(config, str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists()

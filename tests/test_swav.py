@@ -1,14 +1,18 @@
-"""SwAV: Sinkhorn codes and the swapped-prediction loss against facebookresearch/swav outputs."""
+"""SwAV: Sinkhorn codes and the swapped-prediction loss against facebookresearch/swav outputs; the queue,
+the prototypes and the train step by value; a smoke run of main, resume, 8 devices vs 1, bad config."""
 
 import json
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from swav import train as swav
+from tests import helpers
 
 REFERENCE = pathlib.Path(__file__).parent / "reference"
 CASES = json.loads((REFERENCE / "cases.json").read_text())["cases"]
@@ -100,3 +104,157 @@ def test_codes_carry_no_gradient():
         jnp.asarray(z["scores"]), temperature, hyper["epsilon"], hyper["n_iters"], tuple(crops)
     )
     np.testing.assert_allclose(grad, want, rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# The queue, the prototypes and the train step
+# ------------------------------------------------------------------------------------------------
+
+def test_swav_loss_with_queue_matches_official_loop():
+    # The official train() with a full queue: Sinkhorn over [queue scores; batch scores], keep the
+    # last B rows as codes, then the same swapped prediction. Written out in float64 numpy.
+    rng = np.random.default_rng(0)
+    n_crops, batch_size, length, n_prototypes, temperature, crops = 4, 8, 16, 10, 0.1, (0, 1)
+    scores = rng.uniform(-1, 1, (n_crops, batch_size, n_prototypes)).astype(np.float32)
+    queue_scores = rng.uniform(-1, 1, (len(crops), length, n_prototypes)).astype(np.float32)
+    want = 0.0
+    for i, a in enumerate(crops):
+        q = official_sinkhorn_f64(np.concatenate([queue_scores[i], scores[a]]), 0.05, 3)[-batch_size:]
+        subloss = 0.0
+        for v in range(n_crops):
+            if v != a:
+                logits = scores[v].astype(np.float64) / temperature
+                log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+                subloss -= np.mean(np.sum(q * log_p, axis=1))
+        want += subloss / (n_crops - 1)
+    want /= len(crops)
+    got = swav.swav_loss(jnp.asarray(scores), temperature, 0.05, 3, crops, queue_scores=jnp.asarray(queue_scores))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert abs(float(swav.swav_loss(jnp.asarray(scores), temperature, 0.05, 3, crops)) - want) > 1e-3
+
+
+def test_update_queue_puts_newest_first_and_drops_oldest():
+    queue = np.arange(2 * 6 * 3, dtype=np.float32).reshape(2, 6, 3)  # [A, L, D]
+    z = -np.ones((2, 2, 3), np.float32)  # [A, B, D]
+    new = np.asarray(swav.update_queue(jnp.asarray(queue), jnp.asarray(z)))
+    np.testing.assert_array_equal(new[:, :2], z)
+    np.testing.assert_array_equal(new[:, 2:], queue[:, :4])
+    assert not swav.queue_is_full(jnp.zeros((2, 6, 3)))
+    assert swav.queue_is_full(jnp.asarray(new))
+
+
+def test_train_step_normalises_prototypes_freezes_them_and_fills_then_uses_the_queue():
+    # Smoke preset: batch 16, queue 32 from step 0, prototypes frozen for 2 steps, lr 0 at step 0.
+    config = helpers.smoke_config("swav")
+    m = config.method
+    graphdef, state0, step_fn = swav.create_state(config, steps_per_epoch=60000 // 16)
+    step_fn = jax.jit(step_fn)
+    batch = {"image": jax.random.randint(jax.random.key(1), (16, 28, 28, 3), 0, 256).astype(jnp.uint8)}
+    keys = [jax.random.key(10 + i) for i in range(3)]
+    forward = nnx.jit(lambda model, key: model(swav.make_views(key, batch["image"], config.views)))
+
+    def model_of(state):
+        return nnx.merge(graphdef, state)[0]
+
+    def unit(w):  # [D, K] -> prototypes (columns) on the unit sphere, in numpy
+        w = np.asarray(w, np.float64)
+        return w / np.linalg.norm(w, axis=0, keepdims=True)
+
+    def expected(state, key, with_queue):
+        """The loss and embeddings of a step, recomputed from the state before it."""
+        model = model_of(state)
+        model.prototypes.kernel[...] = jnp.asarray(unit(model.prototypes.kernel[...]), jnp.float32)
+        z, scores = forward(model, key)
+        queue_scores = model.queue[...] @ model.prototypes.kernel[...] if with_queue else None
+        loss = swav_loss(scores, m.temperature, m.epsilon, m.sinkhorn_iterations, tuple(m.crops_for_assign),
+                         queue_scores=queue_scores)
+        return float(loss), np.asarray(z)
+
+    state1, metrics1 = step_fn(state0, batch, keys[0])
+    state2, metrics2 = step_fn(state1, batch, keys[1])
+    state3, metrics3 = step_fn(state2, batch, keys[2])
+    queue1, queue2 = np.asarray(model_of(state1).queue[...]), np.asarray(model_of(state2).queue[...])
+    kernels = [np.asarray(model_of(s).prototypes.kernel[...]) for s in (state0, state1, state2, state3)]
+
+    # Step 1: the loss is on normalised prototypes; the batch's assigned embeddings enter the queue.
+    loss1, z1 = expected(state0, keys[0], with_queue=False)
+    np.testing.assert_allclose(float(metrics1["loss"]), loss1, rtol=1e-5)
+    np.testing.assert_allclose(queue1[:, :16], z1[list(m.crops_for_assign)], atol=1e-5)
+    np.testing.assert_array_equal(queue1[:, 16:], 0.0)
+    # Step 2 (lr 0.6, prototypes still frozen): the queue shifts by B and is then full; the
+    # prototypes keep their direction while the body moves.
+    np.testing.assert_array_equal(queue2[:, 16:], queue1[:, :16])
+    assert float(metrics1["queue_in_use"]) == float(metrics2["queue_in_use"]) == 0.0
+    np.testing.assert_allclose(unit(kernels[2]), unit(kernels[1]), atol=1e-6)
+    conv1 = [np.asarray(model_of(s).body.conv1.kernel[...]) for s in (state1, state2)]
+    assert np.abs(conv1[1] - conv1[0]).max() > 1e-6
+    # Step 3: the queue is used (Sinkhorn over 32 queued + 16 batch rows) and the prototypes move.
+    assert float(metrics3["queue_in_use"]) == 1.0
+    loss3, _ = expected(state2, keys[2], with_queue=True)
+    loss3_without_queue, _ = expected(state2, keys[2], with_queue=False)
+    np.testing.assert_allclose(float(metrics3["loss"]), loss3, rtol=1e-5)
+    assert abs(loss3 - loss3_without_queue) > 1e-4
+    assert np.abs(unit(kernels[3]) - unit(kernels[2])).max() > 1e-4
+
+
+# ------------------------------------------------------------------------------------------------
+# main: smoke run, resume, 8 devices vs 1, non-finite guard, bad config
+# ------------------------------------------------------------------------------------------------
+
+def test_smoke_run_then_resume_after_sigterm_equals_uninterrupted_run(tmp_path):
+    # The queue (filled at steps 1-2, used at 3-4) and the optimizer state must both survive the restart.
+    config = helpers.smoke_config("swav", checkpoint_every_steps=100)
+    results = swav.main(config, str(tmp_path / "straight"))
+    saved = json.loads((tmp_path / "straight" / "results.json").read_text())
+    assert saved == results and saved["step"] == 4 and saved["method"] == "swav"
+    for key in ("knn_top1", "knn_top5", "knn_top1_init", "knn_top5_init"):
+        assert 0.0 <= saved[key] <= 100.0
+    assert saved["knn_top5"] >= saved["knn_top1"]
+    assert saved["knn_top1_init"] > 10.0  # ten classes: even a random body's features beat chance
+    assert (tmp_path / "straight" / "config.json").exists()
+
+    assert helpers.run_with_sigterm_at(swav, config, str(tmp_path / "resumed"), step=2) is None
+    assert helpers.final_params(str(tmp_path / "resumed"))[0] == 2  # SIGTERM saved step 2 and stopped
+    swav.main(config, str(tmp_path / "resumed"))
+    step_a, straight = helpers.final_params(str(tmp_path / "straight"))
+    step_b, resumed = helpers.final_params(str(tmp_path / "resumed"))
+    assert step_a == step_b == 4
+    np.testing.assert_array_equal(straight, resumed)
+
+
+def test_eight_devices_equal_one():
+    # 4 steps: Sinkhorn over the global batch, then over the global queue once it is full (steps 3-4).
+    one = helpers.run_devices("swav", 1, steps=4)
+    eight = helpers.run_devices("swav", 8, steps=4)
+    assert (one["devices"], eight["devices"]) == (1, 8)
+    np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(eight["params"], one["params"], rtol=1e-4, atol=1e-5)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    # Warmup starts at lr 0, so the first step is finite and saved; then lr 1e30 blows the weights up.
+    config = helpers.smoke_config("swav", checkpoint_every_steps=1)
+    config.unlock()
+    config.optim.epochs = 8 * 16 / 60000
+    config.optim.warmup_epochs = 2 * 16 / 60000
+    config.optim.lr = 1e30
+    with pytest.raises(FloatingPointError, match=r"Non-finite loss or parameters at step (\d+)") as err:
+        swav.main(config, str(tmp_path))
+    bad_step = int(re.search(r"at step (\d+)", str(err.value)).group(1))
+    good_step, params = helpers.final_params(str(tmp_path))
+    assert 1 <= good_step < bad_step
+    assert f"last good checkpoint is step {good_step}" in str(err.value)
+    assert np.all(np.isfinite(params))
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("method.epsilon", 0.0, "epsilon"),
+    ("method.queue_length", 24, "queue_length"),
+    ("method.crops_for_assign", (0, 4), "crops_for_assign"),
+    ("views.local_crops_number", -1, "local_crops_number"),
+])
+def test_bad_config_fails_before_any_work(tmp_path, field, value, message):
+    config = helpers.smoke_config("swav", **{field: value})
+    with pytest.raises(ValueError, match=message):
+        swav.main(config, str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists()
