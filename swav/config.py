@@ -1,0 +1,177 @@
+"""SwAV config. Caron, Misra, Mairal, Goyal, Bojanowski, Joulin, "Unsupervised Learning of Visual
+Features by Contrasting Cluster Assignments", NeurIPS 2020 (arXiv:2006.09882).
+
+    python swav/train.py --config swav/config.py                 # embedded Fashion-MNIST, 2 CPU cores
+    python swav/train.py --config swav/config.py:smoke           # seconds; used by the tests
+    python swav/train.py --config swav/config.py:cifar10         # CIFAR-10 (accelerator; not in the paper)
+    python swav/train.py --config swav/config.py:imagenet        # paper's ImageNet settings (accelerator)
+
+Default preset (measured on this project's 2-core CPU machine, see README's benchmark table): a tiny
+ResNet for 2 epochs of Fashion-MNIST; the kNN monitor on the test split is printed and written to
+results.json beside the kNN accuracy of the same body at initialisation.
+
+Deliberate deviations from the paper in the default preset only: a tiny body and 2 epochs so it runs in
+minutes on a CPU; 28- and 12-pixel crops instead of 224 and 96, with the large crops' minimum scale
+raised to 0.3 (28x28 images lose the object below that); 4 small crops instead of 6; 30 prototypes
+instead of 3000 (10 classes; with 100 the loss stayed at log K in a 100-step check); no blur (a 3-tap
+kernel at 28 pixels); LARS rate 1.2 rather than the batch-256 recipe's 0.6, for a run of 2 epochs instead
+of 400; prototypes frozen for 20 steps rather than the first epoch (half of this short run); the queue
+starts after 1 epoch instead of 15.
+Everywhere: Gaussian blur with a kernel of ~10% of the side instead of PIL's; LARS as optax (trust
+ratio ||w|| / ||g + wd w|| instead of apex LARC's ||w|| / (||g|| + wd ||w||)); float32, not fp16.
+"""
+
+import ml_collections
+
+
+def get_config(arg=None):
+    preset = arg or "default"
+    if preset not in ("default", "smoke", "cifar10", "imagenet"):
+        raise ValueError(f"Unknown preset {preset!r}: use one of default, smoke, cifar10, imagenet.")
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    # Data: any TFDS name, or an image folder (data.folder). Images are resized on the host to
+    # image_size (0 = native size); the random crops are taken on device.
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "fashion_mnist_local"  # embedded default: Fashion-MNIST from the Debian package
+    c.data.folder = ""  # an image folder: root/<split>/<class>/* or a flat folder of images
+    c.data.data_dir = ""  # TFDS data_dir ('' = TFDS default, ~/tensorflow_datasets)
+    c.data.image_size = 0  # host-side size; 0 keeps 28x28
+    c.data.train_split = "train"
+    c.data.eval_split = "test"
+    c.data.batch_size = 256  # global batch, over all devices (paper: 4096; 256 with a queue)
+
+    # Views (Sec. 3.2 multi-crop, Appendix A): per crop size, a random resized crop, then flip, colour
+    # distortion and blur on every crop; torchvision semantics.
+    c.views = ml_collections.ConfigDict()
+    c.views.crop_size = 28  # the two large crops; paper: 224
+    c.views.crop_scale = (0.3, 1.0)  # large crops' area range; paper: (0.14, 1.0)
+    c.views.local_crop_size = 12  # paper: 96
+    c.views.local_crop_scale = (0.05, 0.3)  # paper: (0.05, 0.14)
+    c.views.local_crops_number = 4  # paper: 6 (0 for the 2x224 runs)
+    c.views.crop_ratio = (3 / 4, 4 / 3)
+    c.views.flip_p = 0.5
+    c.views.color_strength = 1.0  # s: ColorJitter(0.8s, 0.8s, 0.8s, 0.2s); paper: 1.0
+    c.views.color_p = 0.8
+    c.views.gray_p = 0.2
+    c.views.blur_p = 0.0  # paper: 0.5, sigma ~ U(0.1, 2)
+    c.views.mean = (0.2860, 0.2860, 0.2860)  # per-channel normalisation of the data set
+    c.views.std = (0.3530, 0.3530, 0.3530)
+
+    # Model: body, projection head (Linear-BN-ReLU-Linear, then L2 normalisation), prototypes.
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "resnet_tiny"  # paper: resnet50
+    c.model.stem = "small"  # 'imagenet' (7x7/2 + max-pool), 'cifar' (3x3/1), 'small' (3x3/2)
+    c.model.bn_momentum = 0.9  # NNX convention: running = m * running + (1 - m) * batch
+    c.model.proj_hidden_dim = 128  # paper: 2048 (hidden_mlp)
+    c.model.proj_dim = 64  # paper: 128 (feat_dim)
+    c.model.num_prototypes = 30  # K; paper: 3000
+
+    # Method (Sec. 3.1): swapped prediction, Sinkhorn codes, queue, frozen prototypes.
+    c.method = ml_collections.ConfigDict()
+    c.method.temperature = 0.1  # tau of the predictions; paper: 0.1
+    c.method.epsilon = 0.05  # Sinkhorn regularisation; paper: 0.05
+    c.method.sinkhorn_iterations = 3  # paper: 3
+    c.method.crops_for_assign = (0, 1)  # crops whose codes are computed; paper: the two large crops
+    c.method.queue_length = 1024  # past embeddings per assigned crop, a multiple of the batch; 0 = none
+    c.method.epoch_queue_starts = 1.0  # paper: 15 (with queue 3840 at batch 256)
+    c.method.freeze_prototypes_steps = 20  # paper: the first epoch (313 steps at 4096, 5005 at 256)
+
+    # Optimiser: LARS on every parameter, linear warmup then cosine decay to final_lr.
+    c.optim = ml_collections.ConfigDict()
+    c.optim.epochs = 2.0  # paper: 100-800
+    c.optim.warmup_epochs = 0.2  # paper: 10 (at batch 4096), 0 (at batch 256)
+    c.optim.lr = 1.2  # base rate for the configured batch; paper: 4.8 at 4096, 0.6 at 256
+    c.optim.start_warmup_lr = 0.0  # paper: 0.3 (at batch 4096)
+    c.optim.final_lr = 0.0012  # paper: base / 1000
+    c.optim.weight_decay = 1e-6  # paper: 1e-6
+    c.optim.momentum = 0.9
+    c.optim.trust_coefficient = 0.001  # LARS eta
+
+    # Evaluation: weighted kNN on frozen features (k=20, T=0.07 as DINO).
+    c.eval = ml_collections.ConfigDict()
+    c.eval.knn_every_steps = 0  # 0 = only at the start and the end
+    c.eval.knn_k = 20
+    c.eval.knn_temperature = 0.07
+    c.eval.knn_train_examples = 0  # 0 = all; a positive number uses the first N (faster monitor)
+    c.eval.knn_test_examples = 0
+    c.eval.batch_size = 1000
+
+    # Checkpoints and logging.
+    c.checkpoint_every_steps = 200
+    c.log_every_steps = 50
+
+    if preset == "smoke":  # exercises the queue (full after 2 steps) and the frozen prototypes (2 steps)
+        c.data.batch_size = 16
+        c.views.crop_size = 16
+        c.views.local_crop_size = 8
+        c.views.local_crops_number = 2
+        c.model.proj_hidden_dim = 16
+        c.model.proj_dim = 8
+        c.model.num_prototypes = 12
+        c.method.queue_length = 32
+        c.method.epoch_queue_starts = 0.0
+        c.method.freeze_prototypes_steps = 2
+        c.optim.epochs = 4 * 16 / 60000  # 4 steps
+        c.optim.warmup_epochs = 16 / 60000
+        c.eval.knn_train_examples = 200
+        c.eval.knn_test_examples = 100
+        c.eval.batch_size = 100
+        c.checkpoint_every_steps = 2
+        c.log_every_steps = 1
+    elif preset == "cifar10":  # not in the paper: its batch-256 ImageNet recipe with CIFAR-sized crops
+        c.data.name = "cifar10"
+        c.views.crop_size = 32
+        c.views.crop_scale = (0.14, 1.0)
+        c.views.local_crop_size = 16
+        c.views.local_crop_scale = (0.05, 0.14)
+        c.views.local_crops_number = 6
+        c.views.blur_p = 0.0  # as SimCLR on CIFAR
+        c.views.mean = (0.4914, 0.4822, 0.4465)
+        c.views.std = (0.2470, 0.2435, 0.2616)
+        c.model.name = "resnet18"
+        c.model.stem = "cifar"
+        c.model.proj_hidden_dim = 2048
+        c.model.proj_dim = 128
+        c.model.num_prototypes = 3000
+        c.method.queue_length = 3840
+        c.method.epoch_queue_starts = 15.0
+        c.method.freeze_prototypes_steps = 195  # one epoch at batch 256
+        c.optim.epochs = 400.0
+        c.optim.warmup_epochs = 0.0
+        c.optim.lr = 0.6
+        c.optim.final_lr = 0.0006
+        c.eval.knn_every_steps = 5000
+        c.checkpoint_every_steps = 2000
+    elif preset == "imagenet":  # Sec. 4 / official swav_800ep_pretrain.sh: ResNet-50, batch 4096, 2x224 + 6x96
+        c.data.name = "imagenet2012"
+        c.data.image_size = 256
+        c.data.eval_split = "validation"
+        c.data.batch_size = 4096
+        c.views.crop_size = 224
+        c.views.crop_scale = (0.14, 1.0)
+        c.views.local_crop_size = 96
+        c.views.local_crop_scale = (0.05, 0.14)
+        c.views.local_crops_number = 6
+        c.views.blur_p = 0.5
+        c.views.mean = (0.485, 0.456, 0.406)
+        c.views.std = (0.228, 0.224, 0.225)  # the official 0.228
+        c.model.name = "resnet50"
+        c.model.stem = "imagenet"
+        c.model.proj_hidden_dim = 2048
+        c.model.proj_dim = 128
+        c.model.num_prototypes = 3000
+        c.method.queue_length = 0  # batch 4096 needs none; the batch-256 recipe uses 3840 from epoch 15
+        c.method.epoch_queue_starts = 15.0
+        c.method.freeze_prototypes_steps = 313
+        c.optim.epochs = 800.0
+        c.optim.warmup_epochs = 10.0
+        c.optim.lr = 4.8
+        c.optim.start_warmup_lr = 0.3
+        c.optim.final_lr = 0.0048
+        c.eval.knn_every_steps = 10000
+        c.eval.knn_train_examples = 100000
+        c.checkpoint_every_steps = 2500
+        c.log_every_steps = 100
+    return c
