@@ -613,4 +613,9 @@ if __name__ == "__main__":
     _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file, e.g. paws/config.py:smoke.",
                                               lock_config=True)
     _WORKDIR = flags.DEFINE_string("workdir", "runs/paws", "Checkpoints, logs and results; rerun to resume.")
-    app.run(lambda argv: main(_CONFIG.value, _WORKDIR.value))
+
+    def run(argv):
+        del argv
+        main(_CONFIG.value, _WORKDIR.value)  # not returned: app.run would exit with status 1 on a dict
+
+    app.run(run)

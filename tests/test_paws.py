@@ -193,10 +193,10 @@ def test_train_step_objective_and_update():
     changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != b)), after, before)
     assert all(jax.tree.leaves(changed))  # every parameter, the prediction/projection head included
     # The labelled pool is the class-sorted balanced subset of the seed, unchanged by the step.
-    train = data.load(config.data, "train")
-    want = data.balanced_subset(train.labels(), config.data.label_fraction, 10, config.seed)
+    train_labels = data.load(config.data, "train").labels()
+    want = data.balanced_subset(train_labels, config.data.label_fraction, 10, config.seed)
     np.testing.assert_array_equal(np.sort(np.asarray(labelled.indices[...]).ravel()), want)
-    np.testing.assert_array_equal(train.labels()[np.asarray(labelled.indices[...])],
+    np.testing.assert_array_equal(train_labels[np.asarray(labelled.indices[...])],
                                   np.repeat(np.arange(10)[:, None], len(want) // 10, axis=1))
 
 
