@@ -476,4 +476,7 @@ if __name__ == "__main__":
     _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file, e.g. byol/config.py:smoke.",
                                               lock_config=True)
     _WORKDIR = flags.DEFINE_string("workdir", "runs/byol", "Checkpoints, logs and results; rerun to resume.")
-    app.run(lambda argv: main(_CONFIG.value, _WORKDIR.value))
+    def _run(argv):  # returns None: absl's app.run would exit with status 1 on main's results dict
+        main(_CONFIG.value, _WORKDIR.value)
+
+    app.run(_run)

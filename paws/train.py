@@ -614,8 +614,7 @@ if __name__ == "__main__":
                                               lock_config=True)
     _WORKDIR = flags.DEFINE_string("workdir", "runs/paws", "Checkpoints, logs and results; rerun to resume.")
 
-    def run(argv):
-        del argv
-        main(_CONFIG.value, _WORKDIR.value)  # not returned: app.run would exit with status 1 on a dict
+    def _run(argv):  # returns None: absl's app.run would exit with status 1 on main's results dict
+        main(_CONFIG.value, _WORKDIR.value)
 
-    app.run(run)
+    app.run(_run)
