@@ -15,6 +15,7 @@ A checkpoint is only written after the guard has seen every loss up to that step
 diverges stops with the last good checkpoint untouched (`NonFiniteLossError` names both steps).
 """
 
+import json
 import os
 import signal
 
@@ -153,3 +154,10 @@ def replicate(tree, mesh):
 
 def to_host(x):
     return np.asarray(jax.device_get(x))
+
+
+def write_results(path, results):
+    """Writes a run's results dict as JSON (process 0 only: every process holds the same numbers)."""
+    if jax.process_index() == 0:
+        with open(path, "w") as f:
+            json.dump(results, f, indent=2)

@@ -108,6 +108,18 @@ def knn_classify(train_features, train_labels, test_features, test_labels, num_c
     return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n}
 
 
+def load_knn_data(config):
+    """The kNN monitor's train and test splits of `config.data`, cut to the first
+    `config.eval.knn_train_examples` / `knn_test_examples` examples when those are positive."""
+    knn_train = data.load(config.data, config.data.train_split)
+    knn_test = data.load(config.data, config.data.eval_split)
+    if config.eval.knn_train_examples:
+        knn_train = knn_train.subset(range(min(config.eval.knn_train_examples, knn_train.num_examples)))
+    if config.eval.knn_test_examples:
+        knn_test = knn_test.subset(range(min(config.eval.knn_test_examples, knn_test.num_examples)))
+    return knn_train, knn_test
+
+
 def knn_monitor(embed_fn, train_dataset, test_dataset, batch_size, mesh, k=20, temperature=0.07):
     """Extracts features of both splits with `embed_fn` and returns knn_classify's {'top1', 'top5'}."""
     train_f, train_y = extract_features(embed_fn, train_dataset, batch_size, mesh)

@@ -498,23 +498,6 @@ def check_config(config):
         raise ValueError("Bad config: " + "; ".join(problems) + ". Fix it with --config.<field>=<value>.")
 
 
-def load_eval_data(config):
-    """The kNN monitor's train and test sets (optionally their first N examples)."""
-    knn_train = data.load(config.data, config.data.train_split)
-    knn_test = data.load(config.data, config.data.eval_split)
-    if config.eval.knn_train_examples:
-        knn_train = knn_train.subset(range(min(config.eval.knn_train_examples, knn_train.num_examples)))
-    if config.eval.knn_test_examples:
-        knn_test = knn_test.subset(range(min(config.eval.knn_test_examples, knn_test.num_examples)))
-    return knn_train, knn_test
-
-
-def write_results(path, results):
-    if jax.process_index() == 0:
-        with open(path, "w") as f:
-            json.dump(results, f, indent=2)
-
-
 def main(config, workdir):
     from clu import metric_writers, periodic_actions
 
@@ -523,7 +506,7 @@ def main(config, workdir):
     mesh = data.make_mesh()
     data.check_batch_size(config.data.batch_size, mesh)
     train_data = data.load(config.data, config.data.train_split)
-    knn_train, knn_test = load_eval_data(config)
+    knn_train, knn_test = evaluate.load_knn_data(config)
     loader = data.Loader(train_data, config.data.batch_size, config.seed, mesh)
     total_steps = max(1, int(config.optim.epochs * loader.steps_per_epoch))
 
@@ -552,7 +535,7 @@ def main(config, workdir):
         results[top1_key + "_init"] = semi_supervised_eval(graphdef, state, config, labelled_data, knn_test,
                                                            mesh)
         writer.write_scalars(0, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
-        write_results(results_path, results)
+        checkpoint.write_results(results_path, results)
     else:
         with open(results_path) as f:
             results = json.load(f)
@@ -583,7 +566,7 @@ def main(config, workdir):
             guard.check()
             ckpt.save(step, state, force=True)
             results["wall_time_s"] += time.time() - start_time
-            write_results(results_path, results)
+            checkpoint.write_results(results_path, results)
             writer.flush()
             ckpt.close()
             print(f"Pre-empted: saved step {step} to {ckpt.directory}; rerun with the same --workdir to resume.")
@@ -597,7 +580,7 @@ def main(config, workdir):
     results.update(knn_top1=knn["top1"], knn_top5=knn["top5"], step=step,
                    wall_time_s=results["wall_time_s"] + time.time() - start_time)
     results[top1_key] = top1
-    write_results(results_path, results)
+    checkpoint.write_results(results_path, results)
     writer.flush()
     ckpt.close()
     print(f"{top1_key} {top1:.2f}% with {config.data.label_fraction:g} of the labels; "

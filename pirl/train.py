@@ -470,23 +470,6 @@ def check_config(config):
         raise ValueError("Bad config: " + "; ".join(problems) + ". Fix it with --config.<field>=<value>.")
 
 
-def load_eval_data(config):
-    """The kNN monitor's train and test sets (optionally their first N examples)."""
-    knn_train = data.load(config.data, config.data.train_split)
-    knn_test = data.load(config.data, config.data.eval_split)
-    if config.eval.knn_train_examples:
-        knn_train = knn_train.subset(range(min(config.eval.knn_train_examples, knn_train.num_examples)))
-    if config.eval.knn_test_examples:
-        knn_test = knn_test.subset(range(min(config.eval.knn_test_examples, knn_test.num_examples)))
-    return knn_train, knn_test
-
-
-def write_results(path, results):
-    if jax.process_index() == 0:
-        with open(path, "w") as f:
-            json.dump(results, f, indent=2)
-
-
 def main(config, workdir):
     from clu import metric_writers, periodic_actions
 
@@ -499,7 +482,7 @@ def main(config, workdir):
         raise ValueError(f"Bad config: method.memory_size={config.method.memory_size} must equal the "
                          f"{train_data.num_examples} training images. Fix it with "
                          f"--config.method.memory_size={train_data.num_examples}.")
-    knn_train, knn_test = load_eval_data(config)
+    knn_train, knn_test = evaluate.load_knn_data(config)
     loader = data.Loader(train_data, config.data.batch_size, config.seed, mesh)
     total_steps = max(1, int(config.optim.epochs * loader.steps_per_epoch))
 
@@ -518,7 +501,7 @@ def main(config, workdir):
         knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
         results.update(knn_top1_init=knn["top1"], knn_top5_init=knn["top5"])
         writer.write_scalars(0, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
-        write_results(results_path, results)
+        checkpoint.write_results(results_path, results)
     else:
         with open(results_path) as f:
             results = json.load(f)
@@ -549,7 +532,7 @@ def main(config, workdir):
             guard.check()
             ckpt.save(step, state, force=True)
             results["wall_time_s"] += time.time() - start_time
-            write_results(results_path, results)
+            checkpoint.write_results(results_path, results)
             writer.flush()
             ckpt.close()
             print(f"Pre-empted: saved step {step} to {ckpt.directory}; rerun with the same --workdir to resume.")
@@ -561,7 +544,7 @@ def main(config, workdir):
     writer.write_scalars(step, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
     results.update(knn_top1=knn["top1"], knn_top5=knn["top5"], step=step,
                    wall_time_s=results["wall_time_s"] + time.time() - start_time)
-    write_results(results_path, results)
+    checkpoint.write_results(results_path, results)
     writer.flush()
     ckpt.close()
     print(f"kNN top-1 {knn['top1']:.2f}% (random init {results['knn_top1_init']:.2f}%), "

@@ -455,23 +455,6 @@ def load_train_data(config, workdir):
     return train_data.subset(labelled)
 
 
-def load_eval_data(config):
-    """The kNN monitor's train and test sets (optionally their first N examples)."""
-    knn_train = data.load(config.data, config.data.train_split)
-    knn_test = data.load(config.data, config.data.eval_split)
-    if config.eval.knn_train_examples:
-        knn_train = knn_train.subset(range(min(config.eval.knn_train_examples, knn_train.num_examples)))
-    if config.eval.knn_test_examples:
-        knn_test = knn_test.subset(range(min(config.eval.knn_test_examples, knn_test.num_examples)))
-    return knn_train, knn_test
-
-
-def write_results(path, results):
-    if jax.process_index() == 0:
-        with open(path, "w") as f:
-            json.dump(results, f, indent=2)
-
-
 def main(config, workdir):
     from clu import metric_writers, periodic_actions
 
@@ -481,7 +464,7 @@ def main(config, workdir):
     data.check_batch_size(config.data.batch_size, mesh)
     os.makedirs(workdir, exist_ok=True)
     train_data = load_train_data(config, workdir)
-    knn_train, knn_test = load_eval_data(config)
+    knn_train, knn_test = evaluate.load_knn_data(config)
     loader = data.Loader(train_data, config.data.batch_size, config.seed, mesh)
     total_steps = max(1, int(stage_optim(config).epochs * loader.steps_per_epoch))
 
@@ -504,7 +487,7 @@ def main(config, workdir):
         scores = evaluate_stage(graphdef, state, config, knn_train, knn_test, mesh)
         results.update({f"{k}_init": v for k, v in scores.items()})
         writer.write_scalars(0, scores)
-        write_results(results_path, results)
+        checkpoint.write_results(results_path, results)
     else:
         with open(results_path) as f:
             results = json.load(f)
@@ -534,7 +517,7 @@ def main(config, workdir):
             guard.check()
             ckpt.save(step, state, force=True)
             results["wall_time_s"] += time.time() - start_time
-            write_results(results_path, results)
+            checkpoint.write_results(results_path, results)
             writer.flush()
             ckpt.close()
             print(f"Pre-empted: saved step {step} to {ckpt.directory}; rerun with the same --workdir to resume.")
@@ -545,7 +528,7 @@ def main(config, workdir):
     scores = evaluate_stage(graphdef, state, config, knn_train, knn_test, mesh)
     writer.write_scalars(step, scores)
     results.update(scores, step=step, wall_time_s=results["wall_time_s"] + time.time() - start_time)
-    write_results(results_path, results)
+    checkpoint.write_results(results_path, results)
     writer.flush()
     ckpt.close()
     print(f"{config.stage}: " + ", ".join(f"{k} {v:.2f}%" for k, v in scores.items())
