@@ -70,6 +70,7 @@ def get_config(arg=None):
     c.model.head_bottleneck_dim = 128  # paper: 256
     c.model.out_dim = 1024  # K; paper: 65536
     c.model.norm_last_layer = True  # fix the last layer's weight norm g = 1; paper: True
+    c.model.use_bn_in_head = True  # batch norm after the head's hidden layers (official option); ViT: False
 
     # Method: temperatures (Sec. 3.1), centring (eq. 4) and the teacher's EMA.
     c.method = ml_collections.ConfigDict()
@@ -82,12 +83,13 @@ def get_config(arg=None):
 
     # Optimiser: AdamW, linear warmup then cosine learning rate; cosine weight decay; per-tensor clipping.
     c.optim = ml_collections.ConfigDict()
+    c.optim.optimizer = "sgd"  # 'adamw' (paper, ViTs), 'sgd' (official ResNet-50 recipe) or 'lars'
     c.optim.epochs = 2.0  # paper: 100-800
     c.optim.warmup_epochs = 0.2  # paper: 10
-    c.optim.lr = 2e-3  # per 256 images (peak = lr * B / 256); paper: 5e-4
+    c.optim.lr = 0.06  # per 256 images (peak = lr * B / 256); paper: 5e-4 (AdamW, ViT), 0.03 (SGD, ResNet-50)
     c.optim.min_lr = 1e-6  # paper: 1e-6
-    c.optim.weight_decay = 0.04  # at step 0, cosine to weight_decay_end; paper: 0.04
-    c.optim.weight_decay_end = 0.4  # paper: 0.4
+    c.optim.weight_decay = 1e-4  # at step 0, cosine to weight_decay_end; paper: 0.04 (ViT), 1e-4 (ResNet-50)
+    c.optim.weight_decay_end = 1e-4  # paper: 0.4 (ViT), 1e-4 (ResNet-50)
     c.optim.clip_grad = 3.0  # max norm of each parameter's gradient, 0 = off; paper: 3.0
     c.optim.freeze_last_layer = 0.2  # epochs with the head's last layer frozen; paper: 1
 
@@ -115,6 +117,11 @@ def get_config(arg=None):
         c.model.head_hidden_dim = 32
         c.model.head_bottleneck_dim = 16
         c.model.out_dim = 32
+        c.model.use_bn_in_head = False
+        c.optim.optimizer = "adamw"
+        c.optim.weight_decay = 0.04
+        c.optim.weight_decay_end = 0.4
+        c.optim.lr = 2e-3
         c.optim.epochs = 4 * 16 / 60000  # 4 steps
         c.optim.warmup_epochs = 16 / 60000
         c.optim.freeze_last_layer = 2 * 16 / 60000  # the last layer trains from step 2 on
@@ -137,6 +144,10 @@ def get_config(arg=None):
         c.model.head_hidden_dim = 2048
         c.model.head_bottleneck_dim = 256
         c.model.out_dim = 65536
+        c.model.use_bn_in_head = False
+        c.optim.optimizer = "adamw"
+        c.optim.weight_decay = 0.04
+        c.optim.weight_decay_end = 0.4
         c.method.teacher_temp = 0.07
         c.method.warmup_teacher_temp_epochs = 30
         c.method.momentum_teacher = 0.996
@@ -162,6 +173,10 @@ def get_config(arg=None):
         c.model.head_hidden_dim = 2048
         c.model.head_bottleneck_dim = 256
         c.model.out_dim = 65536
+        c.model.use_bn_in_head = False
+        c.optim.optimizer = "adamw"
+        c.optim.weight_decay = 0.04
+        c.optim.weight_decay_end = 0.4
         c.method.teacher_temp = 0.07
         c.method.warmup_teacher_temp_epochs = 30
         c.method.momentum_teacher = 0.996

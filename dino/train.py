@@ -81,19 +81,26 @@ class WeightNormLinear(nnx.Module):
 
 class DINOHead(nnx.Module):
     """g(.) (Sec. 3.1, Appendix): Linear-GELU-Linear-GELU-Linear to a bottleneck, l2 normalisation,
-    then the weight-normalised layer to K outputs. No batch norm, so the ViT head has none anywhere."""
+    then the weight-normalised layer to K outputs. With `use_bn` (official use_bn_in_head, for
+    ResNets) each hidden Linear is followed by batch norm over all crops; the ViT head has none."""
 
-    def __init__(self, in_dim, hidden_dim, bottleneck_dim, out_dim, norm_last_layer, rngs):
+    def __init__(self, in_dim, hidden_dim, bottleneck_dim, out_dim, norm_last_layer, rngs, use_bn=False):
         linear = functools.partial(nnx.Linear, kernel_init=_trunc_normal,
                                    bias_init=jax.nn.initializers.zeros, rngs=rngs)
-        self.fc1 = linear(in_dim, hidden_dim)
-        self.fc2 = linear(hidden_dim, hidden_dim)
+        # PyTorch BatchNorm1d defaults (momentum 0.1 is 0.9 in the NNX convention); always batch
+        # statistics: the head runs only in training, the teacher's in train mode too.
+        norm = (lambda: nnx.BatchNorm(hidden_dim, momentum=0.9, epsilon=1e-5, rngs=rngs)) if use_bn else (lambda: None)
+        self.fc1, self.bn1 = linear(in_dim, hidden_dim), norm()
+        self.fc2, self.bn2 = linear(hidden_dim, hidden_dim), norm()
         self.fc3 = linear(hidden_dim, bottleneck_dim)
         self.last_layer = WeightNormLinear(bottleneck_dim, out_dim, norm_last_layer, rngs)
 
     def __call__(self, h):  # [N, D] -> [N, K]
         # nn.GELU in PyTorch is the exact (erf) form.
-        x = self.fc3(jax.nn.gelu(self.fc2(jax.nn.gelu(self.fc1(h), approximate=False)), approximate=False))
+        for fc, bn in ((self.fc1, self.bn1), (self.fc2, self.bn2)):
+            h = fc(h)
+            h = jax.nn.gelu(h if bn is None else bn(h), approximate=False)
+        x = self.fc3(h)
         x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)  # F.normalize
         return self.last_layer(x)
 
@@ -115,7 +122,7 @@ class Network(nnx.Module):
         self.body = create_body(config.model, config.views.crop_size, rngs)
         m = config.model
         self.head = DINOHead(self.body.num_features, m.head_hidden_dim, m.head_bottleneck_dim, m.out_dim,
-                             m.norm_last_layer, rngs)
+                             m.norm_last_layer, rngs, m.use_bn_in_head)
 
     def __call__(self, crops, key=None):
         """crops: list of crop-major stacks [n, B, S, S, 3], one per resolution -> [sum of n, B, K].
@@ -292,13 +299,20 @@ def step_schedules(config, steps_per_epoch):
         ("last_layer_frozen", last_layer_frozen))}
 
 
-def make_optimizer(schedules):
-    """AdamW with the per-step learning rate and weight decay; biases and 1-D parameters (norms, the
-    last layer's g) are not decayed, as the official get_params_groups."""
+def make_optimizer(name, schedules):
+    """The official choices: 'adamw' (the ViT default), 'sgd' (momentum 0.9; the official ResNet-50
+    recipe) or 'lars' (momentum 0.9, trust coefficient 0.001), with the per-step learning rate and
+    weight decay. Biases and 1-D parameters (norms, the last layer's g) are neither decayed nor, with
+    LARS, adapted (official get_params_groups and LARS). SGD's decay is PyTorch's: added to the gradient."""
     at_step = lambda values: lambda count: values[jnp.minimum(count, values.shape[0] - 1)]
+    lr, wd = at_step(schedules["lr"]), at_step(schedules["weight_decay"])
     is_kernel = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-    return optax.adamw(at_step(schedules["lr"]), b1=0.9, b2=0.999, eps=1e-8,
-                       weight_decay=at_step(schedules["weight_decay"]), mask=is_kernel)
+    if name == "adamw":
+        return optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=wd, mask=is_kernel)
+    if name == "sgd":
+        return optax.chain(optax.add_decayed_weights(wd, mask=is_kernel), optax.sgd(lr, momentum=0.9))
+    return optax.lars(lr, weight_decay=wd, weight_decay_mask=is_kernel, trust_ratio_mask=is_kernel,
+                      momentum=0.9, trust_coefficient=0.001)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -314,7 +328,7 @@ def create_state(config, steps_per_epoch):
     """
     model = DINO(config, nnx.Rngs(config.seed))
     schedules = step_schedules(config, steps_per_epoch)
-    optimizer = nnx.Optimizer(model.student, make_optimizer(schedules), wrt=nnx.Param)
+    optimizer = nnx.Optimizer(model.student, make_optimizer(config.optim.optimizer, schedules), wrt=nnx.Param)
     graphdef, state = nnx.split((model, optimizer))
     return graphdef, state, functools.partial(train_step, graphdef, config, schedules)
 
@@ -364,7 +378,9 @@ def train_step(graphdef, config, schedules, state, batch, key):
         grads = clip_gradients(grads, config.optim.clip_grad)
     # The head's last layer stays fixed during the first epoch(s), which the paper finds stabilises
     # training. PyTorch skips a parameter without gradient entirely; here its gradient is zeroed (Adam's
-    # moments stay 0) and its value restored after the update (no weight decay either).
+    # moments stay 0) and its value restored after the update (no weight decay either). With SGD or
+    # LARS the momentum buffer still collects the (coupled) weight decay term while frozen, a push of
+    # order lr * wd * |v| once training resumes, which PyTorch does not have.
     frozen = s["last_layer_frozen"] > 0
     last_layer = model.student.head.last_layer
     kept = jax.tree.map(jnp.copy, nnx.state(last_layer, nnx.Param))
@@ -426,6 +442,8 @@ def check_config(config):
     elif m.warmup_teacher_temp_epochs > math.ceil(o.epochs):
         problems.append(f"method.warmup_teacher_temp_epochs={m.warmup_teacher_temp_epochs} is longer than "
                         f"the run ({math.ceil(o.epochs)} epochs)")
+    if o.optimizer not in ("adamw", "sgd", "lars"):
+        problems.append(f"optim.optimizer={o.optimizer!r} is not one of 'adamw', 'sgd', 'lars'")
     if v.local_crops_number < 0 or len(v.blur_p) != 3:
         problems.append("views.local_crops_number must be >= 0 and views.blur_p three probabilities")
     if config.model.name.startswith("vit"):

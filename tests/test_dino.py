@@ -138,12 +138,46 @@ def test_head_is_l2_bottleneck_then_weight_normalised_layer():
     assert dino.DINOHead(6, 16, 4, 10, norm_last_layer=False, rngs=nnx.Rngs(0)).last_layer.g is not None
 
 
+def test_head_batch_norm_standardises_each_hidden_unit_over_all_crops():
+    head = dino.DINOHead(6, 16, 4, 10, norm_last_layer=True, rngs=nnx.Rngs(0), use_bn=True)
+    h = np.random.default_rng(0).normal(size=(32, 6)).astype(np.float32)
+    standardise = lambda a: (a - a.mean(0)) / np.sqrt(a.var(0) + 1e-5)  # batch statistics, scale 1, bias 0
+    gelu = lambda a: np.asarray(jax.nn.gelu(a, approximate=False))
+    x = np.asarray(head.fc3(gelu(standardise(np.asarray(head.fc2(gelu(standardise(np.asarray(head.fc1(h))))))))))
+    x = x / np.linalg.norm(x, axis=-1, keepdims=True)
+    v = np.asarray(head.last_layer.v[...])
+    np.testing.assert_allclose(head(h), x @ (v / np.linalg.norm(v, axis=0)), rtol=1e-4, atol=1e-5)
+    assert dino.DINOHead(6, 16, 4, 10, norm_last_layer=True, rngs=nnx.Rngs(0)).bn1 is None
+
+
+def test_sgd_is_pytorch_sgd_with_coupled_decay_of_kernels_only():
+    # torch.optim.SGD(momentum=0.9): buf = 0.9 buf + (g + wd p); p -= lr buf; biases not decayed.
+    schedules = {"lr": jnp.array([0.1, 0.05]), "weight_decay": jnp.array([0.01, 0.02])}
+    tx = dino.make_optimizer("sgd", schedules)
+    params = {"w": jnp.array([[1.0, -2.0]]), "b": jnp.array([0.5, 0.5])}
+    grads = [{"w": jnp.array([[0.3, 0.1]]), "b": jnp.array([0.2, -0.4])},
+             {"w": jnp.array([[-0.1, 0.2]]), "b": jnp.array([0.1, 0.1])}]
+    opt_state, p = tx.init(params), dict(params)
+    want, buf = {k: np.asarray(v) for k, v in params.items()}, {k: 0.0 for k in params}
+    for t, g in enumerate(grads):
+        updates, opt_state = tx.update(g, opt_state, p)
+        p = {k: p[k] + updates[k] for k in p}
+        for k in want:
+            d = np.asarray(g[k]) + (float(schedules["weight_decay"][t]) * want[k] if k == "w" else 0.0)
+            buf[k] = 0.9 * buf[k] + d
+            want[k] = want[k] - float(schedules["lr"][t]) * buf[k]
+    for k in want:
+        np.testing.assert_allclose(p[k], want[k], rtol=1e-6)
+
+
 def test_train_step_centre_frozen_last_layer_and_teacher_ema():
-    # A ResNet body (the default preset's), two steps: the last layer is frozen in step 0 only.
+    # The default preset's path (ResNet body, batch norm in the head, SGD), two steps: the last layer
+    # is frozen in step 0 only. The smoke run below covers the ViT path (AdamW, no batch norm).
     config = helpers.smoke_config("dino")
     config.unlock()
     config.data.batch_size = 8
-    config.model.update(name="resnet_tiny", stem="small")
+    config.model.update(name="resnet_tiny", stem="small", use_bn_in_head=True)
+    config.optim.update(optimizer="sgd", lr=0.06, weight_decay=1e-4, weight_decay_end=1e-4)
     config.optim.freeze_last_layer = 1 * 8 / 60000
     config.optim.warmup_epochs = 0.0  # a learning rate > 0 from step 0, so a frozen layer could move
     config.method.momentum_teacher = 0.9  # a visible EMA step
@@ -171,7 +205,7 @@ def test_train_step_centre_frozen_last_layer_and_teacher_ema():
     np.testing.assert_allclose(m1.center[...], want, rtol=1e-4, atol=1e-6)
     assert np.abs(want).max() > 1e-3
 
-    # Last layer: untouched in the frozen step 0 (zero gradient, AdamW update 0), trained in step 1.
+    # Last layer: untouched in the frozen step 0 (zero gradient, value restored), trained in step 1.
     np.testing.assert_array_equal(m1.student.head.last_layer.v[...], m0.student.head.last_layer.v[...])
     assert not np.allclose(m2.student.head.last_layer.v[...], m1.student.head.last_layer.v[...])
     assert int(opt1.step[...]) == 1 and np.isfinite(float(metrics["loss"])) and bool(metrics["finite"])
@@ -237,6 +271,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     ("method.warmup_teacher_temp_epochs", 5, "warmup_teacher_temp_epochs"),
     ("model.patch_size", 5, "patch_size"),
     ("views.local_crops_number", -1, "local_crops_number"),
+    ("optim.optimizer", "adam", "optim.optimizer"),
 ])
 def test_bad_config_fails_before_any_work(tmp_path, field, value, message):
     config = helpers.smoke_config("dino", **{field: value})
