@@ -463,12 +463,12 @@ def crop_scale_of(config):
     return (0.08, 1.0)
 
 
-def default_epochs(protocol, fraction):
+def default_epochs(protocol, fraction, precompute=False):
     """CPU-sized defaults: linear 10 epochs (100 with --precompute, cheap); fine-tuning and the
     supervised baselines 60 / 30 / 10 epochs for 1% / 10% / 100% of the labels (SimCLR fine-tunes
     60 epochs on 1% and 30 on 10%)."""
     if protocol == "linear":
-        return 10
+        return 100 if precompute else 10
     if protocol in ("finetune", "supervised"):
         return 60 if fraction <= 0.01 else 30 if fraction <= 0.1 else 10
     return 100  # the pixels' linear probe on precomputed pixels
@@ -511,7 +511,7 @@ def evaluate_run(workdir, protocol, *, label_fraction=1.0, epochs=None, precompu
         test = test.subset(range(min(test_examples, test.num_examples)))
     if not train.num_classes:
         raise ValueError(f"{train!r} is unlabelled; evaluation needs a labelled train and test split.")
-    epochs = default_epochs(protocol, label_fraction) if epochs is None else epochs
+    epochs = default_epochs(protocol, label_fraction, precompute) if epochs is None else epochs
     # Fields every method's config shares (STYLE: shared concepts carry the same names).
     eval_batch = int(config.eval.batch_size)
     result = {"method": method, "protocol": protocol, "step": int(step),

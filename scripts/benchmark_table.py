@@ -7,17 +7,20 @@
 
 For each method M with M/train.py and M/config.py: trains the default preset into runs/M (skipped when
 runs/M/results.json is complete, unless --rerun), then runs `python -m common.evaluate` for the linear
-probe and, for the semi-supervised methods (or all with --finetune_all), fine-tuning on 1% and 10% of
-the labels (each skipped when its JSON exists). The baselines use the body and data of the first run
-(simclr when present): "Strong Sup" / "Weak Sup" (the same body trained from a random initialisation on
-100% / 10% / 1% of the labels, with the fine-tuning protocol's epochs, optimiser and augmentation) and
-raw pixels (kNN and linear probe), written to runs/baselines/. Every number in BENCHMARKS.md is read
+probe (and, with --finetune_all, fine-tuning on 1% and 10% of the labels), each skipped when its JSON
+exists. The semi-supervised methods also run their own pipeline on 1% and 10% of the labels (simclr2:
+stages 2 and 3 from runs/simclr2; paws: runs/paws is 10%, runs/paws_1pct 1%). The baselines use the
+body and data of the first run (simclr when present): "Strong Sup" (the same body trained from a random
+initialisation on all labels for as many epochs as that run: the same budget), "Weak Sup" (10% / 1% of
+the labels, with the fine-tuning protocol's epochs, optimiser and augmentation) and raw pixels (kNN and
+linear probe), written to runs/baselines/. Every number in BENCHMARKS.md is read
 from those JSON files; a cell of something that has not been run says so.
 """
 
 import argparse
 import datetime
 import json
+import math
 import os
 import pathlib
 import subprocess
@@ -111,8 +114,10 @@ def run_everything(methods, args):
                            "started": datetime.datetime.now().isoformat(timespec="seconds")}, f)
             if not call([sys.executable, f"{m}/train.py", "--config", f"{m}/config.py", "--workdir", workdir], log):
                 continue
+        if m in SEMI_SUPERVISED:
+            run_semi_supervised(m, runs, log)
         jobs = [("linear", None, args.linear_epochs, linear_extra)]
-        if args.finetune_all or m in SEMI_SUPERVISED:
+        if args.finetune_all:
             jobs += [("finetune", f, args.finetune_epochs, []) for f in FRACTIONS]
         for protocol, fraction, epochs, extra in jobs:
             out = os.path.join(workdir, eval_name(protocol, fraction))
@@ -120,6 +125,8 @@ def run_everything(methods, args):
                 call(evaluate_cmd(workdir, protocol, fraction=fraction, epochs=epochs, extra=extra), log)
 
     base = baseline_run(methods, runs)
+    if args.skip_baselines:
+        return
     if base is None:
         print("No complete run to take the baselines' body and data from.")
         return
@@ -129,7 +136,48 @@ def run_everything(methods, args):
         out = str(out_dir / eval_name(protocol, fraction))
         if args.rerun or not os.path.exists(out):
             epochs = args.finetune_epochs if protocol == "supervised" else None
+            if protocol == "supervised" and fraction == 1.0 and epochs is None:  # the SSL run's budget
+                epochs = math.ceil((read_json(runs / base / "config.json") or {}).get("optim", {}).get("epochs", 10))
             call(evaluate_cmd(str(runs / base), protocol, output=out, fraction=fraction, epochs=epochs), log)
+
+
+def semi_supervised_runs(m, runs):
+    """{fraction: {name: workdir}} of a semi-supervised method's own label-fraction pipeline.
+
+    simclr2: stage 2 (fine-tuning from the first projection layer) on the pretrained runs/simclr2,
+    then stage 3 (self-distillation) from it. paws: the labelled fraction is part of pretraining, so
+    runs/paws (the default, 10%) and runs/paws_1pct, each evaluated by soft nearest neighbours.
+    """
+    if m == "simclr2":
+        return {f: {"finetune": runs / f"simclr2_finetune_{round(100 * f)}pct",
+                    "distill": runs / f"simclr2_distill_{round(100 * f)}pct"} for f in FRACTIONS}
+    return {f: {"pretrain": runs / ("paws" if f == 0.1 else f"paws_{round(100 * f)}pct")} for f in FRACTIONS}
+
+
+def train(m, workdir, overrides, log):
+    """Trains method m into workdir (config default + overrides), recording the machine; True if done."""
+    results = read_json(os.path.join(workdir, "results.json"))
+    if results and ("top1" in results or "snn_top1" in results or "knn_top1" in results) and "step" in results:
+        return True
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "machine.json"), "w") as f:
+        json.dump({"machine": machine_description(),
+                   "started": datetime.datetime.now().isoformat(timespec="seconds")}, f)
+    return call([sys.executable, f"{m}/train.py", "--config", f"{m}/config.py", "--workdir", str(workdir)]
+                + overrides, log)
+
+
+def run_semi_supervised(m, runs, log):
+    for fraction, stages in semi_supervised_runs(m, runs).items():
+        label = [f"--config.data.label_fraction={fraction}"]
+        if m == "simclr2":  # the paper fine-tunes 60 epochs on 1% of the labels, 30 on 10%
+            epochs = [f"--config.finetune.epochs={60 if fraction == 0.01 else 30}"]
+            if train(m, stages["finetune"], ["--config.stage=finetune", f"--config.init_workdir={runs / m}"]
+                     + label + epochs, log):
+                train(m, stages["distill"], ["--config.stage=distill",
+                                             f"--config.init_workdir={stages['finetune']}"] + label, log)
+        elif stages["pretrain"] != runs / m:
+            train(m, stages["pretrain"], label, log)
 
 
 def baseline_run(methods, runs):
@@ -178,12 +226,29 @@ def method_row(m, runs):
     if subset:
         knn += f" (first {' / '.join(subset)} images)"
     linear = read_json(workdir / "eval_linear.json")
-    fts = [read_json(workdir / eval_name("finetune", f)) for f in FRACTIONS]
-    ft = " / ".join(pct(r["top1"]) if r else ("not run" if m in SEMI_SUPERVISED else "—") for r in fts)
+    if m in SEMI_SUPERVISED:
+        ft = semi_supervised_cell(m, runs)
+    else:
+        fts = [read_json(workdir / eval_name("finetune", f)) for f in FRACTIONS]
+        ft = " / ".join(pct(r["top1"]) if r else "—" for r in fts)
     linear_cell = pair(linear) + (f" ({linear['epochs']} ep, {'precomputed' if linear['features'].startswith('pre') else 'augmented'})"
                                   if linear else "")
     return (f"| {m} | {body} | {epochs:g} | {wall} | {knn} | {linear_cell} | {ft} | {results['step']} | "
             f"{PUBLISHED[m][0]} |")
+
+
+def semi_supervised_cell(m, runs):
+    """'1% / 10%' top-1 of the method's own pipeline, per stage, with the pipeline's wall time."""
+    parts = []
+    stages = semi_supervised_runs(m, runs)
+    for name in next(iter(stages.values())):
+        results = [read_json(stages[f][name] / "results.json") for f in FRACTIONS]
+        key = "snn_top1" if m == "paws" else "top1"
+        cells = [pct(r[key]) if r and key in r and "step" in r else "not run" for r in results]
+        minutes = sum(r["wall_time_s"] for r in results if r and "step" in r) / 60
+        label = "soft nearest neighbours" if m == "paws" else name
+        parts.append(f"{label}: {' / '.join(cells)} ({minutes:.1f} min)")
+    return "; ".join(parts)
 
 
 def baseline_rows(runs, base):
@@ -214,14 +279,18 @@ def write_table(methods, args):
         "- **Linear**: `python -m common.evaluate --protocol linear`: SGD + momentum, cosine schedule, on "
         "the frozen body; 'augmented' = random resized crop + flip on the fly, 'precomputed' = features "
         "extracted once without augmentation.",
-        "- **Fine-tune 1% / 10%**: body + linear head trained end to end on a class-balanced 1% / 10% of "
-        "the training labels (run for the semi-supervised methods; '—' = not part of the protocol for "
-        "that method here).",
+        "- **Semi-supervised 1% / 10%**: each method's own pipeline on a class-balanced 1% / 10% of the "
+        "training labels. simclr2: stage 2 (fine-tuning from the first projection layer) of the pretrained "
+        "run, then stage 3 (self-distillation into the same body); paws: pretraining with that labelled "
+        "fraction, classified by soft nearest neighbours over the labelled images (the paper's evaluation "
+        "without fine-tuning). In brackets: those runs' wall time. Compare with the Weak Sup baselines below "
+        "(the same body from scratch on the same labels). '—' = not part of the protocol for that method "
+        "(`--finetune_all` fine-tunes every method with `common.evaluate`).",
         "- **Published**: ImageNet-1k top-1 from the papers (different data, bodies and budgets: a "
         "reference point, not a comparison).",
         "",
         "| method | body | epochs | wall time, machine | kNN top-1 / top-5 | linear top-1 / top-5 | "
-        "fine-tune 1% / 10% top-1 | steps | published ImageNet top-1 |",
+        "semi-supervised 1% / 10% top-1 | steps | published ImageNet top-1 |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     lines += [method_row(m, runs) for m in methods]
@@ -248,6 +317,7 @@ def main(argv=None):
     parser.add_argument("--dry_run", action="store_true", help="Only rebuild the table from existing results.")
     parser.add_argument("--rerun", action="store_true", help="Retrain and re-evaluate even complete runs.")
     parser.add_argument("--finetune_all", action="store_true", help="Fine-tune 1%/10% for every method.")
+    parser.add_argument("--skip_baselines", action="store_true", help="Train and evaluate the methods only.")
     parser.add_argument("--precompute", action="store_true", help="Linear probe on precomputed features.")
     parser.add_argument("--linear_epochs", type=int, default=None, help="Default: common.evaluate's.")
     parser.add_argument("--finetune_epochs", type=int, default=None,

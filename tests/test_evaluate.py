@@ -261,8 +261,16 @@ def test_benchmark_table_reads_the_json_files_and_says_what_has_not_run(tmp_path
         {"top1": 83.75, "top5": 99.25, "epochs": 10, "features": "on the fly, ..."}))
     (tmp_path / "baselines" / "eval_pixels.json").write_text(json.dumps(
         {"top1": 84.0, "top5": 99.0, "knn_top1": 84.6, "knn_top5": 98.5, "epochs": 100}))
+    # A semi-supervised method: its own 10% run is read, its 1% run says it has not run.
+    (tmp_path / "paws").mkdir()
+    (tmp_path / "paws" / "results.json").write_text(json.dumps(
+        {"method": "paws", "knn_top1": 80.0, "knn_top5": 99.0, "snn_top1": 75.55, "step": 468,
+         "wall_time_s": 300.0, "knn_top1_init": 77.5}))
+    (tmp_path / "paws" / "config.json").write_text(json.dumps({"model": {"name": "resnet_tiny"}, "optim": {"epochs": 2.0}}))
     out = tmp_path / "B.md"
-    text = table.write_table(["simclr", "byol"], table.argparse.Namespace(runs=str(tmp_path), output=str(out)))
+    text = table.write_table(["simclr", "byol", "paws"], table.argparse.Namespace(runs=str(tmp_path), output=str(out)))
+    paws_row = next(l for l in text.splitlines() if l.startswith("| paws |"))
+    assert "soft nearest neighbours: not run / 75.5 (5.0 min)" in paws_row
     assert out.read_text() == text
     simclr_row = next(l for l in text.splitlines() if l.startswith("| simclr | resnet_tiny"))
     assert "81.2 / 99.5 (init 77.5)" in simclr_row and "83.8 / 99.2 (10 ep, augmented)" in simclr_row
