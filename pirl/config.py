@@ -71,6 +71,7 @@ def get_config(arg=None):
     c.method.num_negatives = 4096  # K negatives per embedding from the bank; paper: 32000
     c.method.memory_size = 60000  # one row per training image; paper: 1281167 (ImageNet)
     c.method.memory_momentum = 0.5  # m_I <- 0.5 m_I + 0.5 f(v_I); paper: 0.5
+    c.method.memory_init = "features"  # 'random' (VISSL) or the initial network's image embeddings
     c.method.norm_constant = -1.0  # Z; < 0: estimated at the first step, then frozen (paper: -1)
     c.method.loss_type = "nce"  # 'nce' (paper) or 'cross_entropy' (InfoNCE)
 
@@ -96,6 +97,7 @@ def get_config(arg=None):
     c.log_every_steps = 50
 
     if preset == "smoke":
+        c.method.memory_init = "random"  # the tests check the random bank's rows; see test_pirl for 'features'
         c.data.batch_size = 16
         c.views.crop_size = 16
         c.views.patch_crop_size = 24  # cells of 8, patches of 6
@@ -117,6 +119,7 @@ def get_config(arg=None):
         c.views.std = (0.2470, 0.2435, 0.2616)
         c.model.name = "resnet18"
         c.model.stem = "cifar"
+        c.method.memory_init = "random"
         c.method.num_negatives = 32000
         c.method.memory_size = 50000
         c.optim.epochs = 800.0
@@ -135,6 +138,7 @@ def get_config(arg=None):
         c.views.std = (0.229, 0.224, 0.225)
         c.model.name = "resnet50"
         c.model.stem = "imagenet"
+        c.method.memory_init = "random"
         c.method.num_negatives = 32000
         c.method.memory_size = 1281167
         c.optim.epochs = 800.0

@@ -336,6 +336,28 @@ def update_memory(memory, indices, image_embedding, momentum):
     return memory.at[indices].set(updated)
 
 
+def memory_from_features(graphdef, state, config, train_data, mesh):
+    """The bank filled with f(x_i)/|f(x_i)| of every un-augmented training image x_i, by the network
+    as it is (batch statistics, as in training), in data-set order (method.memory_init='features').
+
+    VISSL starts the bank random, so during the first epoch every positive is a random row and only
+    the negatives carry signal; this option makes the positives real from the first step, for runs of
+    a few epochs. Returns the state with the new bank; the network itself is not changed.
+    """
+    mean, std = tuple(config.views.mean), tuple(config.views.std)
+    model, optimizer, bank = nnx.merge(graphdef, state)
+    scratch = nnx.merge(graphdef, state)[0]  # a copy: its batch-norm statistics move and are dropped
+
+    @nnx.jit
+    def embed_image(model, images):
+        return l2_normalize(model.embed_image(augment.normalize(augment.to_float(images), mean, std)))
+
+    features, _ = evaluate.extract_features(lambda images: embed_image(scratch, images), train_data,
+                                            config.eval.batch_size, mesh)
+    bank.memory[...] = jnp.asarray(features)
+    return nnx.state((model, optimizer, bank))
+
+
 # ------------------------------------------------------------------------------------------------
 # Schedules
 # ------------------------------------------------------------------------------------------------
@@ -458,6 +480,8 @@ def check_config(config):
         problems.append("method.num_negatives and method.memory_size must be >= 1")
     if not 0 <= config.method.memory_momentum < 1:
         problems.append(f"method.memory_momentum={config.method.memory_momentum} must be in [0, 1)")
+    if config.method.memory_init not in ("random", "features"):
+        problems.append(f"method.memory_init={config.method.memory_init!r} must be 'random' or 'features'")
     if config.method.norm_constant == 0:
         problems.append("method.norm_constant must be > 0, or < 0 to estimate Z at the first step")
     if config.views.patch_jitter < 1 or config.views.patch_crop_size // config.views.grid <= config.views.patch_jitter:
@@ -500,6 +524,8 @@ def main(config, workdir):
     if start_step == 0:  # what the randomly initialised body scores, for comparison
         knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
         results.update(knn_top1_init=knn["top1"], knn_top5_init=knn["top5"])
+        if config.method.memory_init == "features":
+            state = checkpoint.replicate(memory_from_features(graphdef, state, config, train_data, mesh), mesh)
         writer.write_scalars(0, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
         checkpoint.write_results(results_path, results)
     else:

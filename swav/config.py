@@ -66,7 +66,7 @@ def get_config(arg=None):
     c.model.bn_momentum = 0.9  # NNX convention: running = m * running + (1 - m) * batch
     c.model.proj_hidden_dim = 128  # paper: 2048 (hidden_mlp)
     c.model.proj_dim = 64  # paper: 128 (feat_dim)
-    c.model.num_prototypes = 30  # K; paper: 3000
+    c.model.num_prototypes = 300  # K; paper: 3000
 
     # Method (Sec. 3.1): swapped prediction, Sinkhorn codes, queue, frozen prototypes.
     c.method = ml_collections.ConfigDict()

@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 from PIL import Image, ImageEnhance, ImageOps
 
-from common import data
+from common import augment, data
 from pirl import train as pirl
 from tests import helpers
 
@@ -191,6 +191,29 @@ def test_smoke_run_then_resume_after_sigterm_equals_uninterrupted_run(tmp_path):
     assert int(final["1"]["step"]) == 4
 
 
+def test_memory_from_features_holds_each_images_unit_embedding_in_order():
+    config = helpers.smoke_config("pirl", **{"method.memory_init": "features", "method.memory_size": 40,
+                                             "eval.batch_size": 20})
+    dataset = data.synthetic("train", 16, num_examples=40)
+    mesh = data.make_mesh()
+    graphdef, state, _ = pirl.create_state(config, 40 // 16)
+    new_state = pirl.memory_from_features(graphdef, state, config, dataset, mesh)
+    model, _, bank = nnx.merge(graphdef, new_state)
+    memory = np.asarray(bank.memory[...])
+    # By hand: the initial network in train mode (batch statistics) on each batch of 20, in order.
+    want = []
+    for start in (0, 20):
+        images = dataset.get(np.arange(start, start + 20))["image"]
+        x = augment.normalize(augment.to_float(jnp.asarray(images)), tuple(config.views.mean), tuple(config.views.std))
+        e = np.asarray(nnx.merge(graphdef, state)[0].embed_image(x))
+        want.append(e / np.linalg.norm(e, axis=1, keepdims=True))
+    np.testing.assert_allclose(memory, np.concatenate(want), rtol=1e-4, atol=1e-5)
+    # Only the bank changed: the network's parameters and batch-norm statistics are as they were.
+    before = jax.tree.leaves(nnx.state(nnx.merge(graphdef, state)[0]))
+    for a, b in zip(before, jax.tree.leaves(nnx.state(model)), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_eight_devices_equal_one():
     one = helpers.run_devices("pirl", 1)
     eight = helpers.run_devices("pirl", 8)
@@ -221,6 +244,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     ("views.patch_jitter", 8, "patch_jitter"),
     ("method.memory_size", 1000, "memory_size"),  # must equal the 60000 training images
     ("data.batch_size", 1, "batch_size"),
+    ("method.memory_init", "zeros", "memory_init"),
 ])
 def test_bad_config_fails_before_any_work(tmp_path, field, value, message):
     config = helpers.smoke_config("pirl", **{field: value})
