@@ -26,6 +26,9 @@ Two families of semantics, checked against the official code in tests/test_augme
   padding, 2*int(k/2)+1 taps) and `simclr_color_jitter` (SimCLR v2: multiplicative brightness, random
   order, clipped after every op).
 
+* PIL (`ImageOps`, `ImageEnhance`, as VISSL's photometric ops for PIRL): `posterize`, `sharpness`,
+  `autocontrast` and `random_pil_photometric`, float analogues of the uint8 originals.
+
 Grayscale, flip and hue agree between the two; brightness, contrast, saturation and the blur at the
 borders differ. DINO, SwAV, MoCo and PAWS run their colour ops on PIL uint8 images: these float ops are
 the continuous analogue, not bit-identical.
@@ -243,6 +246,32 @@ def simclr_gaussian_blur(img, kernel_size, sigma):
 
 
 # ----------------------------------------------------------------------------------------------------
+# Deterministic ops, PIL semantics (VISSL's ImgPilRandomPhotometric, used by PIRL)
+# ----------------------------------------------------------------------------------------------------
+
+def posterize(img, bits):
+    """PIL ImageOps.posterize on the uint8 values: keep the top `bits` bits (bits may be traced)."""
+    step = 2.0 ** (8 - bits)
+    return jnp.floor(jnp.round(img * 255) / step) * step / 255
+
+
+def sharpness(img, factor):
+    """PIL ImageEnhance.Sharpness: smooth + factor * (img - smooth), with `smooth` the SMOOTH filter
+    (3x3 taps, centre 5, others 1, / 13; border pixels kept): 0 blurs, 1 is the identity, 2 sharpens."""
+    h, w = img.shape[:2]
+    taps = ((1, 1, 1), (1, 5, 1), (1, 1, 1))
+    inner = sum(taps[i][j] * img[i:h - 2 + i, j:w - 2 + j] for i in range(3) for j in range(3)) / 13
+    smooth = img.at[1:-1, 1:-1].set(inner)
+    return jnp.clip(smooth + factor * (img - smooth), 0.0, 1.0)
+
+
+def autocontrast(img):
+    """PIL ImageOps.autocontrast (cutoff 0): stretch each channel's [min, max] to [0, 1]."""
+    lo, hi = img.min(axis=(0, 1)), img.max(axis=(0, 1))  # [C]
+    return jnp.where(hi > lo, (img - lo) / jnp.where(hi > lo, hi - lo, 1.0), img)
+
+
+# ----------------------------------------------------------------------------------------------------
 # Random ops: fn(key, img, ...) on one image
 # ----------------------------------------------------------------------------------------------------
 
@@ -319,6 +348,18 @@ def random_grayscale(key, img, p):
 def random_solarize(key, img, p, threshold=0.5):
     """RandomSolarize: solarize(img, threshold) with probability p."""
     return _with_probability(key, p, solarize(img, threshold), img)
+
+
+def random_pil_photometric(key, img, p):
+    """VISSL ImgPilRandomPhotometric: with probability p, ALL of posterize (4-8 bits), sharpness
+    (factor ~ U[0.1, 1.9]), solarize (integer threshold in [0, 256] on the uint8 scale) and
+    autocontrast, in that order. PIL works on uint8 images; these are the float analogues."""
+    k_apply, k_bits, k_sharp, k_solar = jax.random.split(key, 4)
+    x = posterize(img, jax.random.randint(k_bits, (), 4, 9))
+    x = sharpness(x, jax.random.uniform(k_sharp, (), minval=0.1, maxval=1.9))
+    x = solarize(x, jax.random.randint(k_solar, (), 0, 257) / 255)
+    x = autocontrast(x)
+    return jnp.where(jax.random.uniform(k_apply) < p, x, img)
 
 
 def random_gaussian_blur(key, img, p, sigma=(0.1, 2.0), kernel_size=None):

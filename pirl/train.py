@@ -107,46 +107,12 @@ class MemoryBank(nnx.Module):
 # Views
 # ------------------------------------------------------------------------------------------------
 
-def posterize(img, bits):
-    """PIL ImageOps.posterize on the uint8 values: keep the top `bits` bits (bits may be traced)."""
-    step = 2.0 ** (8 - bits)
-    return jnp.floor(jnp.round(img * 255) / step) * step / 255
-
-
-def sharpness(img, factor):
-    """PIL ImageEnhance.Sharpness: smooth + factor * (img - smooth), with `smooth` the SMOOTH filter
-    (3x3 taps, centre 5, others 1, / 13; border pixels kept): 0 blurs, 1 is the identity, 2 sharpens."""
-    h, w = img.shape[:2]
-    taps = ((1, 1, 1), (1, 5, 1), (1, 1, 1))
-    inner = sum(taps[i][j] * img[i:h - 2 + i, j:w - 2 + j] for i in range(3) for j in range(3)) / 13
-    smooth = img.at[1:-1, 1:-1].set(inner)
-    return jnp.clip(smooth + factor * (img - smooth), 0.0, 1.0)
-
-
-def autocontrast(img):
-    """PIL ImageOps.autocontrast (cutoff 0): stretch each channel's [min, max] to [0, 1]."""
-    lo, hi = img.min(axis=(0, 1)), img.max(axis=(0, 1))  # [C]
-    return jnp.where(hi > lo, (img - lo) / jnp.where(hi > lo, hi - lo, 1.0), img)
-
-
-def random_pil_photometric(key, img, p):
-    """VISSL ImgPilRandomPhotometric: with probability p, ALL of posterize (4-8 bits), sharpness
-    (factor ~ U[0.1, 1.9]), solarize (integer threshold in [0, 256] on the uint8 scale) and
-    autocontrast, in that order. PIL works on uint8 images; these are the float analogues."""
-    k_apply, k_bits, k_sharp, k_solar = jax.random.split(key, 4)
-    x = posterize(img, jax.random.randint(k_bits, (), 4, 9))
-    x = sharpness(x, jax.random.uniform(k_sharp, (), minval=0.1, maxval=1.9))
-    x = augment.solarize(x, jax.random.randint(k_solar, (), 0, 257) / 255)
-    x = autocontrast(x)
-    return jnp.where(jax.random.uniform(k_apply) < p, x, img)
-
-
 def photometric(key, img, cfg):
     """The per-view recipe VISSL applies to the image and to EACH patch: colour jitter, PIL photometric
     ops, grayscale, flip, normalise. [P, P, 3] in [0, 1] -> [P, P, 3]."""
     k_color, k_pil, k_gray, k_flip = jax.random.split(key, 4)
     x = augment.color_jitter(k_color, img, *cfg.color_jitter)
-    x = random_pil_photometric(k_pil, x, cfg.photometric_p)
+    x = augment.random_pil_photometric(k_pil, x, cfg.photometric_p)
     x = augment.random_grayscale(k_gray, x, p=cfg.gray_p)
     x = augment.random_flip(k_flip, x, p=cfg.flip_p)
     return augment.normalize(x, cfg.mean, cfg.std)

@@ -134,10 +134,10 @@ def test_pil_photometric_ops_match_pil():
         np.testing.assert_allclose(np.asarray(got) * 255, np.asarray(want, np.float64), atol=atol)
 
     for bits in (4, 6, 8):
-        check(pirl.posterize(img, bits), ImageOps.posterize(pil, bits), 1e-3)
+        check(augment.posterize(img, bits), ImageOps.posterize(pil, bits), 1e-3)
     for factor in (0.1, 1.0, 1.9):  # PIL rounds the smoothed image to uint8, then truncates the blend
-        check(pirl.sharpness(img, factor), ImageEnhance.Sharpness(pil).enhance(factor), 1.5)
-    check(pirl.autocontrast(img), ImageOps.autocontrast(pil), 1.01)  # PIL truncates to uint8
+        check(augment.sharpness(img, factor), ImageEnhance.Sharpness(pil).enhance(factor), 1.5)
+    check(augment.autocontrast(img), ImageOps.autocontrast(pil), 1.01)  # PIL truncates to uint8
     for threshold in (0, 100, 256):
         check(pirl.augment.solarize(img, threshold / 255), ImageOps.solarize(pil, threshold), 1e-3)
 
