@@ -12,11 +12,14 @@ results.json beside the kNN accuracy of the same body at initialisation.
 
 Deliberate deviations from the paper in the default preset only: a tiny body and 2 epochs so it runs in
 minutes on a CPU; 28- and 12-pixel crops instead of 224 and 96, with the large crops' minimum scale
-raised to 0.3 (28x28 images lose the object below that); 4 small crops instead of 6; 30 prototypes
-instead of 3000 (10 classes; with 100 the loss stayed at log K in a 100-step check); no blur (a 3-tap
-kernel at 28 pixels); LARS rate 1.2 rather than the batch-256 recipe's 0.6, for a run of 2 epochs instead
-of 400; prototypes frozen for 20 steps rather than the first epoch (half of this short run); the queue
-starts after 1 epoch instead of 15.
+raised to 0.3 and the small crops' range to (0.14, 0.4) (28x28 images lose the object below that); 4
+small crops instead of 6; colour strength 0.5 (the CIFAR-10 value of SimCLR) instead of 1.0; 300
+prototypes instead of 3000; no blur (a 3-tap kernel at 28 pixels); LARS rate 1.2 rather than the
+batch-256 recipe's 0.6, for a run of 2 epochs instead of 400; prototypes frozen for 20 steps rather
+than the first epoch (half of this short run); the queue starts after 1 epoch instead of 15. Full
+default runs on this project's 2-core CPU, kNN top-1 against 78.25% for the random body: 30
+prototypes, strength 1.0, small crops (0.05, 0.3): 77.76%; 300 prototypes: 77.10%; with strength 0.5
+and small crops (0.14, 0.4): 79.18%.
 Everywhere: Gaussian blur with a kernel of ~10% of the side instead of PIL's; LARS as optax (trust
 ratio ||w|| / ||g + wd w|| instead of apex LARC's ||w|| / (||g|| + wd ||w||)); float32, not fp16.
 """
