@@ -228,7 +228,10 @@ def test_eight_devices_equal_one():
     eight = helpers.run_devices("swav", 8, steps=4)
     assert (one["devices"], eight["devices"]) == (1, 8)
     np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(eight["params"], one["params"], rtol=1e-4, atol=1e-5)
+    # atol 1e-4: LARS divides by each gradient's norm, so reduction-order noise over 8 devices grows in
+    # small tensors (31 of 622k values differed by up to 6.4e-5 with the default colour strength 0.5,
+    # which the smoke preset inherits). The losses, where the global Sinkhorn shows, stay at 1e-5.
+    np.testing.assert_allclose(eight["params"], one["params"], rtol=1e-4, atol=1e-4)
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
