@@ -82,6 +82,9 @@ def main(argv):
         holder["state"], metrics = compiled(holder["state"], b, key)
     jax.block_until_ready(metrics["loss"])
     loop_s = (time.perf_counter() - start) / _STEPS.value
+    # Stops the loader's prefetch thread now: left running into interpreter shutdown, it aborted the
+    # process after the figures were printed (seen for moco on CPU).
+    iterator.close()
 
     figures = {
         "method": method, "device": str(jax.devices()[0].device_kind), "devices": jax.device_count(),
