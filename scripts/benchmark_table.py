@@ -107,15 +107,10 @@ def run_everything(methods, args):
     linear_extra = ["--precompute"] if args.precompute else []
     for m in methods:
         workdir = str(runs / m)
-        if args.rerun or not run_complete(workdir):
-            os.makedirs(workdir, exist_ok=True)
-            with open(os.path.join(workdir, "machine.json"), "w") as f:
-                json.dump({"machine": machine_description(),
-                           "started": datetime.datetime.now().isoformat(timespec="seconds")}, f)
-            if not call([sys.executable, f"{m}/train.py", "--config", f"{m}/config.py", "--workdir", workdir], log):
-                continue
+        if not train(m, workdir, [], log, args.rerun):
+            continue
         if m in SEMI_SUPERVISED:
-            run_semi_supervised(m, runs, log)
+            run_semi_supervised(m, runs, log, args.rerun)
         jobs = [("linear", None, args.linear_epochs, linear_extra)]
         if args.finetune_all:
             jobs += [("finetune", f, args.finetune_epochs, []) for f in FRACTIONS]
@@ -154,11 +149,16 @@ def semi_supervised_runs(m, runs):
     return {f: {"pretrain": runs / ("paws" if f == 0.1 else f"paws_{round(100 * f)}pct")} for f in FRACTIONS}
 
 
-def train(m, workdir, overrides, log):
-    """Trains method m into workdir (config default + overrides), recording the machine; True if done."""
+def train(m, workdir, overrides, log, rerun=False):
+    """Trains method m into workdir (default config + overrides), recording the machine, unless a
+    finished run is there; True if it was, or if the training command succeeded. With `rerun` an existing
+    workdir is moved aside to <workdir>.previous-<time> first (kept, not deleted): training into it
+    would only resume from its final checkpoint."""
     results = read_json(os.path.join(workdir, "results.json"))
-    if results and ("top1" in results or "snn_top1" in results or "knn_top1" in results) and "step" in results:
+    if not rerun and results and "step" in results and any(k in results for k in ("knn_top1", "top1")):
         return True
+    if rerun and os.path.exists(workdir):
+        os.rename(workdir, f"{workdir}.previous-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "machine.json"), "w") as f:
         json.dump({"machine": machine_description(),
@@ -167,17 +167,17 @@ def train(m, workdir, overrides, log):
                 + overrides, log)
 
 
-def run_semi_supervised(m, runs, log):
+def run_semi_supervised(m, runs, log, rerun):
     for fraction, stages in semi_supervised_runs(m, runs).items():
         label = [f"--config.data.label_fraction={fraction}"]
         if m == "simclr2":  # the paper fine-tunes 60 epochs on 1% of the labels, 30 on 10%
             epochs = [f"--config.finetune.epochs={60 if fraction == 0.01 else 30}"]
             if train(m, stages["finetune"], ["--config.stage=finetune", f"--config.init_workdir={runs / m}"]
-                     + label + epochs, log):
+                     + label + epochs, log, rerun):
                 train(m, stages["distill"], ["--config.stage=distill",
-                                             f"--config.init_workdir={stages['finetune']}"] + label, log)
+                                             f"--config.init_workdir={stages['finetune']}"] + label, log, rerun)
         elif stages["pretrain"] != runs / m:
-            train(m, stages["pretrain"], label, log)
+            train(m, stages["pretrain"], label, log, rerun)
 
 
 def baseline_run(methods, runs):

@@ -279,3 +279,19 @@ def test_benchmark_table_reads_the_json_files_and_says_what_has_not_run(tmp_path
     assert "| Strong Sup (100% labels) | not run |" in text
     byol_row = next(l for l in text.splitlines() if l.startswith("| byol |"))
     assert "not run" in byol_row and "74.3" in byol_row
+
+
+def test_benchmark_table_train_skips_finished_runs_and_rerun_keeps_the_old_one(tmp_path, monkeypatch):
+    table = load_script("benchmark_table")
+    calls = []
+    monkeypatch.setattr(table, "call", lambda cmd, log: calls.append(cmd) or True)
+    monkeypatch.setattr(table, "machine_description", lambda: "test machine")
+    workdir = tmp_path / "simclr"
+    workdir.mkdir()
+    (workdir / "results.json").write_text(json.dumps({"knn_top1": 80.0, "step": 468}))
+    assert table.train("simclr", str(workdir), [], "log") and calls == []  # finished: not retrained
+    assert table.train("simclr", str(workdir), ["--config.seed=1"], "log", rerun=True)
+    assert calls[0][-3:] == ["--workdir", str(workdir), "--config.seed=1"]
+    previous, = tmp_path.glob("simclr.previous-*")  # the old run is kept beside, not resumed or deleted
+    assert json.loads((previous / "results.json").read_text())["step"] == 468
+    assert json.loads((workdir / "machine.json").read_text())["machine"] == "test machine"
