@@ -63,10 +63,18 @@ def extract_features(embed_fn, dataset, batch_size, mesh):
     """
     feats, labels = [], []
     for batch, n_valid in data.eval_batches(dataset, batch_size, mesh):
-        f = embed_fn(batch["image"])
-        feats.append(np.asarray(jax.device_get(f))[:n_valid])
-        labels.append(np.asarray(jax.device_get(batch["label"]))[:n_valid])
+        f, y = embed_fn(batch["image"]), batch["label"]
+        feats.append(_to_host(f)[:n_valid])
+        labels.append(_to_host(y)[:n_valid])
     return np.concatenate(feats).astype(np.float32), np.concatenate(labels).astype(np.int32)
+
+
+def _to_host(x):
+    """A global array -> one host numpy array, gathered from every process when it spans several."""
+    if jax.process_count() > 1 and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
 
 
 def _l2_normalize(x, axis=-1):
@@ -120,6 +128,15 @@ def load_knn_data(config):
     return knn_train, knn_test
 
 
+def knn_scores(body, config, knn_train, knn_test, mesh):
+    """The kNN monitor of a training run: {'knn_top1', 'knn_top5'} of `body` (an NNX module in eval
+    mode, normalised images -> features) with config.eval's k, temperature and batch size."""
+    embed_fn = frozen_embed_fn(body, tuple(config.views.mean), tuple(config.views.std))
+    knn = knn_monitor(embed_fn, knn_train, knn_test, config.eval.batch_size, mesh,
+                      k=config.eval.knn_k, temperature=config.eval.knn_temperature)
+    return {"knn_top1": knn["top1"], "knn_top5": knn["top5"]}
+
+
 def knn_monitor(embed_fn, train_dataset, test_dataset, batch_size, mesh, k=20, temperature=0.07):
     """Extracts features of both splits with `embed_fn` and returns knn_classify's {'top1', 'top5'}."""
     train_f, train_y = extract_features(embed_fn, train_dataset, batch_size, mesh)
@@ -170,17 +187,18 @@ def _calls_with_key(body):
     return "key" in inspect.signature(type(body).__call__).parameters
 
 
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def _embed(graphdef, state, images, mean, std):
+    return nnx.merge(graphdef, state)(preprocess(images, mean, std))
+
+
 def frozen_embed_fn(body, mean, std):
-    """A jitted uint8 images [B, H, W, 3] -> features [B, D] of `body` in eval mode (a frozen copy)."""
+    """A jitted uint8 images [B, H, W, 3] -> features [B, D] of `body` in eval mode (a frozen copy).
+    One compiled function per body structure, reused by every call (the kNN monitor runs often)."""
     body = nnx.clone(body)
     body.eval()
     graphdef, state = nnx.split(body)
-
-    @jax.jit
-    def embed(state, images):
-        return nnx.merge(graphdef, state)(preprocess(images, mean, std))
-
-    return lambda images: embed(state, images)
+    return lambda images: _embed(graphdef, state, images, tuple(mean), tuple(std))
 
 
 def batch_size_for(batch_size, num_examples, mesh):
@@ -413,32 +431,38 @@ PROTOCOLS = ("knn", "linear", "finetune", "supervised", "pixels")
 
 
 def read_run(workdir):
-    """(config, method) of the run in `workdir`: config.json as a ConfigDict, results.json's method."""
+    """(config, method, module) of the run in `workdir`: config.json as a ConfigDict, results.json's
+    method name and the module path of the train.py that wrote it (e.g. 'mybyol.train')."""
     import ml_collections
 
-    with open(os.path.join(workdir, "results.json")) as f:
-        method = json.load(f)["method"]
+    path = os.path.join(workdir, "results.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} is missing: --workdir must be a training run's workdir.")
+    with open(path) as f:
+        results = json.load(f)
     with open(os.path.join(workdir, "config.json")) as f:
         config = ml_collections.ConfigDict(json.load(f))
-    return config, method
+    return config, results["method"], results.get("module", f"{results['method']}.train")
 
 
 def load_body(workdir, steps_per_epoch, restore=True):
     """(config, method, body, step) of the run in `workdir`.
 
-    Reads results.json's `method` and config.json, imports `<method>.train` (by the name the run
-    wrote: the one place in common/ that reaches a method), rebuilds the state with its
-    `create_state`, restores the latest checkpoint (unless restore=False: a random initialisation of
-    the same body, for the supervised baselines) and returns `get_body(graphdef, state)`.
+    Imports the module that wrote the run (results.json's `module`: the one place in common/ that
+    reaches a method, by what the run recorded, so a forked folder is evaluated with its own code),
+    rebuilds the state with its `create_state(config, steps_per_epoch)` (no stage inputs: the
+    checkpoint supplies every weight), restores the parts of the latest checkpoint that state has
+    (unless restore=False: a random initialisation of the same body, for the supervised baselines)
+    and returns `get_body(graphdef, state)`.
     """
-    config, method = read_run(workdir)
-    module = importlib.import_module(f"{method}.train")
+    config, method, module_name = read_run(workdir)
+    module = importlib.import_module(module_name)
     # steps_per_epoch only shapes the run's learning-rate schedule, which evaluation never uses.
     graphdef, state, _ = module.create_state(config, steps_per_epoch)
     step = 0
     if restore:
-        ckpt = checkpoint.Checkpointer(workdir, every_steps=0)
-        state, step = ckpt.restore_or(state)
+        ckpt = checkpoint.Checkpointer(workdir)
+        state, step = ckpt.restore_or(state, partial=True)
         ckpt.close()
         if step == 0:
             raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints; train the run first "
@@ -495,7 +519,7 @@ def evaluate_run(workdir, protocol, *, label_fraction=1.0, epochs=None, precompu
     if not 0 < label_fraction <= 1:
         raise ValueError(f"--label_fraction must lie in (0, 1], got {label_fraction}.")
     start = time.time()
-    config, method = read_run(workdir)
+    config, method, _ = read_run(workdir)
     mesh = data.make_mesh()
     train = data.load(config.data, config.data.train_split)
     test = data.load(config.data, config.data.eval_split)

@@ -45,7 +45,7 @@ def load_body(workdir):
     if not config.model.name.startswith("vit"):
         raise ValueError(f"{workdir} is a run of {config.model.name}: attention maps need a ViT body.")
     graphdef, state, _ = train.create_state(config, steps_per_epoch=1)  # shapes do not depend on it
-    ckpt = checkpoint.Checkpointer(workdir, every_steps=0)
+    ckpt = checkpoint.Checkpointer(workdir)
     state, step = ckpt.restore_or(state)
     ckpt.close()
     if step == 0:

@@ -205,7 +205,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     w = args.workdir
     written = []
-    config, method = evaluate.read_run(w)
+    config, method, _ = evaluate.read_run(w)
     if args.only in (None, "curves"):
         plot_curves(read_scalars(w), os.path.join(w, "curves.png"), f"{method}: training curves ({w})")
         written.append("curves.png")

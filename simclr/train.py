@@ -18,11 +18,8 @@ benchmark table gives what the default preset reaches, and on which machine.
 """
 
 import functools
-import json
-import os
 import pathlib
 import sys
-import time
 
 if __package__ in (None, ""):  # run as a script: put the monorepo root (marked by WORKSPACE) on sys.path
     _root = pathlib.Path(__file__).resolve().parent
@@ -35,7 +32,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from common import augment, checkpoint, data, evaluate, models
+from common import augment, checkpoint, loop, models
 
 
 # ------------------------------------------------------------------------------------------------
@@ -133,9 +130,9 @@ def learning_rate_schedule(cfg, batch_size, steps_per_epoch):
         peak = cfg.lr * batch_size / 256
     else:  # 'sqrt': 0.075 * sqrt(B), better for small batches (Appendix B.1)
         peak = cfg.lr * batch_size ** 0.5
-    total = max(1, int(cfg.epochs * steps_per_epoch))
-    warmup = min(total - 1, int(cfg.warmup_epochs * steps_per_epoch))
-    return optax.warmup_cosine_decay_schedule(0.0, peak, max(warmup, 1), total, end_value=0.0)
+    warmup = max(1, int(cfg.warmup_epochs * steps_per_epoch))
+    total = max(warmup + 1, int(cfg.epochs * steps_per_epoch))  # a run of one step still has a schedule
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total, end_value=0.0)
 
 
 def make_optimizer(cfg, schedule):
@@ -153,13 +150,13 @@ def make_optimizer(cfg, schedule):
 def create_state(config, steps_per_epoch):
     """Everything that changes during training, and the step that changes it.
 
-    Returns (graphdef, state, step_fn): the model and its optimizer split into a static graph and a
+    Returns (graphdef, state, step_fn): the parts {model, optimizer} split into a static graph and a
     pytree of arrays, and step_fn(state, batch, key) -> (state, metrics), pure, for jax.jit.
     """
     model = SimCLR(config, nnx.Rngs(config.seed))
     schedule = learning_rate_schedule(config.optim, config.data.batch_size, steps_per_epoch)
     optimizer = nnx.Optimizer(model, make_optimizer(config.optim, schedule), wrt=nnx.Param)
-    graphdef, state = nnx.split((model, optimizer))
+    graphdef, state = nnx.split({"model": model, "optimizer": optimizer})
     return graphdef, state, functools.partial(train_step, graphdef, config, schedule)
 
 
@@ -169,7 +166,8 @@ def create_state(config, steps_per_epoch):
 
 def train_step(graphdef, config, schedule, state, batch, key):
     """One step on the global batch; jitted with `graphdef, config, schedule` bound."""
-    model, optimizer = nnx.merge(graphdef, state)
+    parts = nnx.merge(graphdef, state)
+    model, optimizer = parts["model"], parts["optimizer"]
     x1, x2 = make_views(key, batch["image"], config.views)
 
     def loss_fn(model):
@@ -181,33 +179,19 @@ def train_step(graphdef, config, schedule, state, batch, key):
     lr = schedule(optimizer.step[...])
     optimizer.update(model, grads)
     metrics = {"loss": loss, "lr": lr, "finite": checkpoint.all_finite(loss, nnx.state(model, nnx.Param))}
-    return nnx.state((model, optimizer)), metrics
+    return nnx.state(parts), metrics
 
 
 # ------------------------------------------------------------------------------------------------
 # Evaluation
 # ------------------------------------------------------------------------------------------------
 
-@nnx.jit(static_argnums=(2, 3))
-def embed(body, images, mean, std):
-    """uint8 images [B, H, W, 3] -> body features f(x) [B, D]."""
-    return body(augment.normalize(augment.to_float(images), mean, std))
-
-
 def get_body(graphdef, state):
     """The representation f(.) that evaluation uses, as a fresh module in eval mode (a copy: switching
-    it to eval leaves the training graph untouched). common/evaluate.py calls this for every method."""
-    model, _ = nnx.merge(graphdef, state)
-    model.body.eval()
-    return model.body
-
-
-def knn_eval(graphdef, state, config, knn_train, knn_test, mesh):
-    """kNN top-1/top-5 of the body's features in eval mode (running batch-norm statistics)."""
-    body = get_body(graphdef, state)
-    embed_fn = lambda images: embed(body, images, tuple(config.views.mean), tuple(config.views.std))
-    return evaluate.knn_monitor(embed_fn, knn_train, knn_test, config.eval.batch_size, mesh,
-                                k=config.eval.knn_k, temperature=config.eval.knn_temperature)
+    it to eval leaves the training graph untouched)."""
+    body = nnx.merge(graphdef, state)["model"].body
+    body.eval()
+    return body
 
 
 # ------------------------------------------------------------------------------------------------
@@ -230,91 +214,9 @@ def check_config(config):
 
 
 def main(config, workdir):
-    from clu import metric_writers, periodic_actions
-
     check_config(config)
-    checkpoint.maybe_initialize_distributed()
-    mesh = data.make_mesh()
-    data.check_batch_size(config.data.batch_size, mesh)
-    train_data = data.load(config.data, config.data.train_split)
-    knn_train, knn_test = evaluate.load_knn_data(config)
-    loader = data.Loader(train_data, config.data.batch_size, config.seed, mesh)
-    total_steps = max(1, int(config.optim.epochs * loader.steps_per_epoch))
-
-    graphdef, state, step_fn = create_state(config, loader.steps_per_epoch)
-    state = checkpoint.replicate(state, mesh)
-    os.makedirs(workdir, exist_ok=True)
-    ckpt = checkpoint.Checkpointer(workdir, config.checkpoint_every_steps)
-    state, start_step = ckpt.restore_or(state)
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-    results_path = os.path.join(workdir, "results.json")
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-    results = {"method": "simclr", "wall_time_s": 0.0}
-    if start_step == 0:  # what the randomly initialised body scores, for comparison
-        knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
-        results.update(knn_top1_init=knn["top1"], knn_top5_init=knn["top5"])
-        writer.write_scalars(0, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
-        checkpoint.write_results(results_path, results)
-    else:
-        with open(results_path) as f:
-            results = json.load(f)
-
-    step_fn = jax.jit(step_fn, donate_argnums=0)
-    root_key = jax.random.key(config.seed)
-    guard = checkpoint.FiniteGuard(ckpt)
-    progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
-    start_time = time.time()
-    step = start_step
-    for step, batch in loader.iterate(start_step):
-        if step >= total_steps:
-            break
-        state, metrics = step_fn(state, batch, jax.random.fold_in(root_key, step))
-        step += 1  # steps completed
-        guard.add(step, metrics["finite"])
-        progress(step)
-        if step % config.log_every_steps == 0 or step == total_steps:
-            guard.check()
-            writer.write_scalars(step, {k: float(v) for k, v in metrics.items() if k != "finite"})
-        if config.eval.knn_every_steps and step % config.eval.knn_every_steps == 0 and step < total_steps:
-            knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
-            writer.write_scalars(step, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
-        if step % config.checkpoint_every_steps == 0 or step == total_steps:
-            guard.check()
-            ckpt.save(step, state, force=True)
-        if ckpt.preempted(step):
-            guard.check()
-            ckpt.save(step, state, force=True)
-            results["wall_time_s"] += time.time() - start_time
-            checkpoint.write_results(results_path, results)
-            writer.flush()
-            ckpt.close()
-            print(f"Pre-empted: saved step {step} to {ckpt.directory}; rerun with the same --workdir to resume.")
-            return None
-
-    guard.check()
-    ckpt.save(step, state, force=True)
-    knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
-    writer.write_scalars(step, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
-    results.update(knn_top1=knn["top1"], knn_top5=knn["top5"], step=step,
-                   wall_time_s=results["wall_time_s"] + time.time() - start_time)
-    checkpoint.write_results(results_path, results)
-    writer.flush()
-    ckpt.close()
-    print(f"kNN top-1 {knn['top1']:.2f}% (random init {results['knn_top1_init']:.2f}%), "
-          f"top-5 {knn['top5']:.2f}%, step {step}; results in {results_path}")
-    return results
+    return loop.train(config, workdir, create_state, get_body, epochs=config.optim.epochs)
 
 
 if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file, e.g. simclr/config.py:smoke.",
-                                              lock_config=True)
-    _WORKDIR = flags.DEFINE_string("workdir", "runs/simclr", "Checkpoints, logs and results; rerun to resume.")
-    def _run(argv):  # returns None: absl's app.run would exit with status 1 on main's results dict
-        main(_CONFIG.value, _WORKDIR.value)
-
-    app.run(_run)
+    loop.cli(main)

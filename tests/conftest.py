@@ -14,3 +14,23 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "ssljax-tests-xla-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def smoke_runs(tmp_path_factory):
+    """smoke_runs(method) -> helpers.SmokeRuns: the method's smoke preset run straight to the end, and
+    run again pre-empted by a real SIGTERM after step 2 then resumed, each once per session (the
+    contract test and the method's own tests read the same runs)."""
+    from tests import helpers
+
+    cache = {}
+
+    def get(method):
+        if method not in cache:
+            cache[method] = helpers.smoke_runs(method, tmp_path_factory.mktemp(f"{method}_smoke"))
+        return cache[method]
+
+    return get

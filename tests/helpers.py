@@ -1,5 +1,6 @@
 """Shared test helpers: running a method's main on the smoke preset, and the 8-vs-1 device comparison."""
 
+import dataclasses
 import importlib
 import json
 import os
@@ -15,6 +16,8 @@ from common import checkpoint
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "reference"
+# Every method folder of the monorepo: a folder with a train.py and a config.py beside it.
+METHODS = sorted(p.name for p in ROOT.iterdir() if (p / "train.py").is_file() and (p / "config.py").is_file())
 
 
 def reference_cases(method, function):
@@ -60,6 +63,38 @@ def run_with_sigterm_at(module, config, workdir, step):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+@dataclasses.dataclass
+class SmokeRuns:
+    straight: pathlib.Path  # the smoke preset run to the end (checkpoints every step: steps 3 and 4 kept)
+    resumed: pathlib.Path  # the same, pre-empted by SIGTERM after step 2, then rerun to the end
+    results: dict  # what main returned for the straight run
+    preempted_results: object  # what main returned when pre-empted (None)
+    preempted_step: int  # the latest checkpoint right after the pre-emption
+
+
+def smoke_runs(method, tmp):
+    """Runs `method`'s smoke preset straight, and pre-empted at step 2 then resumed, in `tmp`."""
+    module = importlib.import_module(f"{method}.train")
+    config = smoke_config(method, checkpoint_every_steps=1)
+    straight, resumed = pathlib.Path(tmp) / "straight", pathlib.Path(tmp) / "resumed"
+    results = module.main(config, str(straight))
+    preempted = run_with_sigterm_at(module, config, str(resumed), step=2)
+    preempted_step = final_params(str(resumed))[0]
+    module.main(config, str(resumed))
+    return SmokeRuns(straight, resumed, results, preempted, preempted_step)
+
+
+def restore(workdir, step=None):
+    """The checkpoint of `step` (default: the latest) in workdir, as a nested dict of numpy arrays keyed
+    by the state's part names."""
+    import orbax.checkpoint as ocp
+    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+    step = manager.latest_step() if step is None else step
+    tree = manager.restore(step, args=ocp.args.StandardRestore())
+    manager.close()
+    return jax.tree.map(np.asarray, tree)
+
+
 def final_params(workdir):
     """The arrays of the latest checkpoint in workdir, flattened to one float64 vector."""
     import orbax.checkpoint as ocp
@@ -72,6 +107,8 @@ def final_params(workdir):
 
 
 def run_devices(method, devices, steps=2):
+    """The method's train step run `steps` times on a fixed batch on `devices` simulated CPU devices:
+    {'devices': n, 'losses': [...], 'params': {part name: flat list of every array of that part}}."""
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0")
     out = subprocess.run([sys.executable, str(ROOT / "tests" / "multidevice_step.py"), method, str(steps)],

@@ -15,8 +15,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import jax
 import numpy as np
+from flax import nnx
 
-from common import checkpoint, data
+from common import checkpoint, data, loop
 
 
 def main(method, steps):
@@ -25,7 +26,8 @@ def main(method, steps):
     mesh = data.make_mesh()
     dataset = data.load(config.data, config.data.train_split)
     loader = data.Loader(dataset, config.data.batch_size, config.seed, mesh)
-    graphdef, state, step_fn = module.create_state(config, loader.steps_per_epoch)
+    inputs = loop.state_inputs(module, config, dataset)
+    graphdef, state, step_fn = module.create_state(config, loader.steps_per_epoch, **inputs)
     state = checkpoint.replicate(state, mesh)
     step_fn = jax.jit(step_fn)
     key = jax.random.key(config.seed)
@@ -33,9 +35,9 @@ def main(method, steps):
     for step in range(steps):
         state, metrics = step_fn(state, loader.get(step), jax.random.fold_in(key, step))
         losses.append(float(metrics["loss"]))
-    leaves = [np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(jax.device_get(state))]
-    print(json.dumps({"devices": jax.device_count(), "losses": losses,
-                      "params": np.concatenate(leaves).tolist()}))
+    parts = {name: np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(part)]).tolist()
+             for name, part in nnx.to_pure_dict(jax.device_get(state)).items()}
+    print(json.dumps({"devices": jax.device_count(), "losses": losses, "params": parts}))
 
 
 if __name__ == "__main__":
