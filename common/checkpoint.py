@@ -17,9 +17,15 @@ with the last good checkpoint untouched (`NonFiniteLossError` names both steps).
 the one caller in training.
 """
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import signal
+import socket
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +49,7 @@ class Checkpointer:
     processes, JAX's pre-emption sync point makes every process stop at the same step.
     """
 
-    def __init__(self, workdir, keep=2, config=None):
+    def __init__(self, workdir, keep=2, config=None, handle_sigterm=False):
         self.config = config  # the run's ConfigDict: names the fields that differ from a checkpoint's
         self.workdir = os.path.abspath(workdir)
         self.directory = os.path.join(self.workdir, "checkpoints")
@@ -53,7 +59,7 @@ class Checkpointer:
         )
         self._pending = []  # [(step, device bool)] not yet checked
         self._sigterm = False
-        if jax.process_count() == 1:
+        if handle_sigterm and jax.process_count() == 1:  # training only: evaluation just stops
             signal.signal(signal.SIGTERM, self._on_sigterm)
 
     def _on_sigterm(self, signum, frame):
@@ -63,28 +69,90 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def restore_or(self, state, partial=False):
-        """Returns (state, step): the latest checkpoint if there is one, else (state, 0) unchanged.
+        """Returns (state, step): the newest good checkpoint if there is one, else (state, 0).
 
         `state` is an nnx.State (or any pytree of arrays); its shapes, dtypes and shardings tell Orbax
         how to lay out the restored arrays. partial=True restores only the parts `state` has (an
         evaluation that rebuilt the model without a stage's inputs) from host copies of the arrays.
+        A checkpoint whose files do not match the checksums written with it (flipped bytes, a
+        truncated file), or that holds non-finite values, is moved to `workdir/damaged/` (never
+        deleted) with a message, and the next older one is used.
         """
-        step = self.manager.latest_step()
-        if step is None:
-            return state, 0
         pure = nnx.to_pure_dict(state) if isinstance(state, nnx.State) else state
-        try:
-            if partial:
-                restored = _intersect(self.manager.restore(step, args=ocp.args.StandardRestore()), pure)
-            else:
-                abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, pure)
-                restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
-        except (ValueError, KeyError) as e:
-            raise ValueError(self._mismatch_message(step, e)) from None
-        if isinstance(state, nnx.State):
-            nnx.replace_by_pure_dict(state, restored)
-            return state, step
-        return restored, step
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            damage = self._verify(step)
+            if damage is None:
+                try:
+                    if partial:
+                        restored = _intersect(restore_tree(self.directory, step), pure)
+                    else:
+                        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, pure)
+                        restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+                except (ValueError, KeyError, TypeError) as e:
+                    if os.path.exists(self._checksum_path(step)):  # the files are intact: another state
+                        raise ValueError(self._mismatch_message(step, e)) from None
+                    damage = f"it cannot be read ({str(e).strip().splitlines()[0][:200]})"
+                else:
+                    if all_finite(jnp.zeros(()), restored):
+                        if isinstance(state, nnx.State):
+                            nnx.replace_by_pure_dict(state, restored)
+                            return state, step
+                        return restored, step
+                    damage = "it holds non-finite values"
+            self._set_aside(step, damage)
+        return state, 0
+
+    def _checksum_path(self, step):
+        return os.path.join(self.workdir, "checksums", f"{step}.json")
+
+    def _files(self, step):
+        root = os.path.join(self.directory, str(step))
+        return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+
+    def _digest(self, step, name):
+        with open(os.path.join(self.directory, str(step), name), "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+
+    def _write_checksums(self, step):
+        """sha256 of every file of the checkpoint of `step`, beside the checkpoints (process 0)."""
+        if jax.process_index() != 0:
+            return
+        write_json(self._checksum_path(step), {n: self._digest(step, n) for n in self._files(step)})
+        kept = {str(s) for s in self.manager.all_steps()}
+        for name in os.listdir(os.path.dirname(self._checksum_path(step))):  # those of deleted steps
+            if name.endswith(".json") and name[:-5] not in kept:
+                os.remove(os.path.join(os.path.dirname(self._checksum_path(step)), name))
+
+    def _verify(self, step):
+        """None if the checkpoint of `step` matches its checksums, else what is wrong with it."""
+        path = self._checksum_path(step)
+        if not os.path.exists(path):
+            return None  # written before checksums existed, or by a run killed before it wrote them
+        with open(path) as f:
+            want = json.load(f)
+        missing = sorted(set(want) - set(self._files(step)))
+        if missing:
+            return f"{len(missing)} file(s) are missing, e.g. {missing[0]}"
+        changed = [n for n in want if self._digest(step, n) != want[n]]
+        if changed:
+            return f"{len(changed)} file(s) differ from their checksums, e.g. {changed[0]}"
+        return None
+
+    def _set_aside(self, step, damage):
+        where = os.path.join(self.workdir, "damaged", str(step))
+        message = f"The checkpoint at step {step} in {self.directory} is damaged: {damage}."
+        if jax.process_count() > 1:
+            raise ValueError(f"{message} Move {os.path.join(self.directory, str(step))} out of the "
+                             "way and rerun: the run resumes from the step before.")
+        os.makedirs(os.path.dirname(where), exist_ok=True)
+        if os.path.exists(where):
+            where += f".{int(time.time())}"
+        os.replace(os.path.join(self.directory, str(step)), where)
+        if os.path.exists(self._checksum_path(step)):
+            os.replace(self._checksum_path(step), where + ".sha256.json")
+        self.manager.reload()
+        print(f"{message} Moved it to {where}; resuming from the newest older checkpoint, if any.",
+              file=sys.stderr, flush=True)
 
     def _mismatch_message(self, step, error):
         """Why a checkpoint does not fit the state: the config fields that differ, when known."""
@@ -124,6 +192,7 @@ class Checkpointer:
         pure = nnx.to_pure_dict(state) if isinstance(state, nnx.State) else state
         self.manager.save(step, args=ocp.args.StandardSave(pure), force=True)
         self.manager.wait_until_finished()
+        self._write_checksums(step)
 
     def preempted(self, step):
         if jax.process_count() > 1:
@@ -163,17 +232,40 @@ def config_differences(saved_path, config):
     with open(saved_path) as f:
         saved = _flatten(json.load(f))
     now = _flatten(json.loads(config.to_json_best_effort()))
-    return [f"{k} {saved.get(k)!r} in the checkpoint, {now.get(k)!r} in the config"
-            for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+    differ = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+    # The fields that shape the state first: a run-length or logging field rarely explains a mismatch.
+    shaping = [k for k in differ if k.split(".")[0] in ("model", "method", "views", "data", "stage")]
+    return [f"{k} {saved.get(k)!r} in the checkpoint, {now.get(k)!r} in the config" for k in shaping or differ]
 
 
-def check_workdir(workdir):
-    """Fails fast, before any data loading or compiling, when `workdir` cannot hold a run."""
+@contextlib.contextmanager
+def workdir_lock(workdir):
+    """Held while a run trains in `workdir`: checks that it can hold a run (fails fast, before any data
+    loading or compiling) and refuses a second trainer on the same workdir. An advisory lock on
+    workdir/.lock (process 0), which the system drops when the process ends, even by SIGKILL."""
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise FileExistsError(f"--workdir {workdir} is a file, not a folder; choose another --workdir.")
     os.makedirs(workdir, exist_ok=True)
     if not os.access(workdir, os.W_OK):
         raise PermissionError(f"--workdir {workdir} is not writable; choose another --workdir.")
+    if jax.process_index() != 0:
+        yield
+        return
+    with open(os.path.join(workdir, ".lock"), "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise FileExistsError(f"Another run is training in --workdir {workdir} (process "
+                                  f"{f.read().strip() or '?'}); wait for it or choose another --workdir.") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def all_finite(loss, params):
@@ -185,10 +277,23 @@ def all_finite(loss, params):
 def maybe_initialize_distributed():
     """Joins JAX's distributed runtime when the job was started as one process of several.
 
-    Cluster environments that JAX detects by itself (SLURM, Open MPI, TPU pods, Kubernetes via
-    JAX_COORDINATOR_ADDRESS) need no arguments. A single process on one machine skips it.
+    Plain environment variables (any machine, e.g. two processes on one host):
+        JAX_COORDINATOR_ADDRESS=host:port JAX_NUM_PROCESSES=N JAX_PROCESS_ID=i python M/train.py ...
+    are passed to `jax.distributed.initialize` explicitly (JAX 0.10 reads only the address itself).
+    Cluster environments that JAX detects by itself (SLURM, Open MPI, TPU pods) need no arguments.
+    On CPU the processes talk through gloo. A single process on one machine skips all of it.
     """
     env = os.environ
+    if "JAX_NUM_PROCESSES" in env or "JAX_PROCESS_ID" in env:
+        missing = [k for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if k not in env]
+        if missing:
+            raise ValueError(f"A multi-process launch needs {', '.join(missing)} as well "
+                             "(JAX_COORDINATOR_ADDRESS=host:port JAX_NUM_PROCESSES=N JAX_PROCESS_ID=i).")
+        _use_gloo_on_cpu()
+        jax.distributed.initialize(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+                                   num_processes=int(env["JAX_NUM_PROCESSES"]),
+                                   process_id=int(env["JAX_PROCESS_ID"]))
+        return
     multi = (
         "JAX_COORDINATOR_ADDRESS" in env
         or int(env.get("SLURM_NTASKS", "1")) > 1
@@ -196,7 +301,14 @@ def maybe_initialize_distributed():
         or "TPU_WORKER_HOSTNAMES" in env
     )
     if multi:
+        _use_gloo_on_cpu()
         jax.distributed.initialize()
+
+
+def _use_gloo_on_cpu():
+    """CPU devices of several processes need a collectives backend; gloo ships with jaxlib."""
+    if os.environ.get("JAX_PLATFORMS", "") in ("cpu", "") and "JAX_CPU_COLLECTIVES_IMPLEMENTATION" not in os.environ:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
 
 
 def replicate(tree, mesh):
@@ -213,21 +325,36 @@ def write_json(path, obj):
     """Writes `obj` as JSON, atomically (a crash leaves the old file or the new one, never half), and
     from process 0 only: every process holds the same numbers."""
     if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path + ".tmp", "w") as f:
             json.dump(obj, f, indent=2)
         os.replace(path + ".tmp", path)
+
+
+def restore_tree(directory, step=None):
+    """The checkpoint of `step` (default: the latest) in `directory` as a nested dict of arrays on
+    this process's first device, whatever devices and processes wrote it (a run of two processes is
+    evaluated by one). Raises FileNotFoundError when there is none."""
+    manager = ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler()) \
+        if os.path.isdir(directory) else None
+    step = (manager.latest_step() if manager else None) if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"No checkpoint in {directory}: the workdir of a finished run is needed.")
+    metadata = manager.item_metadata(step)
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    is_array = lambda x: hasattr(x, "shape") and hasattr(x, "dtype")
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+                            getattr(metadata, "tree", metadata), is_leaf=is_array)
+    restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    manager.close()
+    return restored
 
 
 def load_part(workdir, part):
     """The part `part` (e.g. 'model') of the latest checkpoint of the run in `workdir`, as a nested
     dict of host arrays: what a later stage starts from (SimCLR v2's fine-tuning and distillation)."""
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    manager = ocp.CheckpointManager(directory) if os.path.isdir(directory) else None
-    step = manager.latest_step() if manager else None
-    if step is None:
-        raise FileNotFoundError(f"No checkpoint in {directory}: the workdir of a finished run is needed.")
-    restored = manager.restore(step, args=ocp.args.StandardRestore())
-    manager.close()
+    restored = restore_tree(directory)
     if part not in restored:
         raise ValueError(f"The checkpoint in {directory} has no part {part!r} (it has {sorted(restored)}).")
     return jax.tree.map(np.asarray, restored[part])

@@ -165,8 +165,13 @@ def _fit(image, image_size: int) -> np.ndarray:
 
     The host delivers one fixed size; the device then takes random-resized crops of it. With
     image_size == 0 the native size is kept. Gray (and palette, RGBA, CMYK) images become RGB, so a
-    gray image is repeated to 3 channels.
+    gray image is repeated to 3 channels; 16-bit gray images are scaled to 8 bits.
     """
+    if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
+        # 16-bit gray (PIL reads 16-bit PNGs as 'I;16' or 32-bit 'I'): scale 0..65535 to 0..255;
+        # PIL's own convert would clip everything above 255 to white.
+        image = Image.fromarray((np.asarray(image, np.float64) * (255 / 65535)).round().clip(0, 255)
+                                .astype(np.uint8))
     if image.mode != "RGB":
         image = image.convert("RGB")
     if image_size and image.size != (image_size, image_size):
@@ -500,7 +505,8 @@ def _prefetch(items, buffer_size=2):
         except Exception as e:  # pylint: disable=broad-except  # re-raised in the consumer
             put(("error", e))
 
-    threading.Thread(target=produce, daemon=True).start()
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
     try:
         while True:
             kind, value = buffer.get()
@@ -510,7 +516,10 @@ def _prefetch(items, buffer_size=2):
                 return
             yield value
     finally:
+        # Closing the iterator waits for the producer to finish its item: a thread still inside JAX
+        # when the interpreter shuts down aborts the process ("Fatal Python error: Aborted").
         stop.set()
+        thread.join(timeout=60)
 
 
 class Loader:

@@ -201,6 +201,13 @@ def frozen_embed_fn(body, mean, std):
     return lambda images: _embed(graphdef, state, images, tuple(mean), tuple(std))
 
 
+def _progress(what, step, total, start):
+    """A progress line about every 10% of a protocol's steps (process 0): step, rate and ETA."""
+    if jax.process_index() == 0 and step and (step % max(1, total // 10) == 0 or step == total):
+        rate = step / max(time.time() - start, 1e-9)
+        print(f"{what}: step {step}/{total}  {rate:.2f} steps/s  ETA {(total - step) / rate:.0f} s", flush=True)
+
+
 def batch_size_for(batch_size, num_examples, mesh):
     """The largest multiple of the device count that is <= both batch_size and num_examples."""
     devices = mesh.devices.size
@@ -314,12 +321,15 @@ def linear_probe_augmented(body, mean, std, train_dataset, test_dataset, mesh, *
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
-    root = jax.random.key(seed)
-    for s, batch in loader.iterate(0):
+    root, start = jax.random.key(seed), time.time()
+    batches = loader.iterate(0)
+    for s, batch in batches:
         if s >= total:
             break
         params, opt_state = step(params, opt_state, body_state, batch["image"], batch["label"],
                                  jax.random.fold_in(root, s))
+        _progress("linear probe", s + 1, total, start)
+    batches.close()
     test_f, test_y = extract_features(
         embed_fn, test_dataset, batch_size_for(eval_batch_size, test_dataset.num_examples, mesh), mesh)
     return topk_accuracy(jax.jit(linear_logits)(params, test_f, feat_mean, feat_std), test_y)
@@ -358,12 +368,13 @@ def finetune(body, mean, std, train_dataset, test_dataset, mesh, *, epochs=30, b
     total = max(1, int(epochs * loader.steps_per_epoch))
     optimizer = nnx.Optimizer(model, sgd_cosine(lr, momentum, weight_decay, total, nesterov=True),
                               wrt=nnx.Param)
-    graphdef, state = nnx.split((model, optimizer))
+    graphdef, state = nnx.split({"model": model, "optimizer": optimizer})
     state = checkpoint.replicate(state, mesh)
 
     @functools.partial(jax.jit, donate_argnums=0)
     def step(state, images, labels, key):
-        model, optimizer = nnx.merge(graphdef, state)
+        parts = nnx.merge(graphdef, state)
+        model, optimizer = parts["model"], parts["optimizer"]
         k_view, k_drop = jax.random.split(key)
         views = augment.apply_per_image(functools.partial(train_view, crop_scale=crop_scale), k_view,
                                         augment.to_float(images))
@@ -375,16 +386,19 @@ def finetune(body, mean, std, train_dataset, test_dataset, mesh, *, epochs=30, b
 
         loss, grads = nnx.value_and_grad(loss_fn)(model)
         optimizer.update(model, grads)
-        return nnx.state((model, optimizer)), loss
+        return nnx.state(parts), loss
 
-    root = jax.random.key(seed)
-    for s, batch in loader.iterate(0):
+    root, start = jax.random.key(seed), time.time()
+    batches = loader.iterate(0)
+    for s, batch in batches:
         if s >= total:
             break
         state, loss = step(state, batch["image"], batch["label"], jax.random.fold_in(root, s))
+        _progress("fine-tuning", s + 1, total, start)
+    batches.close()
     if not np.isfinite(float(loss)):
         raise FloatingPointError(f"Fine-tuning diverged (loss {float(loss)}); lower --lr.")
-    model, _ = nnx.merge(graphdef, state)
+    model = nnx.merge(graphdef, state)["model"]
     model.eval()
     eval_graphdef, eval_state = nnx.split(model)
     logits_fn = jax.jit(lambda st, images: nnx.merge(eval_graphdef, st)(preprocess(images, mean, std)))

@@ -78,88 +78,92 @@ def train(config, workdir, create_state, get_body, *, epochs, train_data=None, s
     Returns the results dict, or None after a pre-emption (state saved; rerun to resume).
     """
     name, module = method_of(create_state)
-    checkpoint.check_workdir(workdir)
-    checkpoint.maybe_initialize_distributed()
-    mesh = data.make_mesh()
-    data.check_batch_size(config.data.batch_size, mesh)
-    train_data = train_data or data.load(config.data, config.data.train_split)
-    knn_train, knn_test = evaluate.load_knn_data(config)
-    if scores is None:
-        scores = lambda graphdef, state, *sets: evaluate.knn_scores(get_body(graphdef, state), config, *sets)
-    loader = data.Loader(train_data, config.data.batch_size, config.seed, mesh)
-    total_steps = max(1, int(epochs * loader.steps_per_epoch))
-    graphdef, state, step_fn = create_state(config, loader.steps_per_epoch)
-    state = checkpoint.replicate(state, mesh)
-    ckpt = checkpoint.Checkpointer(workdir, config=config)
-    state, start_step = ckpt.restore_or(state)
-    log(f"{name}: {config.model.name} on {train_data.name}:{train_data.split} ({train_data.num_examples} "
-        f"images), {jax.device_count()} x {jax.devices()[0].platform} in {jax.process_count()} process(es), "
-        f"{total_steps} steps of batch {config.data.batch_size} ({epochs:g} epochs)"
-        + (f", resuming at step {start_step}" if start_step else "") + f"; workdir {workdir}")
+    with checkpoint.workdir_lock(workdir):  # a second trainer on this workdir is refused
+        checkpoint.maybe_initialize_distributed()
+        mesh = data.make_mesh()
+        data.check_batch_size(config.data.batch_size, mesh)
+        train_data = train_data or data.load(config.data, config.data.train_split)
+        knn_train, knn_test = evaluate.load_knn_data(config)
+        if scores is None and not knn_train.num_classes:
+            log(f"{knn_train!r} has no labels: kNN skipped (the run trains; evaluate it on labelled data).")
+            scores = lambda *args: {}
+        elif scores is None:
+            scores = lambda graphdef, state, *sets: evaluate.knn_scores(get_body(graphdef, state), config, *sets)
+        loader = data.Loader(train_data, config.data.batch_size, config.seed, mesh)
+        total_steps = max(1, int(epochs * loader.steps_per_epoch))
+        graphdef, state, step_fn = create_state(config, loader.steps_per_epoch)
+        state = checkpoint.replicate(state, mesh)
+        ckpt = checkpoint.Checkpointer(workdir, config=config, handle_sigterm=True)
+        state, start_step = ckpt.restore_or(state)
+        log(f"{name}: {config.model.name} on {train_data.name}:{train_data.split} ({train_data.num_examples} "
+            f"images), {jax.device_count()} x {jax.devices()[0].platform} in {jax.process_count()} process(es), "
+            f"{total_steps} steps of batch {config.data.batch_size} ({epochs:g} epochs)"
+            + (f", resuming at step {start_step}" if start_step else "") + f"; workdir {workdir}")
 
-    from clu import metric_writers  # TensorBoard events in the workdir (console lines are ours)
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-    results_path = os.path.join(workdir, "results.json")
-    if start_step == 0:  # what the initial network scores, for comparison
-        results = {"method": name, "module": module, **(results or {}), "wall_time_s": 0.0}
-        initial = scores(graphdef, state, knn_train, knn_test, mesh)
-        results.update({f"{k}_init": v for k, v in initial.items()})
-        writer.write_scalars(0, initial)
-        log(f"step 0: {_format_scores(initial)}")
-        if initialize is not None:
-            state = checkpoint.replicate(initialize(graphdef, state, mesh), mesh)
-        checkpoint.write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
-        checkpoint.write_json(results_path, results)
-    else:
-        with open(results_path) as f:
-            results = json.load(f)
+        from clu import metric_writers  # TensorBoard events in the workdir (console lines are ours)
+        writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+        results_path = os.path.join(workdir, "results.json")
+        if start_step == 0 or not os.path.exists(results_path):  # what the initial network scores
+            results = {"method": name, "module": module, **(results or {}), "wall_time_s": 0.0}
+            if start_step == 0:
+                initial = scores(graphdef, state, knn_train, knn_test, mesh)
+                results.update({f"{k}_init": v for k, v in initial.items()})
+                writer.write_scalars(0, initial)
+                log(f"step 0: {_format_scores(initial)}")
+                if initialize is not None:
+                    state = checkpoint.replicate(initialize(graphdef, state, mesh), mesh)
+            checkpoint.write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+            checkpoint.write_json(results_path, results)
+        else:
+            with open(results_path) as f:
+                results = json.load(f)
 
-    step_fn = jax.jit(step_fn, donate_argnums=0)
-    root_key = jax.random.key(config.seed)
-    start_time = last_time = time.time()
-    step = last_step = start_step
-    batches = loader.iterate(start_step)
-    try:
-        for step, batch in batches:
-            if step >= total_steps:
-                break
-            state, metrics = step_fn(state, batch, jax.random.fold_in(root_key, step))
-            step += 1  # steps completed
-            ckpt.watch(step, metrics["finite"])
-            if step % config.log_every_steps == 0 or step == total_steps:
-                ckpt.check_finite()
-                metrics = {k: float(v) for k, v in metrics.items() if k != "finite"}
-                now = time.time()
-                rate = (step - last_step) / max(now - last_time, 1e-9)
-                last_time, last_step = now, step
-                writer.write_scalars(step, {**metrics, "steps_per_sec": rate})
-                log(f"step {step}/{total_steps}  loss {metrics['loss']:.4f}  {rate:.2f} steps/s  "
-                    f"ETA {time.strftime('%H:%M:%S', time.gmtime((total_steps - step) / rate))}")
-            if config.eval.knn_every_steps and step % config.eval.knn_every_steps == 0 and step < total_steps:
-                monitor = scores(graphdef, state, knn_train, knn_test, mesh)
-                writer.write_scalars(step, monitor)
-                log(f"step {step}: {_format_scores(monitor)}")
-            if step % config.checkpoint_every_steps == 0 or step == total_steps:
-                ckpt.save(step, state)
-            if ckpt.preempted(step):
-                ckpt.save(step, state)
-                results["wall_time_s"] += time.time() - start_time
-                checkpoint.write_json(results_path, results)
-                log(f"Pre-empted: saved step {step} to {ckpt.directory}; rerun with the same --workdir to resume.")
-                return None
-    finally:
-        batches.close()  # stops the prefetch thread before the interpreter can shut down under it
+        step_fn = jax.jit(step_fn, donate_argnums=0)
+        root_key = jax.random.key(config.seed)
+        start_time = last_time = time.time()
+        step = last_step = start_step
+        batches = loader.iterate(start_step)
+        try:
+            for step, batch in batches:
+                if step >= total_steps:
+                    break
+                state, metrics = step_fn(state, batch, jax.random.fold_in(root_key, step))
+                step += 1  # steps completed
+                ckpt.watch(step, metrics["finite"])
+                if step % config.log_every_steps == 0 or step == total_steps:
+                    ckpt.check_finite()
+                    metrics = {k: float(v) for k, v in metrics.items() if k != "finite"}
+                    now = time.time()
+                    rate = (step - last_step) / max(now - last_time, 1e-9)
+                    last_time, last_step = now, step
+                    writer.write_scalars(step, {**metrics, "steps_per_sec": rate})
+                    log(f"step {step}/{total_steps}  loss {metrics['loss']:.4f}  {rate:.2f} steps/s  "
+                        f"ETA {time.strftime('%H:%M:%S', time.gmtime((total_steps - step) / rate))}")
+                if config.eval.knn_every_steps and step % config.eval.knn_every_steps == 0 and step < total_steps:
+                    monitor = scores(graphdef, state, knn_train, knn_test, mesh)
+                    writer.write_scalars(step, monitor)
+                    log(f"step {step}: {_format_scores(monitor)}")
+                if step % config.checkpoint_every_steps == 0 or step == total_steps:
+                    ckpt.save(step, state)
+                if ckpt.preempted(step):
+                    ckpt.save(step, state)
+                    results["wall_time_s"] += time.time() - start_time
+                    checkpoint.write_json(results_path, results)
+                    log(f"Pre-empted: saved step {step} to {ckpt.directory}; rerun with the same --workdir to resume.")
+                    return None
+        finally:
+            batches.close()  # stops the prefetch thread before the interpreter can shut down under it
+            writer.flush()
+            ckpt.close()
+
+        final = scores(graphdef, state, knn_train, knn_test, mesh)
+        writer.write_scalars(step, final)
         writer.flush()
-
-    ckpt.save(step, state)
-    final = scores(graphdef, state, knn_train, knn_test, mesh)
-    writer.write_scalars(step, final)
-    results.update(final, step=step, wall_time_s=results["wall_time_s"] + time.time() - start_time)
-    checkpoint.write_json(results_path, results)
-    ckpt.close()
-    init = {k: results[f"{k}_init"] for k in final if f"{k}_init" in results}
-    log(f"{name} step {step}: {_format_scores(final, init)}; results in {results_path}")
-    return results
+        results.update(final, step=step, wall_time_s=results["wall_time_s"] + time.time() - start_time)
+        checkpoint.write_json(results_path, results)
+        init = {k: results[f"{k}_init"] for k in final if f"{k}_init" in results}
+        log(f"{name} step {step}: {_format_scores(final, init)}; results in {results_path}")
+        return results
 
 
 def cli(main):
@@ -185,7 +189,14 @@ def cli(main):
                 raise
             sys.exit(f"{name}: {type(e).__name__}: {e}")
 
-    app.run(run)
+    try:
+        app.run(run)
+    except AttributeError as e:  # raised while parsing a --config.<field> override
+        if "--verbosity=1" in sys.argv or "-v=1" in sys.argv:
+            raise
+        hint = str(e).strip("'\"").replace("\\n", " ").replace("\n", " ").replace("\\'", "")
+        sys.exit(f"{name}: a --config.<field>=<value> override names no field of the config ({hint}); "
+                 f"the fields are listed in {name}/config.py.")
 
 
 def quiet():

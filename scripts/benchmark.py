@@ -26,7 +26,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from common import checkpoint, data
+from common import checkpoint, data, loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A method's config, e.g. simclr/config.py:smoke.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps for each measurement (after warm-up).")
@@ -52,7 +52,8 @@ def main(argv):
     dataset = data.load(config.data, config.data.train_split)
     loader = data.Loader(dataset, config.data.batch_size, config.seed, mesh)
     batch_size = config.data.batch_size
-    graphdef, state, step_fn = module.create_state(config, loader.steps_per_epoch)
+    inputs = loop.state_inputs(module, config, dataset)
+    graphdef, state, step_fn = module.create_state(config, loader.steps_per_epoch, **inputs)
     state = checkpoint.replicate(state, mesh)
     batch = loader.get(0)
     key = jax.random.key(0)

@@ -87,22 +87,16 @@ def smoke_runs(method, tmp):
 def restore(workdir, step=None):
     """The checkpoint of `step` (default: the latest) in workdir, as a nested dict of numpy arrays keyed
     by the state's part names."""
-    import orbax.checkpoint as ocp
-    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
-    step = manager.latest_step() if step is None else step
-    tree = manager.restore(step, args=ocp.args.StandardRestore())
-    manager.close()
-    return jax.tree.map(np.asarray, tree)
+    return jax.tree.map(np.asarray, checkpoint.restore_tree(os.path.join(workdir, "checkpoints"), step))
 
 
 def final_params(workdir):
-    """The arrays of the latest checkpoint in workdir, flattened to one float64 vector."""
+    """(step, every array of the latest checkpoint in workdir flattened to one float64 vector)."""
     import orbax.checkpoint as ocp
     manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
     step = manager.latest_step()
-    tree = manager.restore(step, args=ocp.args.StandardRestore())
     manager.close()
-    leaves = [np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(tree)]
+    leaves = [np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(restore(workdir, step))]
     return step, np.concatenate(leaves)
 
 

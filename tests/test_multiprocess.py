@@ -1,0 +1,92 @@
+"""Two processes equal one: a method's smoke preset launched as two JAX processes on localhost (one
+CPU device each, gloo collectives, JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID as
+the README's plain launch) gives the losses, every checkpointed array and results.json of one process
+with the same global batch. By default one contrastive, one EMA-with-centre and one queue method run
+here; every method with
+
+    SSLJAX_MULTIPROCESS_METHODS=all python -m pytest tests/test_multiprocess.py
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests import helpers
+
+_CHOSEN = os.environ.get("SSLJAX_MULTIPROCESS_METHODS", "simclr,dino,moco")
+METHODS = helpers.METHODS if _CHOSEN == "all" else _CHOSEN.split(",")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(method, workdir, num_processes, extra=(), timeout=600):
+    """Starts `num_processes` processes of M/train.py on the smoke preset; returns their outputs."""
+    port = free_port()
+    procs = []
+    for i in range(num_processes):
+        env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                   JAX_NUM_PROCESSES=str(num_processes), JAX_PROCESS_ID=str(i))
+        env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "")
+        cmd = [sys.executable, f"{method}/train.py", f"--config={method}/config.py:smoke",
+               f"--workdir={workdir}", "--config.checkpoint_every_steps=1", *extra]
+        procs.append(subprocess.Popen(cmd, cwd=helpers.ROOT, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    outputs = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=timeout)
+            outputs.append((p.returncode, out, err))
+    finally:
+        for p in procs:
+            p.kill()
+    return outputs
+
+
+def losses(workdir):
+    """The loss of every logged step, from the run's TensorBoard events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util import tensor_util
+
+    events = EventAccumulator(str(workdir), size_guidance={"tensors": 0})
+    events.Reload()
+    return {e.step: float(tensor_util.make_ndarray(e.tensor_proto)) for e in events.Tensors("loss")}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_two_processes_equal_one(method, smoke_runs, tmp_path):
+    one = smoke_runs(method)  # one process, one device, the same global batch of the smoke preset
+    outputs = launch(method, tmp_path / "two", 2)
+    for rc, out, err in outputs:
+        assert rc == 0, err[-3000:]
+    (_, out0, _), (_, out1, _) = outputs
+    assert f"2 x cpu in 2 process(es)" in out0
+    # Logs and results are written once, by process 0 (gloo announces its connections by itself).
+    assert [line for line in out1.splitlines() if not line.startswith("[Gloo]")] == []
+
+    step_a, single = helpers.final_params(str(one.straight))
+    step_b, double = helpers.final_params(str(tmp_path / "two"))
+    assert step_a == step_b == 4
+    np.testing.assert_allclose(double, single, rtol=1e-4, atol=1e-4)
+    single_results = json.loads((one.straight / "results.json").read_text())
+    double_results = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert double_results.keys() == single_results.keys()
+    for key, value in single_results.items():
+        if key == "wall_time_s":
+            continue
+        if isinstance(value, float):  # accuracies in percent over 100 test images: 1 image is 1%
+            assert abs(double_results[key] - value) <= 1.0 + 1e-9, key
+        else:
+            assert double_results[key] == value, key
+    single_losses, double_losses = losses(one.straight), losses(tmp_path / "two")
+    assert sorted(double_losses) == sorted(single_losses) == [1, 2, 3, 4]
+    np.testing.assert_allclose([double_losses[s] for s in range(1, 5)], [single_losses[s] for s in range(1, 5)],
+                               rtol=1e-5, atol=1e-5)
