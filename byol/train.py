@@ -26,11 +26,8 @@ reaches, and on which machine.
 """
 
 import functools
-import json
-import os
 import pathlib
 import sys
-import time
 
 if __package__ in (None, ""):  # run as a script: put the monorepo root (marked by WORKSPACE) on sys.path
     _root = pathlib.Path(__file__).resolve().parent
@@ -43,7 +40,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from common import augment, checkpoint, data, evaluate, models
+from common import augment, checkpoint, loop, models
 
 
 # ------------------------------------------------------------------------------------------------
@@ -64,7 +61,7 @@ class MLP(nnx.Module):
 
 
 class Encoder(nnx.Module):
-    """z = g(f(x)): body and projector. The online network's first two stages, and the whole target."""
+    """z = g(f(x)): body and projector. The online network's encoder, and the whole target."""
 
     def __init__(self, config, rngs):
         self.body = models.create_body(config.model.name, stem=config.model.stem,
@@ -81,12 +78,12 @@ class BYOL(nnx.Module):
     """The online network: p = q(g(f(x))). Only these weights (theta) are trained by gradients."""
 
     def __init__(self, config, rngs):
-        self.online = Encoder(config, rngs)
+        self.encoder = Encoder(config, rngs)
         self.predictor = MLP(config.model.proj_dim, config.model.pred_hidden_dim,
                              config.model.proj_dim, config.model.bn_momentum, rngs)
 
     def __call__(self, x):  # [B, S, S, 3] -> [B, proj_dim]
-        return self.predictor(self.online(x))
+        return self.predictor(self.encoder(x))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -269,22 +266,22 @@ def make_optimizer(cfg, schedule):
 def create_state(config, steps_per_epoch):
     """Everything that changes during training, and the step that changes it.
 
-    Returns (graphdef, state, step_fn): the online network, the target network and the optimizer
-    split into a static graph and a pytree of arrays, and step_fn(state, batch, key) -> (state,
-    metrics), pure, for jax.jit. The learning rate and tau are functions of the optimizer's step
-    counter, which is in the state, so a resumed run continues both schedules exactly.
+    Returns (graphdef, state, step_fn): the parts {online, target, optimizer} split into a static graph
+    and a pytree of arrays, and step_fn(state, batch, key) -> (state, metrics), pure, for jax.jit. The
+    learning rate and tau are functions of the optimizer's step counter, which is in the state, so a
+    resumed run continues both schedules exactly.
     """
-    model = BYOL(config, nnx.Rngs(config.seed))
+    online = BYOL(config, nnx.Rngs(config.seed))
     # xi starts as a copy of theta (body and projector; the target has no predictor), in buffers of its
-    # own: main's jit donates the state, and one buffer cannot be donated twice.
-    target = nnx.clone(model.online, arrays=True)
+    # own: the loop's jit donates the state, and one buffer cannot be donated twice.
+    target = nnx.clone(online.encoder, arrays=True)
     total_steps, warmup_steps = schedule_steps(config.optim, steps_per_epoch)
     lr_schedule = functools.partial(learning_rate_schedule, batch_size=config.data.batch_size,
                                     base_learning_rate=config.optim.lr, total_steps=total_steps,
                                     warmup_steps=warmup_steps)
     tau_schedule = functools.partial(target_ema_decay, base_ema=config.method.base_ema, max_steps=total_steps)
-    optimizer = nnx.Optimizer(model, make_optimizer(config.optim, lr_schedule), wrt=nnx.Param)
-    graphdef, state = nnx.split((model, target, optimizer))
+    optimizer = nnx.Optimizer(online, make_optimizer(config.optim, lr_schedule), wrt=nnx.Param)
+    graphdef, state = nnx.split({"online": online, "target": target, "optimizer": optimizer})
     return graphdef, state, functools.partial(train_step, graphdef, config, lr_schedule, tau_schedule)
 
 
@@ -303,7 +300,8 @@ def ema_update(target, online, tau):
 
 def train_step(graphdef, config, lr_schedule, tau_schedule, state, batch, key):
     """One step on the global batch; jitted with `graphdef, config, lr_schedule, tau_schedule` bound."""
-    model, target, optimizer = nnx.merge(graphdef, state)
+    parts = nnx.merge(graphdef, state)
+    online, target, optimizer = parts["online"], parts["target"], parts["optimizer"]
     x1, x2 = make_views(key, batch["image"], config.views)
     # Target projections z'_1, z'_2. As the official code, each view is a separate forward pass in
     # training mode (batch-norm statistics of that view over the global batch), and the target keeps
@@ -311,46 +309,31 @@ def train_step(graphdef, config, lr_schedule, tau_schedule, state, batch, key):
     # online network only, and byol_loss puts the paper's stop-gradient on these.
     target_proj_1, target_proj_2 = target(x1), target(x2)
 
-    def loss_fn(model):
-        return byol_loss(model(x1), model(x2), target_proj_1, target_proj_2)
+    def loss_fn(online):
+        return byol_loss(online(x1), online(x2), target_proj_1, target_proj_2)
 
-    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    loss, grads = nnx.value_and_grad(loss_fn)(online)
     step = optimizer.step[...]  # k: the step being taken; lr and tau are read at it (Sec. 3.2)
-    optimizer.update(model, grads)
+    optimizer.update(online, grads)
     tau = tau_schedule(step)
     # The EMA after the online update (Algorithm 1), on the weights only; batch-norm statistics are
     # the target's own.
-    nnx.update(target, ema_update(nnx.state(target, nnx.Param), nnx.state(model.online, nnx.Param), tau))
+    nnx.update(target, ema_update(nnx.state(target, nnx.Param), nnx.state(online.encoder, nnx.Param), tau))
     metrics = {"loss": loss, "lr": lr_schedule(step), "tau": tau,
-               "finite": checkpoint.all_finite(loss, nnx.state((model, target), nnx.Param))}
-    return nnx.state((model, target, optimizer)), metrics
+               "finite": checkpoint.all_finite(loss, nnx.state({"online": online, "target": target}, nnx.Param))}
+    return nnx.state(parts), metrics
 
 
 # ------------------------------------------------------------------------------------------------
 # Evaluation
 # ------------------------------------------------------------------------------------------------
 
-@nnx.jit(static_argnums=(2, 3))
-def embed(body, images, mean, std):
-    """uint8 images [B, H, W, 3] -> body features f(x) [B, D]."""
-    return body(augment.normalize(augment.to_float(images), mean, std))
-
-
 def get_body(graphdef, state):
     """The representation f(.) that evaluation uses (the online body), as a fresh module in eval mode
-    (a copy: switching it to eval leaves the training graph untouched). common/evaluate.py calls this
-    for every method."""
-    model, _, _ = nnx.merge(graphdef, state)
-    model.online.body.eval()
-    return model.online.body
-
-
-def knn_eval(graphdef, state, config, knn_train, knn_test, mesh):
-    """kNN top-1/top-5 of the body's features in eval mode (running batch-norm statistics)."""
-    body = get_body(graphdef, state)
-    embed_fn = lambda images: embed(body, images, tuple(config.views.mean), tuple(config.views.std))
-    return evaluate.knn_monitor(embed_fn, knn_train, knn_test, config.eval.batch_size, mesh,
-                                k=config.eval.knn_k, temperature=config.eval.knn_temperature)
+    (a copy: switching it to eval leaves the training graph untouched)."""
+    body = nnx.merge(graphdef, state)["online"].encoder.body
+    body.eval()
+    return body
 
 
 # ------------------------------------------------------------------------------------------------
@@ -375,91 +358,9 @@ def check_config(config):
 
 
 def main(config, workdir):
-    from clu import metric_writers, periodic_actions
-
     check_config(config)
-    checkpoint.maybe_initialize_distributed()
-    mesh = data.make_mesh()
-    data.check_batch_size(config.data.batch_size, mesh)
-    train_data = data.load(config.data, config.data.train_split)
-    knn_train, knn_test = evaluate.load_knn_data(config)
-    loader = data.Loader(train_data, config.data.batch_size, config.seed, mesh)
-    total_steps = max(1, int(config.optim.epochs * loader.steps_per_epoch))
-
-    graphdef, state, step_fn = create_state(config, loader.steps_per_epoch)
-    state = checkpoint.replicate(state, mesh)
-    os.makedirs(workdir, exist_ok=True)
-    ckpt = checkpoint.Checkpointer(workdir, config.checkpoint_every_steps)
-    state, start_step = ckpt.restore_or(state)
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-    results_path = os.path.join(workdir, "results.json")
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-    results = {"method": "byol", "wall_time_s": 0.0}
-    if start_step == 0:  # what the randomly initialised body scores, for comparison
-        knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
-        results.update(knn_top1_init=knn["top1"], knn_top5_init=knn["top5"])
-        writer.write_scalars(0, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
-        checkpoint.write_results(results_path, results)
-    else:
-        with open(results_path) as f:
-            results = json.load(f)
-
-    step_fn = jax.jit(step_fn, donate_argnums=0)
-    root_key = jax.random.key(config.seed)
-    guard = checkpoint.FiniteGuard(ckpt)
-    progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
-    start_time = time.time()
-    step = start_step
-    for step, batch in loader.iterate(start_step):
-        if step >= total_steps:
-            break
-        state, metrics = step_fn(state, batch, jax.random.fold_in(root_key, step))
-        step += 1  # steps completed
-        guard.add(step, metrics["finite"])
-        progress(step)
-        if step % config.log_every_steps == 0 or step == total_steps:
-            guard.check()
-            writer.write_scalars(step, {k: float(v) for k, v in metrics.items() if k != "finite"})
-        if config.eval.knn_every_steps and step % config.eval.knn_every_steps == 0 and step < total_steps:
-            knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
-            writer.write_scalars(step, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
-        if step % config.checkpoint_every_steps == 0 or step == total_steps:
-            guard.check()
-            ckpt.save(step, state, force=True)
-        if ckpt.preempted(step):
-            guard.check()
-            ckpt.save(step, state, force=True)
-            results["wall_time_s"] += time.time() - start_time
-            checkpoint.write_results(results_path, results)
-            writer.flush()
-            ckpt.close()
-            print(f"Pre-empted: saved step {step} to {ckpt.directory}; rerun with the same --workdir to resume.")
-            return None
-
-    guard.check()
-    ckpt.save(step, state, force=True)
-    knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
-    writer.write_scalars(step, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
-    results.update(knn_top1=knn["top1"], knn_top5=knn["top5"], step=step,
-                   wall_time_s=results["wall_time_s"] + time.time() - start_time)
-    checkpoint.write_results(results_path, results)
-    writer.flush()
-    ckpt.close()
-    print(f"kNN top-1 {knn['top1']:.2f}% (random init {results['knn_top1_init']:.2f}%), "
-          f"top-5 {knn['top5']:.2f}%, step {step}; results in {results_path}")
-    return results
+    return loop.train(config, workdir, create_state, get_body, epochs=config.optim.epochs)
 
 
 if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file, e.g. byol/config.py:smoke.",
-                                              lock_config=True)
-    _WORKDIR = flags.DEFINE_string("workdir", "runs/byol", "Checkpoints, logs and results; rerun to resume.")
-    def _run(argv):  # returns None: absl's app.run would exit with status 1 on main's results dict
-        main(_CONFIG.value, _WORKDIR.value)
-
-    app.run(_run)
+    loop.cli(main)

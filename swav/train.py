@@ -27,11 +27,8 @@ README's benchmark table gives what the default preset reaches, and on which mac
 """
 
 import functools
-import json
-import os
 import pathlib
 import sys
-import time
 
 if __package__ in (None, ""):  # run as a script: put the monorepo root (marked by WORKSPACE) on sys.path
     _root = pathlib.Path(__file__).resolve().parent
@@ -44,7 +41,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from common import augment, checkpoint, data, evaluate, models
+from common import augment, checkpoint, loop, models
 
 
 # ------------------------------------------------------------------------------------------------
@@ -64,15 +61,15 @@ class ProjectionHead(nnx.Module):
 
 
 class Queue(nnx.Variable):
-    """Embeddings of past batches: state, not a parameter (no gradient, no optimizer state), and
-    checkpointed with the model."""
+    """Embeddings of past batches [A, L, D], of the A assigned crops: state, not a parameter (no
+    gradient, no optimizer state), checkpointed as the state's "queue". The official queue is per GPU
+    (queue_length / world_size rows each) and its Sinkhorn sums are all-reduced, so over all devices
+    it is one queue of queue_length rows: this one."""
 
 
 class SwAV(nnx.Module):
-    """Body f, projection head g, prototypes C (a bias-free linear layer; its kernel [D, K] holds one
-    prototype per column) and, when method.queue_length > 0, the queue [A, L, D] of past embeddings
-    of the A assigned crops. The official queue is per GPU (queue_length / world_size rows each) and its
-    Sinkhorn sums are all-reduced, so over all devices it is one queue of queue_length rows: this one."""
+    """Body f, projection head g and prototypes C (a bias-free linear layer; its kernel [D, K] holds
+    one prototype per column)."""
 
     def __init__(self, config, rngs):
         self.body = models.create_body(config.model.name, stem=config.model.stem,
@@ -82,9 +79,6 @@ class SwAV(nnx.Module):
                                    config.model.proj_dim, config.model.bn_momentum, rngs)
         self.prototypes = nnx.Linear(config.model.proj_dim, config.model.num_prototypes, use_bias=False,
                                      rngs=rngs)
-        m = config.method
-        self.queue = (Queue(jnp.zeros((len(m.crops_for_assign), m.queue_length, config.model.proj_dim)))
-                      if m.queue_length else None)
 
     def __call__(self, crops):
         """crops: one crop-major stack [n_g, B, S_g, S_g, 3] per crop size.
@@ -104,12 +98,12 @@ class SwAV(nnx.Module):
 # Views
 # ------------------------------------------------------------------------------------------------
 
-def make_view(key, crop, index, cfg):
+def make_view(key, image, index, cfg):
     """Flip, colour distortion and blur of one crop [S, S, 3] in [0, 1] (official MultiCropDataset: the
     same recipe for every crop, whatever its size or `index`), then normalisation."""
     k_flip, k_color, k_gray, k_blur = jax.random.split(key, 4)
     s = cfg.color_strength
-    x = augment.random_flip(k_flip, crop, p=cfg.flip_p)
+    x = augment.random_flip(k_flip, image, p=cfg.flip_p)
     x = augment.random_color_jitter(k_color, x, 0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p=cfg.color_p)
     x = augment.random_grayscale(k_gray, x, p=cfg.gray_p)
     if cfg.blur_p > 0:  # PIL's blur, radius ~ U(0.1, 2); here a kernel of about 10% of the side
@@ -132,9 +126,9 @@ def make_views(key, images, cfg):
 # Loss
 # ------------------------------------------------------------------------------------------------
 
-def l2_normalize(x, axis=-1):
-    # torch.nn.functional.normalize: x / max(||x||, 1e-12)
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
+def l2_normalize(x, axis=-1, epsilon=1e-12):
+    # torch.nn.functional.normalize: x / max(||x||, eps)
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), epsilon)
 
 
 def sinkhorn(scores, epsilon, n_iters):
@@ -241,13 +235,15 @@ def queue_is_full(queue):
 # ------------------------------------------------------------------------------------------------
 
 def learning_rate_schedule(cfg, steps_per_epoch):
-    """Linear warmup from start_warmup_lr to lr, then cosine decay to final_lr (official lr_schedule).
+    """Linear warmup from start_lr to lr, then cosine decay to final_lr (official lr_schedule).
 
     The rate is the one for the configured batch: SwAV gives it per batch size (4.8 at 4096, 0.6 at 256).
     """
     total = max(1, int(cfg.epochs * steps_per_epoch))
-    warmup = min(total - 1, int(cfg.warmup_epochs * steps_per_epoch))
-    return optax.warmup_cosine_decay_schedule(cfg.start_warmup_lr, cfg.lr, max(warmup, 1), total,
+    warmup = max(1, min(total - 1, int(cfg.warmup_epochs * steps_per_epoch)))
+    # A run of one step still has a schedule (optax needs decay steps beyond the warmup); longer runs
+    # have warmup < total, so this max changes none of their rates.
+    return optax.warmup_cosine_decay_schedule(cfg.start_lr, cfg.lr, warmup, max(total, warmup + 1),
                                               end_value=cfg.final_lr)
 
 
@@ -264,15 +260,19 @@ def make_optimizer(cfg, schedule):
 def create_state(config, steps_per_epoch):
     """Everything that changes during training, and the step that changes it.
 
-    Returns (graphdef, state, step_fn): the model (with its queue) and its optimizer split into a
-    static graph and a pytree of arrays, and step_fn(state, batch, key) -> (state, metrics), pure, for
-    jax.jit.
+    Returns (graphdef, state, step_fn): the parts {model, optimizer, queue} (no queue when
+    method.queue_length is 0) split into a static graph and a pytree of arrays, and step_fn(state,
+    batch, key) -> (state, metrics), pure, for jax.jit.
     """
     model = SwAV(config, nnx.Rngs(config.seed))
     schedule = learning_rate_schedule(config.optim, steps_per_epoch)
     optimizer = nnx.Optimizer(model, make_optimizer(config.optim, schedule), wrt=nnx.Param)
-    graphdef, state = nnx.split((model, optimizer))
-    queue_start_step = int(config.method.epoch_queue_starts * steps_per_epoch)
+    parts = {"model": model, "optimizer": optimizer}
+    m = config.method
+    if m.queue_length:
+        parts["queue"] = Queue(jnp.zeros((len(m.crops_for_assign), m.queue_length, config.model.proj_dim)))
+    graphdef, state = nnx.split(parts)
+    queue_start_step = int(m.epoch_queue_starts * steps_per_epoch)
     return graphdef, state, functools.partial(train_step, graphdef, config, schedule, queue_start_step)
 
 
@@ -282,7 +282,8 @@ def create_state(config, steps_per_epoch):
 
 def train_step(graphdef, config, schedule, queue_start_step, state, batch, key):
     """One step on the global batch; jitted with `graphdef, config, schedule, queue_start_step` bound."""
-    model, optimizer = nnx.merge(graphdef, state)
+    parts = nnx.merge(graphdef, state)
+    model, optimizer, queue = parts["model"], parts["optimizer"], parts.get("queue")
     crops = make_views(key, batch["image"], config.views)
     m = config.method
     loss_at = functools.partial(swav_loss, temperature=m.temperature, epsilon=m.epsilon,
@@ -290,13 +291,14 @@ def train_step(graphdef, config, schedule, queue_start_step, state, batch, key):
     # Prototypes back on the unit sphere before the forward pass, so that the scores are cosines
     # (official: in place under torch.no_grad at the start of every iteration).
     model.prototypes.kernel[...] = l2_normalize(model.prototypes.kernel[...], axis=0)
-    queue_in_use = model.queue is not None and queue_is_full(model.queue[...])
+    queued = None if queue is None else queue[...]  # [A, L, D]
+    queue_in_use = queue is not None and queue_is_full(queued)
 
     def loss_fn(model):
         z, scores = model(crops)
-        if model.queue is None:
+        if queue is None:
             return loss_at(scores), z
-        queue_scores = model.queue[...] @ model.prototypes.kernel[...]  # [A, L, K], current prototypes
+        queue_scores = queued @ model.prototypes.kernel[...]  # [A, L, K], current prototypes
         loss = jax.lax.cond(queue_in_use, lambda: loss_at(scores, queue_scores=queue_scores),
                             lambda: loss_at(scores))
         return loss, z
@@ -310,40 +312,25 @@ def train_step(graphdef, config, schedule, queue_start_step, state, batch, key):
     lr = schedule(step)
     optimizer.update(model, grads)
     metrics = {"loss": loss, "lr": lr, "finite": checkpoint.all_finite(loss, nnx.state(model, nnx.Param))}
-    if model.queue is not None:
+    if queue is not None:
         # This batch's embeddings of the assigned crops join the queue once it has started (official:
         # from epoch `epoch_queue_starts`); it is used from the step after it is full.
         z_assigned = jax.lax.stop_gradient(z[jnp.asarray(m.crops_for_assign)])  # [A, B, D]
-        queue = model.queue[...]
-        model.queue[...] = jnp.where(step >= queue_start_step, update_queue(queue, z_assigned), queue)
+        queue[...] = jnp.where(step >= queue_start_step, update_queue(queued, z_assigned), queued)
         metrics["queue_in_use"] = queue_in_use.astype(jnp.float32)
-    return nnx.state((model, optimizer)), metrics
+    return nnx.state(parts), metrics
 
 
 # ------------------------------------------------------------------------------------------------
 # Evaluation
 # ------------------------------------------------------------------------------------------------
 
-@nnx.jit(static_argnums=(2, 3))
-def embed(body, images, mean, std):
-    """uint8 images [B, H, W, 3] -> body features f(x) [B, D]."""
-    return body(augment.normalize(augment.to_float(images), mean, std))
-
-
 def get_body(graphdef, state):
     """The representation f(.) that evaluation uses, as a fresh module in eval mode (a copy: switching
-    it to eval leaves the training graph untouched). common/evaluate.py calls this for every method."""
-    model, _ = nnx.merge(graphdef, state)
-    model.body.eval()
-    return model.body
-
-
-def knn_eval(graphdef, state, config, knn_train, knn_test, mesh):
-    """kNN top-1/top-5 of the body's features in eval mode (running batch-norm statistics)."""
-    body = get_body(graphdef, state)
-    embed_fn = lambda images: embed(body, images, tuple(config.views.mean), tuple(config.views.std))
-    return evaluate.knn_monitor(embed_fn, knn_train, knn_test, config.eval.batch_size, mesh,
-                                k=config.eval.knn_k, temperature=config.eval.knn_temperature)
+    it to eval leaves the training graph untouched)."""
+    body = nnx.merge(graphdef, state)["model"].body
+    body.eval()
+    return body
 
 
 # ------------------------------------------------------------------------------------------------
@@ -373,91 +360,9 @@ def check_config(config):
 
 
 def main(config, workdir):
-    from clu import metric_writers, periodic_actions
-
     check_config(config)
-    checkpoint.maybe_initialize_distributed()
-    mesh = data.make_mesh()
-    data.check_batch_size(config.data.batch_size, mesh)
-    train_data = data.load(config.data, config.data.train_split)
-    knn_train, knn_test = evaluate.load_knn_data(config)
-    loader = data.Loader(train_data, config.data.batch_size, config.seed, mesh)
-    total_steps = max(1, int(config.optim.epochs * loader.steps_per_epoch))
-
-    graphdef, state, step_fn = create_state(config, loader.steps_per_epoch)
-    state = checkpoint.replicate(state, mesh)
-    os.makedirs(workdir, exist_ok=True)
-    ckpt = checkpoint.Checkpointer(workdir, config.checkpoint_every_steps)
-    state, start_step = ckpt.restore_or(state)
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-    results_path = os.path.join(workdir, "results.json")
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-    results = {"method": "swav", "wall_time_s": 0.0}
-    if start_step == 0:  # what the randomly initialised body scores, for comparison
-        knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
-        results.update(knn_top1_init=knn["top1"], knn_top5_init=knn["top5"])
-        writer.write_scalars(0, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
-        checkpoint.write_results(results_path, results)
-    else:
-        with open(results_path) as f:
-            results = json.load(f)
-
-    step_fn = jax.jit(step_fn, donate_argnums=0)
-    root_key = jax.random.key(config.seed)
-    guard = checkpoint.FiniteGuard(ckpt)
-    progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
-    start_time = time.time()
-    step = start_step
-    for step, batch in loader.iterate(start_step):
-        if step >= total_steps:
-            break
-        state, metrics = step_fn(state, batch, jax.random.fold_in(root_key, step))
-        step += 1  # steps completed
-        guard.add(step, metrics["finite"])
-        progress(step)
-        if step % config.log_every_steps == 0 or step == total_steps:
-            guard.check()
-            writer.write_scalars(step, {k: float(v) for k, v in metrics.items() if k != "finite"})
-        if config.eval.knn_every_steps and step % config.eval.knn_every_steps == 0 and step < total_steps:
-            knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
-            writer.write_scalars(step, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
-        if step % config.checkpoint_every_steps == 0 or step == total_steps:
-            guard.check()
-            ckpt.save(step, state, force=True)
-        if ckpt.preempted(step):
-            guard.check()
-            ckpt.save(step, state, force=True)
-            results["wall_time_s"] += time.time() - start_time
-            checkpoint.write_results(results_path, results)
-            writer.flush()
-            ckpt.close()
-            print(f"Pre-empted: saved step {step} to {ckpt.directory}; rerun with the same --workdir to resume.")
-            return None
-
-    guard.check()
-    ckpt.save(step, state, force=True)
-    knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
-    writer.write_scalars(step, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
-    results.update(knn_top1=knn["top1"], knn_top5=knn["top5"], step=step,
-                   wall_time_s=results["wall_time_s"] + time.time() - start_time)
-    checkpoint.write_results(results_path, results)
-    writer.flush()
-    ckpt.close()
-    print(f"kNN top-1 {knn['top1']:.2f}% (random init {results['knn_top1_init']:.2f}%), "
-          f"top-5 {knn['top5']:.2f}%, step {step}; results in {results_path}")
-    return results
+    return loop.train(config, workdir, create_state, get_body, epochs=config.optim.epochs)
 
 
 if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file, e.g. swav/config.py:smoke.",
-                                              lock_config=True)
-    _WORKDIR = flags.DEFINE_string("workdir", "runs/swav", "Checkpoints, logs and results; rerun to resume.")
-    def _run(argv):  # returns None: absl's app.run would exit with status 1 on main's results dict
-        main(_CONFIG.value, _WORKDIR.value)
-
-    app.run(_run)
+    loop.cli(main)

@@ -1,10 +1,9 @@
 """BYOL: the loss, schedules and target update against the official deepmind-research outputs; the
-asymmetric views; the EMA target in the train step; a smoke run of main, resume, 8 devices vs 1, the
-non-finite guard, bad config."""
+asymmetric views; the EMA target in the smoke run's steps 3 and 4 (the loop, resume, devices, the
+non-finite guard and bad configs: test_contract)."""
 
 import json
 import pathlib
-import re
 
 import jax
 import jax.numpy as jnp
@@ -125,7 +124,7 @@ def test_lars_applies_momentum_before_the_learning_rate():
         params = optax.apply_updates(params, updates)
 
 # ------------------------------------------------------------------------------------------------
-# Views, the train step, and main
+# Views, and the EMA target in the shared smoke run
 # ------------------------------------------------------------------------------------------------
 
 def _plain_views_config(**views):
@@ -167,15 +166,6 @@ def test_colour_transform_brightness_is_additive():
     assert all(abs(d) <= 0.4 for d in deltas) and np.ptp(deltas) > 0.01
 
 
-def _restore(workdir, step):
-    """The checkpoint of `step` as saved: {'0': online model, '1': target, '2': optimizer}."""
-    import orbax.checkpoint as ocp
-    manager = ocp.CheckpointManager(str(workdir / "checkpoints"))
-    tree = manager.restore(step, args=ocp.args.StandardRestore())
-    manager.close()
-    return tree
-
-
 def _weights(tree):
     """{path: array} of the nnx.Param leaves (batch-norm running 'mean' and 'var' left out)."""
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
@@ -183,70 +173,20 @@ def _weights(tree):
             if path[-1].key not in ("mean", "var")}
 
 
-def test_smoke_run_target_update_and_resume_after_sigterm(tmp_path):
-    config = helpers.smoke_config("byol", checkpoint_every_steps=1)  # keeps steps 3 and 4
-    results = byol.main(config, str(tmp_path / "straight"))
-    saved = json.loads((tmp_path / "straight" / "results.json").read_text())
-    assert saved == results and saved["step"] == 4 and saved["method"] == "byol"
-    for key in ("knn_top1", "knn_top5", "knn_top1_init", "knn_top5_init"):
-        assert 0.0 <= saved[key] <= 100.0
-    assert saved["knn_top5"] >= saved["knn_top1"]
-    assert saved["knn_top1_init"] > 10.0  # ten classes: even a random body's features beat chance
-    assert (tmp_path / "straight" / "config.json").exists()
-
+def test_target_is_the_ema_of_the_online_weights(smoke_runs):
     # The target after the last step (k = 3 of K = 4) is the EMA of the saved weights, with tau read
     # from the step counter: xi_4 = tau(3) xi_3 + (1 - tau(3)) theta_4, tau(k) = 1 - (1 - b)(cos(pi k / K) + 1) / 2.
-    before, after = _restore(tmp_path / "straight", 3), _restore(tmp_path / "straight", 4)
-    assert set(after["1"]) == {"body", "projector"}  # the target has no predictor
-    tau = 1 - (1 - config.method.base_ema) * (np.cos(np.pi * 3 / 4) + 1) / 2
-    xi_3, xi_4, theta_3, theta_4 = (_weights(t) for t in (before["1"], after["1"], before["0"]["online"],
-                                                           after["0"]["online"]))
+    runs = smoke_runs("byol")
+    before, after = helpers.restore(str(runs.straight), 3), helpers.restore(str(runs.straight), 4)
+    assert set(after) == {"online", "target", "optimizer"}
+    assert set(after["target"]) == {"body", "projector"}  # the target has no predictor
+    assert int(before["optimizer"]["step"]) == 3 and int(after["optimizer"]["step"]) == 4
+    base_ema = helpers.smoke_config("byol").method.base_ema
+    tau = 1 - (1 - base_ema) * (np.cos(np.pi * 3 / 4) + 1) / 2
+    xi_3, xi_4, theta_3, theta_4 = (_weights(t) for t in (before["target"], after["target"],
+                                                           before["online"]["encoder"], after["online"]["encoder"]))
     assert xi_4.keys() == theta_4.keys() and len(xi_4) > 10
     for name in xi_4:
         np.testing.assert_allclose(xi_4[name], tau * xi_3[name] + (1 - tau) * theta_4[name], rtol=1e-5, atol=1e-7)
     assert max(np.abs(theta_4[n] - theta_3[n]).max() for n in theta_4) > 1e-4  # the online network trained
     assert max(np.abs(theta_4[n] - xi_4[n]).max() for n in theta_4) > 1e-4  # and the target lags it
-
-    assert helpers.run_with_sigterm_at(byol, config, str(tmp_path / "resumed"), step=2) is None
-    assert helpers.final_params(str(tmp_path / "resumed"))[0] == 2  # SIGTERM saved step 2 and stopped
-    byol.main(config, str(tmp_path / "resumed"))
-    step_a, straight = helpers.final_params(str(tmp_path / "straight"))
-    step_b, resumed = helpers.final_params(str(tmp_path / "resumed"))
-    assert step_a == step_b == 4
-    np.testing.assert_array_equal(straight, resumed)
-
-
-def test_eight_devices_equal_one():
-    one = helpers.run_devices("byol", 1)
-    eight = helpers.run_devices("byol", 8)
-    assert (one["devices"], eight["devices"]) == (1, 8)
-    np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(eight["params"], one["params"], rtol=1e-4, atol=1e-5)
-
-
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-    # Warmup starts at lr 0, so the first step is finite and saved; then lr 1e30 blows the weights up.
-    config = helpers.smoke_config("byol", checkpoint_every_steps=1)
-    config.unlock()
-    config.optim.epochs = 8 * 16 / 60000
-    config.optim.warmup_epochs = 2 * 16 / 60000
-    config.optim.lr = 1e30
-    with pytest.raises(FloatingPointError, match=r"Non-finite loss or parameters at step (\d+)") as err:
-        byol.main(config, str(tmp_path))
-    bad_step = int(re.search(r"at step (\d+)", str(err.value)).group(1))
-    good_step, params = helpers.final_params(str(tmp_path))
-    assert 1 <= good_step < bad_step
-    assert f"last good checkpoint is step {good_step}" in str(err.value)
-    assert np.all(np.isfinite(params))
-
-
-@pytest.mark.parametrize("field,value,message", [
-    ("method.base_ema", 1.5, "base_ema"),
-    ("views.solarize_p", (0.2,), "solarize_p"),
-    ("data.batch_size", 1, "batch_size"),
-])
-def test_bad_config_fails_before_any_work(tmp_path, field, value, message):
-    config = helpers.smoke_config("byol", **{field: value})
-    with pytest.raises(ValueError, match=message):
-        byol.main(config, str(tmp_path))
-    assert not (tmp_path / "checkpoints").exists()
