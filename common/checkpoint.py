@@ -281,9 +281,12 @@ def maybe_initialize_distributed():
         JAX_COORDINATOR_ADDRESS=host:port JAX_NUM_PROCESSES=N JAX_PROCESS_ID=i python M/train.py ...
     are passed to `jax.distributed.initialize` explicitly (JAX 0.10 reads only the address itself).
     Cluster environments that JAX detects by itself (SLURM, Open MPI, TPU pods) need no arguments.
-    On CPU the processes talk through gloo. A single process on one machine skips all of it.
+    On CPU the processes talk through gloo. A single process on one machine skips all of it. It must
+    run before any other JAX call: loop.cli calls it first, loop.train again (a no-op then).
     """
     env = os.environ
+    if jax.distributed.is_initialized():
+        return
     if "JAX_NUM_PROCESSES" in env or "JAX_PROCESS_ID" in env:
         missing = [k for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if k not in env]
         if missing:

@@ -78,8 +78,8 @@ def train(config, workdir, create_state, get_body, *, epochs, train_data=None, s
     Returns the results dict, or None after a pre-emption (state saved; rerun to resume).
     """
     name, module = method_of(create_state)
+    checkpoint.maybe_initialize_distributed()
     with checkpoint.workdir_lock(workdir):  # a second trainer on this workdir is refused
-        checkpoint.maybe_initialize_distributed()
         mesh = data.make_mesh()
         data.check_batch_size(config.data.batch_size, mesh)
         train_data = train_data or data.load(config.data, config.data.train_split)
@@ -182,6 +182,7 @@ def cli(main):
         verbose = flags.FLAGS["verbosity"].present and flags.FLAGS.verbosity >= 1
         if not verbose:
             quiet()
+        checkpoint.maybe_initialize_distributed()  # before main's first JAX call
         try:
             main(config.value, workdir.value)  # returns None: app.run would exit 1 on a dict
         except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:

@@ -4,7 +4,8 @@ Three stages, one run each, chosen by `config.stage`: (1) `pretrain` a body with
 loss and a deeper, 3-layer projection head; (2) `finetune` the body plus the head's first layer and a new
 linear classifier on a small labelled fraction of the training set; (3) `distill` the fine-tuned
 teacher's temperature-softened predictions on all (unlabelled) training images into a student of the
-same or a smaller body. Each stage reads the previous one's latest checkpoint from `config.init_workdir`.
+same or a smaller body. Each stage starts from the trained model of the previous stage's run in
+`config.init_workdir`, which `main` reads and hands to `create_state`.
 
 For normalised projections h_i of 2N views (i and i' two views of one image), temperature tau, and
 teacher/student logits with distillation temperature T:
@@ -36,7 +37,6 @@ import json
 import os
 import pathlib
 import sys
-import time
 
 if __package__ in (None, ""):  # run as a script: put the monorepo root (marked by WORKSPACE) on sys.path
     _root = pathlib.Path(__file__).resolve().parent
@@ -50,7 +50,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from common import augment, checkpoint, data, evaluate, models
+from common import augment, checkpoint, data, evaluate, loop, models
 
 STAGES = ("pretrain", "finetune", "distill")
 
@@ -118,32 +118,6 @@ class Classifier(nnx.Module):
         return self.classifier(h)
 
 
-def load_model(workdir):
-    """The trained model (first element of the state) of the latest checkpoint of a previous stage's
-    run in `workdir`, as a pure dict of arrays."""
-    import orbax.checkpoint as ocp
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    manager = ocp.CheckpointManager(directory) if os.path.isdir(directory) else None
-    step = manager.latest_step() if manager else None
-    if step is None:
-        raise FileNotFoundError(f"No checkpoint in {directory}: config.init_workdir must be the workdir of "
-                                "a finished run of the previous stage (pretrain -> finetune -> distill).")
-    restored = manager.restore(step, args=ocp.args.StandardRestore())
-    manager.close()
-    return jax.tree.map(np.asarray, restored["0"])  # host arrays: create_state's caller places them
-
-
-def assign(module, pure):
-    """Copies the arrays of `pure` (a pure dict, possibly a subset of the module's) into `module`."""
-    state = nnx.state(module)
-    shapes = [x.shape for x in jax.tree.leaves(state)]
-    nnx.replace_by_pure_dict(state, pure)
-    if [x.shape for x in jax.tree.leaves(state)] != shapes:
-        raise ValueError("The previous stage's checkpoint does not fit this config's model: use the same "
-                         "config.model as the run in config.init_workdir.")
-    nnx.update(module, state)
-
-
 # ------------------------------------------------------------------------------------------------
 # Views
 # ------------------------------------------------------------------------------------------------
@@ -189,9 +163,9 @@ def make_crop_flip_views(key, images, cfg):
 # Loss
 # ------------------------------------------------------------------------------------------------
 
-def l2_normalize(x, axis=-1):
-    # tf.math.l2_normalize: x / sqrt(max(sum x^2, 1e-12))
-    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), 1e-12))
+def l2_normalize(x, axis=-1, epsilon=1e-12):
+    # tf.math.l2_normalize: x / sqrt(max(sum x^2, epsilon))
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), epsilon))
 
 
 def nt_xent_loss(z1, z2, temperature):
@@ -275,37 +249,41 @@ def make_optimizer(cfg, weight_decay, schedule):
 # State
 # ------------------------------------------------------------------------------------------------
 
-def create_state(config, steps_per_epoch):
+def create_state(config, steps_per_epoch, init=None):
     """Everything that changes during training, and the step that changes it.
 
-    pretrain: (model, optimizer). finetune: (classifier, optimizer), the body and the first
-    ft_proj_layer head layers read from the pretraining run in config.init_workdir ('' = random: the
-    supervised baseline). distill: (student, optimizer, teacher), the teacher read from the fine-tuning
-    run in config.init_workdir and fixed (eval mode, no optimizer); the student starts from random.
+    pretrain: {model, optimizer}. finetune: {model, optimizer}, the classifier network; `init`, the
+    pretraining run's model, gives the body and the first ft_proj_layer head layers (None: random,
+    the supervised baseline). distill: {student, teacher, optimizer}; `init`, the fine-tuning run's
+    model, is the teacher, fixed (eval mode, no optimizer); the student starts from random. Without
+    `init` the teacher is random: a state of the right shape, only good for restoring.
 
-    Returns (graphdef, state, step_fn): the models and the optimizer split into a static graph and a
-    pytree of arrays, and step_fn(state, batch, key) -> (state, metrics), pure, for jax.jit.
+    Returns (graphdef, state, step_fn): the parts split into a static graph and a pytree of arrays,
+    and step_fn(state, batch, key) -> (state, metrics), pure, for jax.jit.
     """
     rngs = nnx.Rngs(config.seed)
     ocfg = stage_optim(config)
     schedule = learning_rate_schedule(ocfg, config.data.batch_size, steps_per_epoch)
-    fixed = ()  # models that the step uses but does not train
     if config.stage == "pretrain":
         model, step = SimCLRv2(config, rngs), train_step
+        parts = {"model": model}
     elif config.stage == "finetune":
         model, step = Classifier(config, config.model.name, config.model.ft_proj_layer, rngs), finetune_step
-        if config.init_workdir:
-            pretrained = load_model(config.init_workdir)
-            assign(model.body, pretrained["body"])
-            assign(model.head, {k: v for k, v in pretrained["head"].items() if int(k) < len(model.head)})
+        if init is not None:
+            checkpoint.assign(model.body, init["body"])
+            checkpoint.assign(model.head, {k: v for k, v in init["head"].items() if int(k) < len(model.head)})
+        parts = {"model": model}
     else:
         model, step = Classifier(config, config.model.student_name, 0, rngs), distill_step
         teacher = Classifier(config, config.model.name, config.model.ft_proj_layer, rngs)
-        assign(teacher, load_model(config.init_workdir))
+        if init is not None:
+            checkpoint.assign(teacher, init)
         teacher.eval()  # a fixed teacher: batch norm with its running statistics, nothing updated
-        fixed = (teacher,)
-    optimizer = nnx.Optimizer(model, make_optimizer(config.optim, ocfg.weight_decay, schedule), wrt=nnx.Param)
-    graphdef, state = nnx.split((model, optimizer, *fixed))
+        parts = {"student": model, "teacher": teacher}
+    # The optimizer of the trained network only (the teacher has none).
+    parts["optimizer"] = nnx.Optimizer(model, make_optimizer(config.optim, ocfg.weight_decay, schedule),
+                                       wrt=nnx.Param)
+    graphdef, state = nnx.split(parts)
     return graphdef, state, functools.partial(step, graphdef, config, schedule)
 
 
@@ -315,7 +293,8 @@ def create_state(config, steps_per_epoch):
 
 def train_step(graphdef, config, schedule, state, batch, key):
     """One pretraining step on the global batch; jitted with `graphdef, config, schedule` bound."""
-    model, optimizer = nnx.merge(graphdef, state)
+    parts = nnx.merge(graphdef, state)
+    model, optimizer = parts["model"], parts["optimizer"]
     x1, x2 = make_views(key, batch["image"], config.views)
 
     def loss_fn(model):
@@ -327,12 +306,13 @@ def train_step(graphdef, config, schedule, state, batch, key):
     lr = schedule(optimizer.step[...])
     optimizer.update(model, grads)
     metrics = {"loss": loss, "lr": lr, "finite": checkpoint.all_finite(loss, nnx.state(model, nnx.Param))}
-    return nnx.state((model, optimizer)), metrics
+    return nnx.state(parts), metrics
 
 
 def finetune_step(graphdef, config, schedule, state, batch, key):
     """One fine-tuning step on a global batch of labelled images: cross-entropy with the labels."""
-    model, optimizer = nnx.merge(graphdef, state)
+    parts = nnx.merge(graphdef, state)
+    model, optimizer = parts["model"], parts["optimizer"]
     x = make_crop_flip_views(key, batch["image"], config.views)
 
     def loss_fn(model):
@@ -345,13 +325,14 @@ def finetune_step(graphdef, config, schedule, state, batch, key):
     optimizer.update(model, grads)
     metrics = {"loss": loss, "accuracy": accuracy, "lr": lr,
                "finite": checkpoint.all_finite(loss, nnx.state(model, nnx.Param))}
-    return nnx.state((model, optimizer)), metrics
+    return nnx.state(parts), metrics
 
 
 def distill_step(graphdef, config, schedule, state, batch, key):
     """One distillation step on a global batch of training images, their labels unused (Eq. 2):
     teacher and student see the same view; only the student learns."""
-    student, optimizer, teacher = nnx.merge(graphdef, state)
+    parts = nnx.merge(graphdef, state)
+    student, teacher, optimizer = parts["student"], parts["teacher"], parts["optimizer"]
     x = make_crop_flip_views(key, batch["image"], config.views)
     teacher_logits = teacher(x)  # [B, C], outside loss_fn: only the student is differentiated
 
@@ -362,51 +343,36 @@ def distill_step(graphdef, config, schedule, state, batch, key):
     lr = schedule(optimizer.step[...])
     optimizer.update(student, grads)
     metrics = {"loss": loss, "lr": lr, "finite": checkpoint.all_finite(loss, nnx.state(student, nnx.Param))}
-    return nnx.state((student, optimizer, teacher)), metrics
+    return nnx.state(parts), metrics
 
 
 # ------------------------------------------------------------------------------------------------
 # Evaluation
 # ------------------------------------------------------------------------------------------------
 
-@nnx.jit(static_argnums=(2, 3))
-def embed(body, images, mean, std):
-    """uint8 images [B, H, W, 3] -> body features f(x) [B, D] (or the classifier's logits [B, C])."""
-    return body(augment.normalize(augment.to_float(images), mean, std))
+def trained_model(parts):
+    """The network the stage trains: the distillation student, else the model."""
+    return parts["student"] if "student" in parts else parts["model"]
 
 
 def get_body(graphdef, state):
     """The representation f(.) that evaluation uses, as a fresh module in eval mode (a copy: switching
-    it to eval leaves the training graph untouched). common/evaluate.py calls this for every method.
-    It is the body of the trained model: pretrained, fine-tuned, or the distilled student."""
-    model = nnx.merge(graphdef, state)[0]
-    model.body.eval()
-    return model.body
+    it to eval leaves the training graph untouched): the body of the pretrained or fine-tuned model,
+    or of the distilled student."""
+    body = trained_model(nnx.merge(graphdef, state)).body
+    body.eval()
+    return body
 
 
-def knn_eval(graphdef, state, config, knn_train, knn_test, mesh):
-    """kNN top-1/top-5 of the body's features in eval mode (running batch-norm statistics)."""
-    body = get_body(graphdef, state)
-    embed_fn = lambda images: embed(body, images, tuple(config.views.mean), tuple(config.views.std))
-    return evaluate.knn_monitor(embed_fn, knn_train, knn_test, config.eval.batch_size, mesh,
-                                k=config.eval.knn_k, temperature=config.eval.knn_temperature)
-
-
-def classify_eval(graphdef, state, config, test, mesh):
-    """Top-1 accuracy (%) of the classifier in eval mode on whole, unaugmented test images."""
-    model = nnx.merge(graphdef, state)[0]
-    model.eval()
-    embed_fn = lambda images: embed(model, images, tuple(config.views.mean), tuple(config.views.std))
-    logits, labels = evaluate.extract_features(embed_fn, test, config.eval.batch_size, mesh)
-    return 100.0 * float(np.mean(np.argmax(logits, 1) == labels))
-
-
-def evaluate_stage(graphdef, state, config, knn_train, knn_test, mesh):
-    """The stage's scores: kNN of the body after pretraining, test top-1 of the classifier after."""
+def evaluate_stage(config, graphdef, state, knn_train, knn_test, mesh):
+    """The stage's scores: kNN top-1/top-5 of the body after pretraining; after fine-tuning and
+    distillation the test top-1 (%) of the classifier in eval mode on whole, unaugmented images."""
     if config.stage == "pretrain":
-        knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
-        return {"knn_top1": knn["top1"], "knn_top5": knn["top5"]}
-    return {"top1": classify_eval(graphdef, state, config, knn_test, mesh)}
+        return evaluate.knn_scores(get_body(graphdef, state), config, knn_train, knn_test, mesh)
+    classify = evaluate.frozen_embed_fn(trained_model(nnx.merge(graphdef, state)), config.views.mean,
+                                        config.views.std)  # eval-mode copy: images -> logits [B, C]
+    logits, labels = evaluate.extract_features(classify, knn_test, config.eval.batch_size, mesh)
+    return {"top1": evaluate.topk_accuracy(logits, labels)["top1"]}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -439,112 +405,31 @@ def check_config(config):
         raise ValueError("Bad config: " + "; ".join(problems) + ". Fix it with --config.<field>=<value>.")
 
 
-def load_train_data(config, workdir):
-    """The stage's training set: every training image, except for fine-tuning: the class-balanced
-    labelled fraction, a pure function of the seed, whose indices are saved in the workdir."""
+def main(config, workdir):
+    check_config(config)
     train_data = data.load(config.data, config.data.train_split)
     if train_data.num_classes != config.data.num_classes:
         raise ValueError(f"data.num_classes={config.data.num_classes}, but {train_data!r} has "
                          f"{train_data.num_classes} classes.")
-    if config.stage != "finetune":
-        return train_data
-    labelled = data.balanced_subset(train_data.labels(), config.data.label_fraction, config.data.num_classes,
-                                    config.seed)
-    if jax.process_index() == 0:
-        np.save(os.path.join(workdir, "labelled_indices.npy"), labelled)
-    return train_data.subset(labelled)
-
-
-def main(config, workdir):
-    from clu import metric_writers, periodic_actions
-
-    check_config(config)
-    checkpoint.maybe_initialize_distributed()
-    mesh = data.make_mesh()
-    data.check_batch_size(config.data.batch_size, mesh)
-    os.makedirs(workdir, exist_ok=True)
-    train_data = load_train_data(config, workdir)
-    knn_train, knn_test = evaluate.load_knn_data(config)
-    loader = data.Loader(train_data, config.data.batch_size, config.seed, mesh)
-    total_steps = max(1, int(stage_optim(config).epochs * loader.steps_per_epoch))
-
-    graphdef, state, step_fn = create_state(config, loader.steps_per_epoch)
-    state = checkpoint.replicate(state, mesh)
-    ckpt = checkpoint.Checkpointer(workdir, config.checkpoint_every_steps)
-    state, start_step = ckpt.restore_or(state)
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-    results_path = os.path.join(workdir, "results.json")
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-    results = {"method": "simclr2", "stage": config.stage, "wall_time_s": 0.0}
-    if config.stage == "finetune":
+    results = {"stage": config.stage}
+    if config.stage == "finetune":  # the class-balanced labelled fraction, a pure function of the seed
+        labelled = data.balanced_subset(train_data.labels(), config.data.label_fraction,
+                                        config.data.num_classes, config.seed)
+        if jax.process_index() == 0:
+            os.makedirs(workdir, exist_ok=True)
+            np.save(os.path.join(workdir, "labelled_indices.npy"), labelled)
+        train_data = train_data.subset(labelled)
         results["label_fraction"] = config.data.label_fraction
     elif config.stage == "distill":  # the teacher's labelled fraction, as its run recorded it
         with open(os.path.join(config.init_workdir, "results.json")) as f:
             results["label_fraction"] = json.load(f)["label_fraction"]
-    if start_step == 0:  # what the initial network scores, for comparison
-        scores = evaluate_stage(graphdef, state, config, knn_train, knn_test, mesh)
-        results.update({f"{k}_init": v for k, v in scores.items()})
-        writer.write_scalars(0, scores)
-        checkpoint.write_results(results_path, results)
-    else:
-        with open(results_path) as f:
-            results = json.load(f)
-
-    step_fn = jax.jit(step_fn, donate_argnums=0)
-    root_key = jax.random.key(config.seed)
-    guard = checkpoint.FiniteGuard(ckpt)
-    progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
-    start_time = time.time()
-    step = start_step
-    for step, batch in loader.iterate(start_step):
-        if step >= total_steps:
-            break
-        state, metrics = step_fn(state, batch, jax.random.fold_in(root_key, step))
-        step += 1  # steps completed
-        guard.add(step, metrics["finite"])
-        progress(step)
-        if step % config.log_every_steps == 0 or step == total_steps:
-            guard.check()
-            writer.write_scalars(step, {k: float(v) for k, v in metrics.items() if k != "finite"})
-        if config.eval.knn_every_steps and step % config.eval.knn_every_steps == 0 and step < total_steps:
-            writer.write_scalars(step, evaluate_stage(graphdef, state, config, knn_train, knn_test, mesh))
-        if step % config.checkpoint_every_steps == 0 or step == total_steps:
-            guard.check()
-            ckpt.save(step, state, force=True)
-        if ckpt.preempted(step):
-            guard.check()
-            ckpt.save(step, state, force=True)
-            results["wall_time_s"] += time.time() - start_time
-            checkpoint.write_results(results_path, results)
-            writer.flush()
-            ckpt.close()
-            print(f"Pre-empted: saved step {step} to {ckpt.directory}; rerun with the same --workdir to resume.")
-            return None
-
-    guard.check()
-    ckpt.save(step, state, force=True)
-    scores = evaluate_stage(graphdef, state, config, knn_train, knn_test, mesh)
-    writer.write_scalars(step, scores)
-    results.update(scores, step=step, wall_time_s=results["wall_time_s"] + time.time() - start_time)
-    checkpoint.write_results(results_path, results)
-    writer.flush()
-    ckpt.close()
-    print(f"{config.stage}: " + ", ".join(f"{k} {v:.2f}%" for k, v in scores.items())
-          + " (initial network: " + ", ".join(f"{results[k + '_init']:.2f}%" for k in scores)
-          + f"), step {step}; results in {results_path}")
-    return results
+    # The earlier stage's trained model: the pretrained network to fine-tune, or the teacher.
+    init = checkpoint.load_part(config.init_workdir, "model") if config.stage != "pretrain" and config.init_workdir \
+        else None
+    return loop.train(config, workdir, functools.partial(create_state, init=init), get_body,
+                      epochs=stage_optim(config).epochs, train_data=train_data,
+                      scores=functools.partial(evaluate_stage, config), results=results)
 
 
 if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file, e.g. simclr2/config.py:smoke.",
-                                              lock_config=True)
-    _WORKDIR = flags.DEFINE_string("workdir", "runs/simclr2", "Checkpoints, logs and results; rerun to resume.")
-    def _run(argv):  # returns None: absl's app.run would exit with status 1 on main's results dict
-        main(_CONFIG.value, _WORKDIR.value)
-
-    app.run(_run)
+    loop.cli(main)

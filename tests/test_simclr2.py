@@ -1,10 +1,10 @@
-"""SimCLRv2: the losses against google-research/simclr outputs; the three stages chained (pretrain ->
-finetune -> distill) with a resume after SIGTERM; 8 devices vs 1; the non-finite guard; bad configs."""
+"""SimCLRv2: the losses against google-research/simclr outputs; the schedules and LARS exclusions; the
+three stages chained (pretrain -> finetune -> distill) with a resume after SIGTERM. The smoke run, 8
+devices vs 1, the non-finite guard and bad configs are in tests/test_contract.py."""
 
 import json
-import os
 import pathlib
-import re
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from common import data
+from common import checkpoint, data, evaluate
 from simclr2 import config as simclr2_config
 from simclr2 import train as simclr2
 from tests import helpers
@@ -85,29 +85,20 @@ def test_distillation_gradient_reaches_only_the_student():
 
 
 # ------------------------------------------------------------------------------------------------
-# The method: schedules, optimiser, the three chained stages, resume, devices, guards
+# The method: schedules, optimiser, the three chained stages with a resume
 # ------------------------------------------------------------------------------------------------
 
 def stage_config(stage, init_workdir=""):
     return helpers.smoke_config("simclr2", stage=stage, init_workdir=init_workdir)
 
 
-def restore(workdir):
-    """The latest checkpoint of workdir as a raw tree: {'0': model, '1': optimizer[, '2': teacher]}."""
-    import orbax.checkpoint as ocp
-    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
-    tree = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore())
-    manager.close()
-    return tree
-
-
 def flat(tree):
     return np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(tree)])
 
 
-def initial_model(config, steps_per_epoch=37):
-    graphdef, state, _ = simclr2.create_state(config, steps_per_epoch)
-    return nnx.merge(graphdef, state)[0]
+def initial_parts(config, init=None, steps_per_epoch=37):
+    graphdef, state, _ = simclr2.create_state(config, steps_per_epoch, init=init)
+    return nnx.merge(graphdef, state)
 
 
 def test_finetuning_has_no_warmup_and_pretraining_warms_up_from_zero():
@@ -136,27 +127,26 @@ def test_lars_adapts_the_body_but_not_the_classifier():
     np.testing.assert_allclose(updates["classifier"]["kernel"], -lr * (g + wd * w), rtol=1e-6)
 
 
-def test_three_stages_chained_with_finetuning_resumed_after_sigterm(tmp_path):
-    # Stage 1: pretraining, 4 smoke steps.
-    pre = str(tmp_path / "pretrain")
-    results = simclr2.main(stage_config("pretrain"), pre)
-    saved = json.loads((tmp_path / "pretrain" / "results.json").read_text())
-    assert saved == results and saved["step"] == 4
-    assert (saved["method"], saved["stage"]) == ("simclr2", "pretrain")
+def test_three_stages_chained_with_finetuning_resumed_after_sigterm(tmp_path, smoke_runs):
+    # Stage 1: pretraining, 4 smoke steps: the smoke preset's run (its default stage).
+    pre = str(smoke_runs("simclr2").straight)
+    saved = json.loads((pathlib.Path(pre) / "results.json").read_text())
+    assert saved["step"] == 4 and (saved["method"], saved["stage"]) == ("simclr2", "pretrain")
     for key in ("knn_top1", "knn_top5", "knn_top1_init", "knn_top5_init"):
         assert 0.0 <= saved[key] <= 100.0
     assert saved["knn_top1_init"] > 10.0  # ten classes: even a random body's features beat chance
-    pretrained = restore(pre)["0"]
+    pretrained = helpers.restore(pre)["model"]
     assert len(pretrained["head"]) == 3  # the deeper projection head
     assert "bias" not in pretrained["head"]["2"]["bn"] and "bias" in pretrained["head"]["0"]["bn"]
 
     # Stage 2 starts from the pretrained body and the head's first layer, with a new classifier.
     config = stage_config("finetune", pre)
-    model = initial_model(config)
+    init = checkpoint.load_part(pre, "model")
+    model = initial_parts(config, init)["model"]
     np.testing.assert_array_equal(flat(nnx.to_pure_dict(nnx.state(model.body))), flat(pretrained["body"]))
     np.testing.assert_array_equal(flat(nnx.to_pure_dict(nnx.state(model.head))), flat(pretrained["head"]["0"]))
     assert len(model.head) == 1 and model.classifier.kernel.shape == (16, 10)
-    scratch = initial_model(stage_config("finetune"))
+    scratch = initial_parts(config)["model"]  # no init: the supervised baseline's random network
     assert not np.allclose(flat(nnx.to_pure_dict(nnx.state(scratch.body))), flat(pretrained["body"]))
 
     # Stage 2, straight and pre-empted by a real SIGTERM then resumed: the same parameters.
@@ -183,57 +173,22 @@ def test_three_stages_chained_with_finetuning_resumed_after_sigterm(tmp_path):
 
     # Stage 3: the student learns from the fixed fine-tuned teacher on all training images.
     config = stage_config("distill", straight)
-    student_init = flat(nnx.to_pure_dict(nnx.state(initial_model(config))))
+    student_init = flat(nnx.to_pure_dict(nnx.state(initial_parts(config)["student"])))
     results = simclr2.main(config, str(tmp_path / "distill"))
     saved = json.loads((tmp_path / "distill" / "results.json").read_text())
     assert saved == results and saved["step"] == 4 and saved["stage"] == "distill"
     assert saved["label_fraction"] == 0.01 and 0.0 <= saved["top1"] <= 100.0
-    distilled = restore(str(tmp_path / "distill"))
-    np.testing.assert_array_equal(flat(distilled["2"]), flat(restore(straight)["0"]))  # teacher unchanged
-    assert "head" not in distilled["0"] or not distilled["0"]["head"]
-    assert not np.allclose(flat(distilled["0"]), student_init)  # the student learned
+    distilled = helpers.restore(str(tmp_path / "distill"))
+    assert set(distilled) == {"student", "teacher", "optimizer"}
+    np.testing.assert_array_equal(flat(distilled["teacher"]), flat(helpers.restore(straight)["model"]))  # fixed
+    assert "head" not in distilled["student"] or not distilled["student"]["head"]
+    assert not np.allclose(flat(distilled["student"]), student_init)  # the student learned
 
-
-def test_eight_devices_equal_one():
-    one = helpers.run_devices("simclr2", 1)
-    eight = helpers.run_devices("simclr2", 8)
-    assert (one["devices"], eight["devices"]) == (1, 8)
-    np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(eight["params"], one["params"], rtol=1e-4, atol=1e-5)
-
-
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-    # Fine-tuning from scratch (the cheapest stage to compile), with a warmup that starts at lr 0, so the
-    # first step is finite and saved; then lr 1e30 blows the weights up.
-    config = helpers.smoke_config("simclr2", stage="finetune", checkpoint_every_steps=1)
-    config.unlock()
-    config.finetune.epochs = 8 / 37  # 600 labelled images make 37 batches of 16
-    config.finetune.warmup_epochs = 2 / 37
-    config.finetune.lr = 1e30
-    with pytest.raises(FloatingPointError, match=r"Non-finite loss or parameters at step (\d+)") as err:
-        simclr2.main(config, str(tmp_path))
-    bad_step = int(re.search(r"at step (\d+)", str(err.value)).group(1))
-    good_step, params = helpers.final_params(str(tmp_path))
-    assert 1 <= good_step < bad_step
-    assert f"last good checkpoint is step {good_step}" in str(err.value)
-    assert np.all(np.isfinite(params))
-
-
-@pytest.mark.parametrize("field,value,message", [
-    ("stage", "selftrain", "stage"),
-    ("stage", "distill", "init_workdir"),  # distillation needs a teacher
-    ("init_workdir", "/nonexistent/pretrain", "init_workdir"),
-    ("data.label_fraction", 0.0, "label_fraction"),
-    ("model.ft_proj_layer", 3, "ft_proj_layer"),
-    ("method.distill_temperature", 0.0, "temperature"),
-    ("finetune.lr_scaling", "cubic", "lr_scaling"),
-    ("data.batch_size", 1, "batch_size"),
-])
-def test_bad_config_fails_before_any_work(tmp_path, field, value, message):
-    config = helpers.smoke_config("simclr2", **{field: value})
-    with pytest.raises(ValueError, match=message):
-        simclr2.main(config, str(tmp_path))
-    assert not (tmp_path / "checkpoints").exists()
+    # The distilled student is evaluated from its own run alone, without the teacher's run directory.
+    shutil.rmtree(straight)
+    config, method, body, step = evaluate.load_body(str(tmp_path / "distill"), steps_per_epoch=100)
+    assert (method, config.stage, step) == ("simclr2", "distill", 4)
+    np.testing.assert_array_equal(flat(nnx.to_pure_dict(nnx.state(body))), flat(distilled["student"]["body"]))
 
 
 def test_every_preset_passes_the_config_check():
