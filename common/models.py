@@ -396,9 +396,10 @@ BODIES = ("resnet_tiny", "resnet18", "resnet34", "resnet50", "vit_tiny", "vit_sm
 
 
 def create_body(name, *, rngs: nnx.Rngs, stem="imagenet", patch_size=16, img_size=224,
-                bn_momentum=0.9):
-    """The body named in a config. ResNets use `stem` and `bn_momentum`; ViTs `patch_size` and
-    `img_size` (the size their position embeddings are learned for)."""
+                bn_momentum=0.9, depth=12, drop_path_rate=0.0):
+    """The body named in a config. ResNets use `stem` and `bn_momentum`; ViTs `patch_size`,
+    `img_size` (the size their position embeddings are learned for), `depth` (number of blocks) and
+    `drop_path_rate` (stochastic depth, e.g. DINO's student)."""
     if name == "resnet_tiny":
         return resnet_tiny(stem=stem, bn_momentum=bn_momentum, rngs=rngs)
     elif name == "resnet18":
@@ -408,11 +409,11 @@ def create_body(name, *, rngs: nnx.Rngs, stem="imagenet", patch_size=16, img_siz
     elif name == "resnet50":
         return resnet50(stem=stem, bn_momentum=bn_momentum, rngs=rngs)
     elif name == "vit_tiny":
-        return vit_tiny(patch_size, img_size=img_size, rngs=rngs)
+        return vit_tiny(patch_size, depth=depth, img_size=img_size, drop_path_rate=drop_path_rate, rngs=rngs)
     elif name == "vit_small":
-        return vit_small(patch_size, img_size=img_size, rngs=rngs)
+        return vit_small(patch_size, depth=depth, img_size=img_size, drop_path_rate=drop_path_rate, rngs=rngs)
     elif name == "vit_base":
-        return vit_base(patch_size, img_size=img_size, rngs=rngs)
+        return vit_base(patch_size, depth=depth, img_size=img_size, drop_path_rate=drop_path_rate, rngs=rngs)
     raise ValueError(f"unknown body {name!r}; choose one of {', '.join(BODIES)}")
 
 

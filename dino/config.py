@@ -92,7 +92,7 @@ def get_config(arg=None):
     c.optim.epochs = 2.0  # paper: 100-800
     c.optim.warmup_epochs = 0.2  # paper: 10
     c.optim.lr = 0.15  # per 256 images (peak = lr * B / 256); paper: 5e-4 (AdamW, ViT), 0.03 (SGD, ResNet-50)
-    c.optim.min_lr = 1e-6  # paper: 1e-6
+    c.optim.final_lr = 1e-6  # end of the cosine decay (official --min_lr); paper: 1e-6
     c.optim.weight_decay = 1e-4  # at step 0, cosine to weight_decay_end; paper: 0.04 (ViT), 1e-4 (ResNet-50)
     c.optim.weight_decay_end = 1e-4  # paper: 0.4 (ViT), 1e-4 (ResNet-50)
     c.optim.clip_grad = 3.0  # max norm of each parameter's gradient, 0 = off; paper: 3.0

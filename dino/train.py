@@ -28,12 +28,9 @@ what the default preset reaches, and on which machine.
 """
 
 import functools
-import json
 import math
-import os
 import pathlib
 import sys
-import time
 
 if __package__ in (None, ""):  # run as a script: put the monorepo root (marked by WORKSPACE) on sys.path
     _root = pathlib.Path(__file__).resolve().parent
@@ -47,7 +44,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from common import augment, checkpoint, data, evaluate, models
+from common import augment, checkpoint, loop, models
 
 
 # ------------------------------------------------------------------------------------------------
@@ -79,6 +76,11 @@ class WeightNormLinear(nnx.Module):
         return x @ w
 
 
+def l2_normalize(x, axis=-1, epsilon=1e-12):
+    # F.normalize: x / max(||x||, eps)
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), epsilon)
+
+
 class DINOHead(nnx.Module):
     """g(.) (Sec. 3.1, Appendix): Linear-GELU-Linear-GELU-Linear to a bottleneck, l2 normalisation,
     then the weight-normalised layer to K outputs. With `use_bn` (official use_bn_in_head, for
@@ -101,26 +103,19 @@ class DINOHead(nnx.Module):
             h = fc(h)
             h = jax.nn.gelu(h if bn is None else bn(h), approximate=False)
         x = self.fc3(h)
-        x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)  # F.normalize
-        return self.last_layer(x)
-
-
-def create_body(cfg, img_size, rngs):
-    """The body named in cfg. ViTs are built directly: common.models.create_body exposes neither their
-    depth (the CPU presets use shallow ViTs) nor stochastic depth (DINO's student uses 0.1)."""
-    vits = {"vit_tiny": models.vit_tiny, "vit_small": models.vit_small, "vit_base": models.vit_base}
-    if cfg.name in vits:
-        return vits[cfg.name](cfg.patch_size, depth=cfg.depth, img_size=img_size,
-                              drop_path_rate=cfg.drop_path_rate, rngs=rngs)
-    return models.create_body(cfg.name, stem=cfg.stem, bn_momentum=cfg.bn_momentum, rngs=rngs)
+        return self.last_layer(l2_normalize(x))
 
 
 class Network(nnx.Module):
     """Body then head over all crops of a batch (the official MultiCropWrapper)."""
 
     def __init__(self, config, rngs):
-        self.body = create_body(config.model, config.views.crop_size, rngs)
         m = config.model
+        # ViTs: `depth` blocks (the CPU presets use shallow ViTs) and the student's stochastic depth
+        # (paper 0.1); ResNets: the stem and batch norm momentum.
+        self.body = models.create_body(m.name, stem=m.stem, bn_momentum=m.bn_momentum, patch_size=m.patch_size,
+                                       img_size=config.views.crop_size, depth=m.depth,
+                                       drop_path_rate=m.drop_path_rate, rngs=rngs)
         self.head = DINOHead(self.body.num_features, m.head_hidden_dim, m.head_bottleneck_dim, m.out_dim,
                              m.norm_last_layer, rngs, m.use_bn_in_head)
 
@@ -139,21 +134,19 @@ class Network(nnx.Module):
         return out.reshape(-1, crops[0].shape[1], out.shape[-1])
 
 
-class Center(nnx.Variable):
+def make_teacher(student):
+    """The teacher starts as a copy of the student (Alg. 1) and is trained only by the EMA below."""
+    teacher = nnx.clone(student)
+    # with arrays of its own: the jitted step donates the state, and one buffer cannot be donated twice.
+    nnx.update(teacher, jax.tree.map(jnp.copy, nnx.state(teacher)))
+    # It has no stochastic depth (the official teacher is built without); batch norm, in a ResNet,
+    # stays in train mode as in the official code, which never calls teacher.eval().
+    teacher.set_attributes(deterministic=True, raise_if_not_found=False)
+    return teacher
+
+
+class Centre(nnx.Variable):
     """c, the running mean of the teacher's outputs [1, K] (eq. 4): state, not a trained parameter."""
-
-
-class DINO(nnx.Module):
-    def __init__(self, config, rngs):
-        self.student = Network(config, rngs)
-        # The teacher starts as a copy of the student (Alg. 1) and is trained only by the EMA below.
-        self.teacher = nnx.clone(self.student)
-        # with arrays of its own: the jitted step donates the state, and one buffer cannot be donated twice.
-        nnx.update(self.teacher, jax.tree.map(jnp.copy, nnx.state(self.teacher)))
-        # It has no stochastic depth (the official teacher is built without); batch norm, in a ResNet,
-        # stays in train mode as in the official code, which never calls teacher.eval().
-        self.teacher.set_attributes(deterministic=True, raise_if_not_found=False)
-        self.center = Center(jnp.zeros((1, config.model.out_dim)))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -287,10 +280,11 @@ def step_schedules(config, steps_per_epoch):
     total = max(1, int(o.epochs * steps_per_epoch))
     warmup = min(total, int(o.warmup_epochs * steps_per_epoch))
     # Linear scaling of the learning rate with the batch size (official: lr * batch / 256).
-    lr = cosine_scheduler(o.lr * config.data.batch_size / 256, o.min_lr, total, 1, warmup)
+    lr = cosine_scheduler(o.lr * config.data.batch_size / 256, o.final_lr, total, 1, warmup)
     weight_decay = cosine_scheduler(o.weight_decay, o.weight_decay_end, total, 1)
     momentum = cosine_scheduler(m.momentum_teacher, 1.0, total, 1)  # lambda: cosine to 1 (Sec. 3.1)
-    epochs = math.ceil(total / steps_per_epoch)
+    # Whole epochs the run touches; never fewer than the warmup (a run shorter than it stays in it).
+    epochs = max(math.ceil(total / steps_per_epoch), m.warmup_teacher_temp_epochs)
     per_epoch = teacher_temp_schedule(m.warmup_teacher_temp, m.teacher_temp, m.warmup_teacher_temp_epochs, epochs)
     teacher_temp = per_epoch[np.arange(total) // steps_per_epoch]  # official: indexed by epoch
     last_layer_frozen = np.arange(total) < int(o.freeze_last_layer * steps_per_epoch)
@@ -322,14 +316,17 @@ def make_optimizer(name, schedules):
 def create_state(config, steps_per_epoch):
     """Everything that changes during training, and the step that changes it.
 
-    Returns (graphdef, state, step_fn): student, teacher, centre and the student's optimizer split
-    into a static graph and a pytree of arrays, and step_fn(state, batch, key) -> (state, metrics),
-    pure, for jax.jit.
+    Returns (graphdef, state, step_fn): the parts {student, teacher, centre, optimizer (the
+    student's)} split into a static graph and a pytree of arrays, and step_fn(state, batch, key) ->
+    (state, metrics), pure, for jax.jit.
     """
-    model = DINO(config, nnx.Rngs(config.seed))
+    student = Network(config, nnx.Rngs(config.seed))
+    teacher = make_teacher(student)
+    centre = Centre(jnp.zeros((1, config.model.out_dim)))
     schedules = step_schedules(config, steps_per_epoch)
-    optimizer = nnx.Optimizer(model.student, make_optimizer(config.optim.optimizer, schedules), wrt=nnx.Param)
-    graphdef, state = nnx.split((model, optimizer))
+    optimizer = nnx.Optimizer(student, make_optimizer(config.optim.optimizer, schedules), wrt=nnx.Param)
+    graphdef, state = nnx.split({"student": student, "teacher": teacher, "centre": centre,
+                                 "optimizer": optimizer})
     return graphdef, state, functools.partial(train_step, graphdef, config, schedules)
 
 
@@ -355,7 +352,8 @@ def clip_gradients(grads, clip):
 
 def train_step(graphdef, config, schedules, state, batch, key):
     """One step on the global batch; jitted with `graphdef, config, schedules` bound."""
-    model, optimizer = nnx.merge(graphdef, state)
+    parts = nnx.merge(graphdef, state)
+    student, teacher, centre, optimizer = (parts[k] for k in ("student", "teacher", "centre", "optimizer"))
     step = optimizer.step[...]
     s = {name: values[jnp.minimum(step, values.shape[0] - 1)] for name, values in schedules.items()}
     k_views, k_drop = jax.random.split(key)
@@ -363,17 +361,17 @@ def train_step(graphdef, config, schedules, state, batch, key):
 
     # The teacher sees the two global crops only. It is outside the differentiated function, and the
     # paper's stop-gradient (Alg. 1, t.detach()) is also inside dino_loss.
-    teacher_out = jax.lax.stop_gradient(model.teacher(crops[:1]))  # [2, B, K]
-    center = model.center[...]  # c from before this batch
+    teacher_out = jax.lax.stop_gradient(teacher(crops[:1]))  # [2, B, K]
+    center = centre[...]  # c from before this batch
 
     def loss_fn(student):
         student_out = student(crops, k_drop if config.model.drop_path_rate > 0 else None)  # [n_crops, B, K]
         return dino_loss(student_out, teacher_out, center, config.method.student_temp, s["teacher_temp"],
                          config.method.center_momentum)
 
-    (loss, new_center), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model.student)
+    (loss, new_center), grads = nnx.value_and_grad(loss_fn, has_aux=True)(student)
     # The centre's update over the global batch (the official all-reduce follows from sharding).
-    model.center[...] = new_center
+    centre[...] = new_center
     if config.optim.clip_grad > 0:
         grads = clip_gradients(grads, config.optim.clip_grad)
     # The head's last layer stays fixed during the first epoch(s), which the paper finds stabilises
@@ -382,45 +380,31 @@ def train_step(graphdef, config, schedules, state, batch, key):
     # LARS the momentum buffer still collects the (coupled) weight decay term while frozen, a push of
     # order lr * wd * |v| once training resumes, which PyTorch does not have.
     frozen = s["last_layer_frozen"] > 0
-    last_layer = model.student.head.last_layer
+    last_layer = student.head.last_layer
     kept = jax.tree.map(jnp.copy, nnx.state(last_layer, nnx.Param))
     grads["head"]["last_layer"] = jax.tree.map(lambda g: jnp.where(frozen, 0.0, g), grads["head"]["last_layer"])
-    optimizer.update(model.student, grads)
+    optimizer.update(student, grads)
     nnx.update(last_layer, jax.tree.map(lambda new, old: jnp.where(frozen, old, new),
                                         nnx.state(last_layer, nnx.Param), kept))
     # theta_t <- lambda theta_t + (1 - lambda) theta_s with the updated student (Sec. 3.1).
-    nnx.update(model.teacher, ema_update(nnx.state(model.teacher, nnx.Param), nnx.state(model.student, nnx.Param),
-                                         s["momentum"]))
+    nnx.update(teacher, ema_update(nnx.state(teacher, nnx.Param), nnx.state(student, nnx.Param), s["momentum"]))
+    finite = checkpoint.all_finite(loss, nnx.state(parts, nnx.Param))  # student and teacher parameters
     metrics = {"loss": loss, "lr": s["lr"], "weight_decay": s["weight_decay"], "momentum": s["momentum"],
-               "teacher_temp": s["teacher_temp"], "finite": checkpoint.all_finite(loss, nnx.state(model, nnx.Param))}
-    return nnx.state((model, optimizer)), metrics
+               "teacher_temp": s["teacher_temp"], "finite": finite}
+    return nnx.state(parts), metrics
 
 
 # ------------------------------------------------------------------------------------------------
 # Evaluation
 # ------------------------------------------------------------------------------------------------
 
-@nnx.jit(static_argnums=(2, 3))
-def embed(body, images, mean, std):
-    """uint8 images [B, H, W, 3] -> body features f(x) [B, D]."""
-    return body(augment.normalize(augment.to_float(images), mean, std))
-
-
 def get_body(graphdef, state):
     """The representation f(.) that evaluation uses, as a fresh module in eval mode (a copy: switching
-    it to eval leaves the training graph untouched). common/evaluate.py calls this for every method.
-    DINO's is the teacher's body, as the official evaluations (eval_knn.py, eval_linear.py)."""
-    model, _ = nnx.merge(graphdef, state)
-    model.teacher.body.eval()
-    return model.teacher.body
-
-
-def knn_eval(graphdef, state, config, knn_train, knn_test, mesh):
-    """kNN top-1/top-5 of the body's features in eval mode (running batch-norm statistics)."""
-    body = get_body(graphdef, state)
-    embed_fn = lambda images: embed(body, images, tuple(config.views.mean), tuple(config.views.std))
-    return evaluate.knn_monitor(embed_fn, knn_train, knn_test, config.eval.batch_size, mesh,
-                                k=config.eval.knn_k, temperature=config.eval.knn_temperature)
+    it to eval leaves the training graph untouched). DINO's is the teacher's body, as the official
+    evaluations (eval_knn.py, eval_linear.py)."""
+    body = nnx.merge(graphdef, state)["teacher"].body
+    body.eval()
+    return body
 
 
 # ------------------------------------------------------------------------------------------------
@@ -458,91 +442,9 @@ def check_config(config):
 
 
 def main(config, workdir):
-    from clu import metric_writers, periodic_actions
-
     check_config(config)
-    checkpoint.maybe_initialize_distributed()
-    mesh = data.make_mesh()
-    data.check_batch_size(config.data.batch_size, mesh)
-    train_data = data.load(config.data, config.data.train_split)
-    knn_train, knn_test = evaluate.load_knn_data(config)
-    loader = data.Loader(train_data, config.data.batch_size, config.seed, mesh)
-    total_steps = max(1, int(config.optim.epochs * loader.steps_per_epoch))
-
-    graphdef, state, step_fn = create_state(config, loader.steps_per_epoch)
-    state = checkpoint.replicate(state, mesh)
-    os.makedirs(workdir, exist_ok=True)
-    ckpt = checkpoint.Checkpointer(workdir, config.checkpoint_every_steps)
-    state, start_step = ckpt.restore_or(state)
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-    results_path = os.path.join(workdir, "results.json")
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-    results = {"method": "dino", "wall_time_s": 0.0}
-    if start_step == 0:  # what the randomly initialised body scores, for comparison
-        knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
-        results.update(knn_top1_init=knn["top1"], knn_top5_init=knn["top5"])
-        writer.write_scalars(0, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
-        checkpoint.write_results(results_path, results)
-    else:
-        with open(results_path) as f:
-            results = json.load(f)
-
-    step_fn = jax.jit(step_fn, donate_argnums=0)
-    root_key = jax.random.key(config.seed)
-    guard = checkpoint.FiniteGuard(ckpt)
-    progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
-    start_time = time.time()
-    step = start_step
-    for step, batch in loader.iterate(start_step):
-        if step >= total_steps:
-            break
-        state, metrics = step_fn(state, batch, jax.random.fold_in(root_key, step))
-        step += 1  # steps completed
-        guard.add(step, metrics["finite"])
-        progress(step)
-        if step % config.log_every_steps == 0 or step == total_steps:
-            guard.check()
-            writer.write_scalars(step, {k: float(v) for k, v in metrics.items() if k != "finite"})
-        if config.eval.knn_every_steps and step % config.eval.knn_every_steps == 0 and step < total_steps:
-            knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
-            writer.write_scalars(step, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
-        if step % config.checkpoint_every_steps == 0 or step == total_steps:
-            guard.check()
-            ckpt.save(step, state, force=True)
-        if ckpt.preempted(step):
-            guard.check()
-            ckpt.save(step, state, force=True)
-            results["wall_time_s"] += time.time() - start_time
-            checkpoint.write_results(results_path, results)
-            writer.flush()
-            ckpt.close()
-            print(f"Pre-empted: saved step {step} to {ckpt.directory}; rerun with the same --workdir to resume.")
-            return None
-
-    guard.check()
-    ckpt.save(step, state, force=True)
-    knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
-    writer.write_scalars(step, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
-    results.update(knn_top1=knn["top1"], knn_top5=knn["top5"], step=step,
-                   wall_time_s=results["wall_time_s"] + time.time() - start_time)
-    checkpoint.write_results(results_path, results)
-    writer.flush()
-    ckpt.close()
-    print(f"kNN top-1 {knn['top1']:.2f}% (random init {results['knn_top1_init']:.2f}%), "
-          f"top-5 {knn['top5']:.2f}%, step {step}; results in {results_path}")
-    return results
+    return loop.train(config, workdir, create_state, get_body, epochs=config.optim.epochs)
 
 
 if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file, e.g. dino/config.py:smoke.",
-                                              lock_config=True)
-    _WORKDIR = flags.DEFINE_string("workdir", "runs/dino", "Checkpoints, logs and results; rerun to resume.")
-    def _run(argv):  # returns None: absl's app.run would exit with status 1 on main's results dict
-        main(_CONFIG.value, _WORKDIR.value)
-
-    app.run(_run)
+    loop.cli(main)

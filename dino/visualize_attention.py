@@ -8,7 +8,6 @@ panel per head (paper Fig. 1 and 3; official visualize_attention.py, without its
     python dino/visualize_attention.py --workdir runs/dino --output runs/dino/attention.png
 """
 
-import json
 import os
 import pathlib
 import sys
@@ -21,8 +20,7 @@ if __package__ in (None, ""):  # run as a script: put the monorepo root (marked 
 
 import numpy as np
 
-from common import augment, checkpoint, data
-from dino import train
+from common import augment, data, evaluate, loop
 
 
 def attention_maps(body, images, mean, std):
@@ -37,20 +35,13 @@ def attention_maps(body, images, mean, std):
 
 
 def load_body(workdir):
-    """(config, teacher body in eval mode, step) from the latest checkpoint in workdir."""
-    import ml_collections
-
-    with open(os.path.join(workdir, "config.json")) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    """(config, teacher body in eval mode, step) from the latest checkpoint in workdir, rebuilt by the
+    train.py that wrote the run (results.json's module, so a forked folder uses its own code)."""
+    config, method, _ = evaluate.read_run(workdir)
     if not config.model.name.startswith("vit"):
-        raise ValueError(f"{workdir} is a run of {config.model.name}: attention maps need a ViT body.")
-    graphdef, state, _ = train.create_state(config, steps_per_epoch=1)  # shapes do not depend on it
-    ckpt = checkpoint.Checkpointer(workdir)
-    state, step = ckpt.restore_or(state)
-    ckpt.close()
-    if step == 0:
-        raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints: train first.")
-    return config, train.get_body(graphdef, state), step
+        raise ValueError(f"{workdir} is a {method} run of {config.model.name}: attention maps need a ViT body.")
+    config, method, body, step = evaluate.load_body(workdir, steps_per_epoch=1)  # shapes do not depend on it
+    return config, body, step
 
 
 def main(workdir, output, num_images=4):
@@ -91,11 +82,14 @@ def main(workdir, output, num_images=4):
 if __name__ == "__main__":
     from absl import app, flags
 
-    _WORKDIR = flags.DEFINE_string("workdir", "runs/dino", "Workdir of a DINO run with a ViT body.")
+    _WORKDIR = flags.DEFINE_string("workdir", f"runs/{pathlib.Path(__file__).resolve().parent.name}",
+                                   "Workdir of a DINO run with a ViT body.")
     _OUTPUT = flags.DEFINE_string("output", "", "PNG to write ('' = <workdir>/attention.png).")
     _NUM_IMAGES = flags.DEFINE_integer("num_images", 4, "Images of the evaluation split to show.")
 
     def _run(argv):
+        if not (flags.FLAGS["verbosity"].present and flags.FLAGS.verbosity >= 1):
+            loop.quiet()  # library INFO chatter hidden, as in training; --verbosity=1 shows it
         main(_WORKDIR.value, _OUTPUT.value or os.path.join(_WORKDIR.value, "attention.png"), _NUM_IMAGES.value)
 
     app.run(_run)

@@ -1,10 +1,10 @@
 """DINO: loss, centre, schedules and teacher update against the official facebookresearch/dino; the
 head, clipping and step schedules; one train step's EMA, centre and frozen last layer (ResNet body);
-a smoke run of main with resume and attention maps (ViT body), 8 devices vs 1, non-finite guard, bad config."""
+the shared smoke run's teacher EMA and attention maps (ViT body). The loop, resume, devices and bad
+configs: test_contract."""
 
 import json
 import pathlib
-import re
 
 import jax
 import jax.numpy as jnp
@@ -106,7 +106,7 @@ def test_step_schedules_equal_the_official_per_epoch_schedules():
     config = helpers.smoke_config("dino")
     config.unlock()
     config.data.batch_size = 512
-    config.optim.update(epochs=3.0, warmup_epochs=1.0, lr=5e-4, min_lr=1e-6, weight_decay=0.04,
+    config.optim.update(epochs=3.0, warmup_epochs=1.0, lr=5e-4, final_lr=1e-6, weight_decay=0.04,
                         weight_decay_end=0.4, freeze_last_layer=1.0)
     config.method.update(warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=2,
                          momentum_teacher=0.996)
@@ -172,7 +172,7 @@ def test_sgd_is_pytorch_sgd_with_coupled_decay_of_kernels_only():
 
 def test_train_step_centre_frozen_last_layer_and_teacher_ema():
     # The default preset's path (ResNet body, batch norm in the head, SGD), two steps: the last layer
-    # is frozen in step 0 only. The smoke run below covers the ViT path (AdamW, no batch norm).
+    # is frozen in step 0 only. The shared smoke runs cover the ViT path (AdamW, no batch norm).
     config = helpers.smoke_config("dino")
     config.unlock()
     config.data.batch_size = 8
@@ -188,96 +188,57 @@ def test_train_step_centre_frozen_last_layer_and_teacher_ema():
     step_fn = jax.jit(step_fn)
     state1, metrics = step_fn(state0, batch, key)
     state2, _ = step_fn(state1, batch, jax.random.key(2))
-    (m0, _), (m1, opt1), (m2, _) = (nnx.merge(graphdef, s) for s in (state0, state1, state2))
+    p0, p1, p2 = (nnx.merge(graphdef, s) for s in (state0, state1, state2))  # dicts of the named parts
     params = lambda module: [np.asarray(x) for x in jax.tree.leaves(nnx.state(module, nnx.Param))]
 
     # Teacher: theta_t <- lambda theta_t + (1 - lambda) theta_s, with the UPDATED student, lambda at step 0.
     lam = 0.9
     assert float(metrics["momentum"]) == pytest.approx(lam)
-    for t1, t0, s1 in zip(params(m1.teacher), params(m0.teacher), params(m1.student), strict=True):
+    for t1, t0, s1 in zip(params(p1["teacher"]), params(p0["teacher"]), params(p1["student"]), strict=True):
         np.testing.assert_allclose(t1, lam * t0 + (1 - lam) * s1, rtol=1e-5, atol=1e-6)
-    assert any(not np.allclose(s1, s0) for s1, s0 in zip(params(m1.student), params(m0.student)))
+    assert any(not np.allclose(s1, s0) for s1, s0 in zip(params(p1["student"]), params(p0["student"])))
 
     # Centre: c <- m c + (1 - m) mean of the raw teacher outputs on the global crops, c = 0 at the start.
     crops = dino.make_views(jax.random.split(key)[0], batch["image"], config.views)
-    teacher_out = np.asarray(m0.teacher(crops[:1]))  # [2, B, K]; batch norm in train mode, as in the step
+    teacher_out = np.asarray(p0["teacher"](crops[:1]))  # [2, B, K]; batch norm in train mode, as in the step
     want = 0.1 * teacher_out.mean(axis=(0, 1))[None]
-    np.testing.assert_allclose(m1.center[...], want, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(p1["centre"][...], want, rtol=1e-4, atol=1e-6)
     assert np.abs(want).max() > 1e-3
 
     # Last layer: untouched in the frozen step 0 (zero gradient, value restored), trained in step 1.
-    np.testing.assert_array_equal(m1.student.head.last_layer.v[...], m0.student.head.last_layer.v[...])
-    assert not np.allclose(m2.student.head.last_layer.v[...], m1.student.head.last_layer.v[...])
-    assert int(opt1.step[...]) == 1 and np.isfinite(float(metrics["loss"])) and bool(metrics["finite"])
+    last_v = lambda parts: parts["student"].head.last_layer.v[...]
+    np.testing.assert_array_equal(last_v(p1), last_v(p0))
+    assert not np.allclose(last_v(p2), last_v(p1))
+    assert int(p1["optimizer"].step[...]) == 1 and np.isfinite(float(metrics["loss"])) and bool(metrics["finite"])
 
 
 # ------------------------------------------------------------------------------------------------
-# The training loop
+# The shared smoke runs (tests/conftest.py): ViT body, AdamW, no batch norm in the head
 # ------------------------------------------------------------------------------------------------
 
-def test_smoke_run_then_resume_after_sigterm_equals_uninterrupted_run(tmp_path):
-    config = helpers.smoke_config("dino", checkpoint_every_steps=100)
-    results = dino.main(config, str(tmp_path / "straight"))
-    saved = json.loads((tmp_path / "straight" / "results.json").read_text())
-    assert saved == results and saved["step"] == 4 and saved["method"] == "dino"
-    for key in ("knn_top1", "knn_top5", "knn_top1_init", "knn_top5_init"):
-        assert 0.0 <= saved[key] <= 100.0
-    assert saved["knn_top5"] >= saved["knn_top1"]
-    assert saved["knn_top1_init"] > 10.0  # ten classes: even a random body's features beat chance
-    assert (tmp_path / "straight" / "config.json").exists()
+def test_smoke_run_teacher_is_the_ema_of_the_student(smoke_runs):
+    # Step 4's teacher from step 3's teacher and step 4's (updated) student, with lambda at step 3.
+    runs = smoke_runs("dino")
+    step3, step4 = helpers.restore(str(runs.straight), 3), helpers.restore(str(runs.straight), 4)
+    assert set(step4) == {"student", "teacher", "centre", "optimizer"}
+    config = helpers.smoke_config("dino")
+    lam = dino.step_schedules(config, steps_per_epoch=60000 // config.data.batch_size)["momentum"][3]
+    assert 0.97 <= float(lam) < 1.0
+    want = dino.ema_update(step3["teacher"], step4["student"], lam)
+    close = lambda got, w: np.testing.assert_allclose(got, w, rtol=1e-6, atol=1e-7)
+    jax.tree.map(close, step4["teacher"], want)
+    fc3 = lambda step: step["teacher"]["head"]["fc3"]["kernel"]
+    assert not np.allclose(fc3(step4), fc3(step3))
+    # c [1, K]: the running mean of the teacher's outputs moved between the two steps.
+    assert step4["centre"].shape == (1, config.model.out_dim)
+    assert not np.allclose(step4["centre"], step3["centre"])
 
-    # The attention maps of the smoke ViT (patch 4 on 28x28 images: a 7x7 grid, 3 heads).
+
+def test_attention_maps_of_the_smoke_run(smoke_runs, tmp_path):
+    # The smoke ViT: patch 4 on 28x28 images, a 7x7 grid, 3 heads; the latest checkpoint (step 4).
+    runs = smoke_runs("dino")
     png = tmp_path / "attention.png"
-    maps = visualize_attention.main(str(tmp_path / "straight"), str(png), num_images=2)
+    maps = visualize_attention.main(str(runs.straight), str(png), num_images=2)
     assert maps.shape == (2, 3, 7, 7) and png.stat().st_size > 1000
     total = maps.sum(axis=(2, 3))  # class token to the patches; the rest goes to itself
     assert np.all(maps >= 0) and np.all(total > 0.5) and np.all(total < 1.0)
-
-    assert helpers.run_with_sigterm_at(dino, config, str(tmp_path / "resumed"), step=2) is None
-    assert helpers.final_params(str(tmp_path / "resumed"))[0] == 2  # SIGTERM saved step 2 and stopped
-    dino.main(config, str(tmp_path / "resumed"))
-    step_a, straight = helpers.final_params(str(tmp_path / "straight"))
-    step_b, resumed = helpers.final_params(str(tmp_path / "resumed"))
-    assert step_a == step_b == 4
-    np.testing.assert_array_equal(straight, resumed)  # student, teacher, centre and optimizer
-
-
-def test_eight_devices_equal_one():
-    one = helpers.run_devices("dino", 1)
-    eight = helpers.run_devices("dino", 8)
-    assert (one["devices"], eight["devices"]) == (1, 8)
-    np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5, atol=1e-5)
-    # atol 5e-5: with the default teacher momentum (0.97, inherited by the smoke preset) one of 3.6M
-    # values, a weight near 0, differed by 1.1e-5 (reduction order over 8 devices). The losses, where a
-    # per-device centre would show, stay at 1e-5.
-    np.testing.assert_allclose(eight["params"], one["params"], rtol=1e-4, atol=5e-5)
-
-
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-    # Warmup starts at lr 0, so the first step is finite and saved; then lr 1e30 blows the weights up.
-    config = helpers.smoke_config("dino", checkpoint_every_steps=1)
-    config.unlock()
-    config.optim.epochs = 8 * 16 / 60000
-    config.optim.warmup_epochs = 2 * 16 / 60000
-    config.optim.lr = 1e30
-    with pytest.raises(FloatingPointError, match=r"Non-finite loss or parameters at step (\d+)") as err:
-        dino.main(config, str(tmp_path))
-    bad_step = int(re.search(r"at step (\d+)", str(err.value)).group(1))
-    good_step, params = helpers.final_params(str(tmp_path))
-    assert 1 <= good_step < bad_step
-    assert f"last good checkpoint is step {good_step}" in str(err.value)
-    assert np.all(np.isfinite(params))
-
-
-@pytest.mark.parametrize("field,value,message", [
-    ("method.teacher_temp", 0.0, "teacher_temp"),
-    ("method.warmup_teacher_temp_epochs", 5, "warmup_teacher_temp_epochs"),
-    ("model.patch_size", 5, "patch_size"),
-    ("views.local_crops_number", -1, "local_crops_number"),
-    ("optim.optimizer", "adam", "optim.optimizer"),
-])
-def test_bad_config_fails_before_any_work(tmp_path, field, value, message):
-    config = helpers.smoke_config("dino", **{field: value})
-    with pytest.raises(ValueError, match=message):
-        dino.main(config, str(tmp_path))
-    assert not (tmp_path / "checkpoints").exists()
