@@ -31,11 +31,8 @@ benchmark table gives what the default preset reaches, and on which machine.
 """
 
 import functools
-import json
-import os
 import pathlib
 import sys
-import time
 
 if __package__ in (None, ""):  # run as a script: put the monorepo root (marked by WORKSPACE) on sys.path
     _root = pathlib.Path(__file__).resolve().parent
@@ -49,7 +46,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from common import augment, checkpoint, data, evaluate, models
+from common import augment, checkpoint, data, evaluate, loop, models
 
 
 # ------------------------------------------------------------------------------------------------
@@ -140,7 +137,7 @@ def make_jigsaw(key, image, cfg):
     return jax.vmap(functools.partial(photometric, cfg=cfg))(keys, patches)
 
 
-def make_image_view(key, image, cfg):
+def make_view(key, image, cfg):
     """The image view v_I of one float image [H, W, 3]: random resized crop, then `photometric`."""
     k_crop, k_view = jax.random.split(key)
     x = augment.random_resized_crop(k_crop, image, cfg.crop_size, scale=cfg.crop_scale, ratio=cfg.crop_ratio)
@@ -153,7 +150,7 @@ def make_views(key, images, cfg):
     images = augment.to_float(images)
     k_jigsaw, k_image = jax.random.split(key)
     return (augment.apply_per_image(functools.partial(make_jigsaw, cfg=cfg), k_jigsaw, images),
-            augment.apply_per_image(functools.partial(make_image_view, cfg=cfg), k_image, images))
+            augment.apply_per_image(functools.partial(make_view, cfg=cfg), k_image, images))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -210,17 +207,8 @@ def nce_loss(scores, Z, n_mem):
     return -(jnp.sum(log_h_positive) + jnp.sum(log_h_negatives)) / scores.shape[0]
 
 
-def pirl_loss(
-    patch_embedding,
-    image_embedding,
-    memory,
-    indices,
-    neg_idx_patch,
-    neg_idx_image,
-    temperature,
-    Z,
-    loss_type,
-):
+def pirl_loss(patch_embedding, image_embedding, memory, indices, neg_idx_patch, neg_idx_image, temperature, Z,
+              loss_type):
     """PIRL loss of both branches against the memory bank (official NCELossWithMemory.forward).
 
         L = 0.5 L(m_I, g(v_It)) + 0.5 L(m_I, f(v_I))
@@ -239,7 +227,7 @@ def pirl_loss(
     Written for the global batch: the official code all-gathers the batch means for Z; under jit
     with sharded inputs, the mean over the global batch does the same.
 
-    Args:
+    Args (arrays as NumPy or JAX arrays):
         patch_embedding: [B, D] raw embedding g(v_It) of the jigsaw view (official output 0).
         image_embedding: [B, D] raw embedding f(v_I) of the image view (official output 1).
         memory: [N_mem, D] memory bank before this step (unit rows).
@@ -253,13 +241,11 @@ def pirl_loss(
     Returns:
         (loss, Z): the scalar loss and the normalisation constant to use from now on.
     """
+    patch_embedding, image_embedding, memory, indices, neg_idx_patch, neg_idx_image = map(
+        jnp.asarray, (patch_embedding, image_embedding, memory, indices, neg_idx_patch, neg_idx_image))
     n_mem = memory.shape[0]
-    patch_scores = memory_scores(
-        patch_embedding, memory, neg_idx_patch.at[:, 0].set(indices), temperature
-    )  # [B, K + 1]
-    image_scores = memory_scores(
-        image_embedding, memory, neg_idx_image.at[:, 0].set(indices), temperature
-    )  # [B, K + 1]
+    patch_scores = memory_scores(patch_embedding, memory, neg_idx_patch.at[:, 0].set(indices), temperature)
+    image_scores = memory_scores(image_embedding, memory, neg_idx_image.at[:, 0].set(indices), temperature)
     if loss_type == "nce":
         # Z is a constant of the model (the official code computes it under no_grad and keeps it
         # as a Python float), hence the stop-gradient.
@@ -286,7 +272,7 @@ def update_memory(memory, indices, image_embedding, momentum):
     batch indices are assumed distinct (one view per image); with duplicates, which write wins is
     unspecified, as with the official index_copy_.
 
-    Args:
+    Args (arrays as NumPy or JAX arrays):
         memory: [N_mem, D] memory bank (unit rows).
         indices: [B] int, data-set indices of the batch images.
         image_embedding: [B, D] raw embedding f(v_I) (normalised here).
@@ -295,6 +281,7 @@ def update_memory(memory, indices, image_embedding, momentum):
     Returns:
         [N_mem, D] updated memory bank.
     """
+    memory, indices = jnp.asarray(memory), jnp.asarray(indices)
     # Stop-gradient: the memory bank is a buffer, updated outside back-propagation (official
     # torch.no_grad).
     embedding = l2_normalize(jax.lax.stop_gradient(image_embedding))  # [B, D]
@@ -302,17 +289,18 @@ def update_memory(memory, indices, image_embedding, momentum):
     return memory.at[indices].set(updated)
 
 
-def memory_from_features(graphdef, state, config, train_data, mesh):
+def memory_from_features(config, train_data, graphdef, state, mesh):
     """The bank filled with f(x_i)/|f(x_i)| of every un-augmented training image x_i, by the network
     as it is (batch statistics, as in training), in data-set order (method.memory_init='features').
 
     VISSL starts the bank random, so during the first epoch every positive is a random row and only
     the negatives carry signal; this option makes the positives real from the first step, for runs of
-    a few epochs. Returns the state with the new bank; the network itself is not changed.
+    a few epochs. Returns the state with the new bank; the network itself is not changed. main hands
+    it to the loop with (config, train_data) bound, applied once to a fresh state, never on resume.
     """
     mean, std = tuple(config.views.mean), tuple(config.views.std)
-    model, optimizer, bank = nnx.merge(graphdef, state)
-    scratch = nnx.merge(graphdef, state)[0]  # a copy: its batch-norm statistics move and are dropped
+    parts = nnx.merge(graphdef, state)
+    scratch = nnx.merge(graphdef, state)["model"]  # a copy: its batch-norm statistics move and are dropped
 
     @nnx.jit
     def embed_image(model, images):
@@ -320,8 +308,8 @@ def memory_from_features(graphdef, state, config, train_data, mesh):
 
     features, _ = evaluate.extract_features(lambda images: embed_image(scratch, images), train_data,
                                             config.eval.batch_size, mesh)
-    bank.memory[...] = jnp.asarray(features)
-    return nnx.state((model, optimizer, bank))
+    parts["memory"].memory[...] = jnp.asarray(features)
+    return nnx.state(parts)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -351,16 +339,16 @@ def make_optimizer(cfg, schedule):
 def create_state(config, steps_per_epoch):
     """Everything that changes during training, and the step that changes it.
 
-    Returns (graphdef, state, step_fn): the model, its optimizer and the memory bank (with Z) split
+    Returns (graphdef, state, step_fn): the parts {model, memory (the bank with Z), optimizer} split
     into a static graph and a pytree of arrays, and step_fn(state, batch, key) -> (state, metrics),
-    pure, for jax.jit.
+    pure, for jax.jit. The bank starts random; main fills it with features when the config asks.
     """
     rngs = nnx.Rngs(config.seed)
     model = PIRL(config, rngs)
     bank = MemoryBank(config.method.memory_size, config.model.embed_dim, config.method.norm_constant, rngs)
     schedule = learning_rate_schedule(config.optim, config.data.batch_size, steps_per_epoch)
     optimizer = nnx.Optimizer(model, make_optimizer(config.optim, schedule), wrt=nnx.Param)
-    graphdef, state = nnx.split((model, optimizer, bank))
+    graphdef, state = nnx.split({"model": model, "memory": bank, "optimizer": optimizer})
     return graphdef, state, functools.partial(train_step, graphdef, config, schedule)
 
 
@@ -373,7 +361,8 @@ def train_step(graphdef, config, schedule, state, batch, key):
 
     The key is split into (views, negatives of the patch branch, negatives of the image branch).
     """
-    model, optimizer, bank = nnx.merge(graphdef, state)
+    parts = nnx.merge(graphdef, state)
+    model, bank, optimizer = parts["model"], parts["memory"], parts["optimizer"]
     k_views, k_patch, k_image = jax.random.split(key, 3)
     patches, images = make_views(k_views, batch["image"], config.views)
     indices = batch["index"]  # [B] data-set indices: the positives' rows in the bank
@@ -400,33 +389,19 @@ def train_step(graphdef, config, schedule, state, batch, key):
     bank.Z[...] = Z
     finite = checkpoint.all_finite(loss, (nnx.state(model, nnx.Param), bank.memory[...]))
     metrics = {"loss": loss, "lr": lr, "Z": Z, "finite": finite}
-    return nnx.state((model, optimizer, bank)), metrics
+    return nnx.state(parts), metrics
 
 
 # ------------------------------------------------------------------------------------------------
 # Evaluation
 # ------------------------------------------------------------------------------------------------
 
-@nnx.jit(static_argnums=(2, 3))
-def embed(body, images, mean, std):
-    """uint8 images [B, H, W, 3] -> body features f(x) [B, D]."""
-    return body(augment.normalize(augment.to_float(images), mean, std))
-
-
 def get_body(graphdef, state):
     """The representation f(.) that evaluation uses, as a fresh module in eval mode (a copy: switching
-    it to eval leaves the training graph untouched). common/evaluate.py calls this for every method."""
-    model, _, _ = nnx.merge(graphdef, state)
-    model.body.eval()
-    return model.body
-
-
-def knn_eval(graphdef, state, config, knn_train, knn_test, mesh):
-    """kNN top-1/top-5 of the body's features in eval mode (running batch-norm statistics)."""
-    body = get_body(graphdef, state)
-    embed_fn = lambda images: embed(body, images, tuple(config.views.mean), tuple(config.views.std))
-    return evaluate.knn_monitor(embed_fn, knn_train, knn_test, config.eval.batch_size, mesh,
-                                k=config.eval.knn_k, temperature=config.eval.knn_temperature)
+    it to eval leaves the training graph untouched)."""
+    body = nnx.merge(graphdef, state)["model"].body
+    body.eval()
+    return body
 
 
 # ------------------------------------------------------------------------------------------------
@@ -461,97 +436,18 @@ def check_config(config):
 
 
 def main(config, workdir):
-    from clu import metric_writers, periodic_actions
-
     check_config(config)
-    checkpoint.maybe_initialize_distributed()
-    mesh = data.make_mesh()
-    data.check_batch_size(config.data.batch_size, mesh)
     train_data = data.load(config.data, config.data.train_split)
     if train_data.num_examples != config.method.memory_size:  # one bank row per training image
         raise ValueError(f"Bad config: method.memory_size={config.method.memory_size} must equal the "
                          f"{train_data.num_examples} training images. Fix it with "
                          f"--config.method.memory_size={train_data.num_examples}.")
-    knn_train, knn_test = evaluate.load_knn_data(config)
-    loader = data.Loader(train_data, config.data.batch_size, config.seed, mesh)
-    total_steps = max(1, int(config.optim.epochs * loader.steps_per_epoch))
-
-    graphdef, state, step_fn = create_state(config, loader.steps_per_epoch)
-    state = checkpoint.replicate(state, mesh)
-    os.makedirs(workdir, exist_ok=True)
-    ckpt = checkpoint.Checkpointer(workdir, config.checkpoint_every_steps)
-    state, start_step = ckpt.restore_or(state)
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-    results_path = os.path.join(workdir, "results.json")
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-    results = {"method": "pirl", "wall_time_s": 0.0}
-    if start_step == 0:  # what the randomly initialised body scores, for comparison
-        knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
-        results.update(knn_top1_init=knn["top1"], knn_top5_init=knn["top5"])
-        if config.method.memory_init == "features":
-            state = checkpoint.replicate(memory_from_features(graphdef, state, config, train_data, mesh), mesh)
-        writer.write_scalars(0, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
-        checkpoint.write_results(results_path, results)
-    else:
-        with open(results_path) as f:
-            results = json.load(f)
-
-    step_fn = jax.jit(step_fn, donate_argnums=0)
-    root_key = jax.random.key(config.seed)
-    guard = checkpoint.FiniteGuard(ckpt)
-    progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
-    start_time = time.time()
-    step = start_step
-    for step, batch in loader.iterate(start_step):
-        if step >= total_steps:
-            break
-        state, metrics = step_fn(state, batch, jax.random.fold_in(root_key, step))
-        step += 1  # steps completed
-        guard.add(step, metrics["finite"])
-        progress(step)
-        if step % config.log_every_steps == 0 or step == total_steps:
-            guard.check()
-            writer.write_scalars(step, {k: float(v) for k, v in metrics.items() if k != "finite"})
-        if config.eval.knn_every_steps and step % config.eval.knn_every_steps == 0 and step < total_steps:
-            knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
-            writer.write_scalars(step, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
-        if step % config.checkpoint_every_steps == 0 or step == total_steps:
-            guard.check()
-            ckpt.save(step, state, force=True)
-        if ckpt.preempted(step):
-            guard.check()
-            ckpt.save(step, state, force=True)
-            results["wall_time_s"] += time.time() - start_time
-            checkpoint.write_results(results_path, results)
-            writer.flush()
-            ckpt.close()
-            print(f"Pre-empted: saved step {step} to {ckpt.directory}; rerun with the same --workdir to resume.")
-            return None
-
-    guard.check()
-    ckpt.save(step, state, force=True)
-    knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
-    writer.write_scalars(step, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
-    results.update(knn_top1=knn["top1"], knn_top5=knn["top5"], step=step,
-                   wall_time_s=results["wall_time_s"] + time.time() - start_time)
-    checkpoint.write_results(results_path, results)
-    writer.flush()
-    ckpt.close()
-    print(f"kNN top-1 {knn['top1']:.2f}% (random init {results['knn_top1_init']:.2f}%), "
-          f"top-5 {knn['top5']:.2f}%, step {step}; results in {results_path}")
-    return results
+    initialize = None
+    if config.method.memory_init == "features":
+        initialize = functools.partial(memory_from_features, config, train_data)
+    return loop.train(config, workdir, create_state, get_body, epochs=config.optim.epochs,
+                      train_data=train_data, initialize=initialize)
 
 
 if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file, e.g. pirl/config.py:smoke.",
-                                              lock_config=True)
-    _WORKDIR = flags.DEFINE_string("workdir", "runs/pirl", "Checkpoints, logs and results; rerun to resume.")
-    def _run(argv):  # returns None: absl's app.run would exit with status 1 on main's results dict
-        main(_CONFIG.value, _WORKDIR.value)
-
-    app.run(_run)
+    loop.cli(main)
