@@ -3,15 +3,15 @@ Visual Features by Non-Parametrically Predicting View Assignments with Support S
 (arXiv:2104.13963); official code facebookresearch/suncet (configs/paws/*.yaml).
 
     python paws/train.py --config paws/config.py                 # embedded Fashion-MNIST, 2 CPU cores
-    python paws/train.py --config paws/config.py:supervised      # same body, labelled fraction only
     python paws/train.py --config paws/config.py:smoke           # seconds; used by the tests
     python paws/train.py --config paws/config.py:cifar10         # paper's CIFAR-10 settings (accelerator)
     python paws/train.py --config paws/config.py:imagenet        # paper's ImageNet settings (accelerator)
 
 Pick the labelled fraction with --config.data.label_fraction=0.01 (or 0.1). results.json holds snn_top1
 (soft nearest-neighbour classification of the test split against the labelled fraction, the paper's
-evaluation without fine-tuning; `supervised` gives supervised_top1 instead), the kNN monitor, and the
-same numbers at initialisation.
+evaluation without fine-tuning), the kNN monitor, and the same numbers at initialisation. The
+baseline, the same body trained from scratch on the same labelled fraction, is
+`python -m common.evaluate --workdir runs/paws --protocol supervised --label_fraction 0.1`.
 
 Deliberate deviations from the paper. Everywhere: the support batch is drawn afresh each step
 (distinct classes, distinct images per class) rather than by the official epoch-based sampler; no
@@ -27,9 +27,8 @@ import ml_collections
 
 def get_config(arg=None):
     preset = arg or "default"
-    if preset not in ("default", "supervised", "smoke", "cifar10", "imagenet"):
-        raise ValueError(f"Unknown preset {preset!r}: use one of default, supervised, smoke, cifar10, "
-                         "imagenet.")
+    if preset not in ("default", "smoke", "cifar10", "imagenet"):
+        raise ValueError(f"Unknown preset {preset!r}: use one of default, smoke, cifar10, imagenet.")
     c = ml_collections.ConfigDict()
     c.seed = 0  # also picks the labelled fraction
 
@@ -49,9 +48,9 @@ def get_config(arg=None):
     c.views.crop_size = 28  # paper: 224 (ImageNet), 32 (CIFAR-10)
     c.views.crop_scale = (0.5, 1.0)  # paper with multi-crop: (0.14, 1) ImageNet, (0.75, 1) CIFAR-10
     c.views.crop_ratio = (3 / 4, 4 / 3)
-    c.views.multicrop = 2  # small views per unlabelled image (paper: 6)
-    c.views.multicrop_size = 16  # paper: 96 (ImageNet), 18 (CIFAR-10)
-    c.views.multicrop_scale = (0.2, 0.5)  # paper: (0.05, 0.14) ImageNet, (0.3, 0.75) CIFAR-10
+    c.views.local_crops_number = 2  # small (multi-crop) views per unlabelled image (paper: 6)
+    c.views.local_crop_size = 16  # paper: 96 (ImageNet), 18 (CIFAR-10)
+    c.views.local_crop_scale = (0.2, 0.5)  # paper: (0.05, 0.14) ImageNet, (0.3, 0.75) CIFAR-10
     c.views.supervised_views = 1  # views of each support image (paper: 1 ImageNet, 2 CIFAR-10)
     c.views.flip_p = 0.5
     c.views.color_strength = 0.5  # s: ColorJitter(0.8s, 0.8s, 0.8s, 0.2s); paper: 1.0 ImageNet, 0.5 CIFAR
@@ -79,7 +78,6 @@ def get_config(arg=None):
     c.method.classes_per_batch = 10  # classes in each support batch (paper: 960 ImageNet, 10 CIFAR-10)
     c.method.s_per_class = 8  # images of each class (paper: 7 ImageNet, 64 CIFAR-10)
     c.method.label_smoothing = 0.1  # paper: 0.1
-    c.method.supervised_baseline = False  # True: cross-entropy on the labelled fraction only
 
     # Optimiser: LARS (SGD momentum 0.9), linear warmup start_lr -> lr, cosine to final_lr; absolute
     # rates as the official configs; biases and norms skip decay and adaptation.
@@ -106,14 +104,12 @@ def get_config(arg=None):
     c.checkpoint_every_steps = 200
     c.log_every_steps = 50
 
-    if preset == "supervised":  # the comparison: same body, same labelled fraction, same steps
-        c.method.supervised_baseline = True
-    elif preset == "smoke":
+    if preset == "smoke":
         c.data.batch_size = 16
         c.data.label_fraction = 0.01
         c.views.crop_size = 16
-        c.views.multicrop = 1  # each crop traces its own view pipeline: fewer crops compile faster
-        c.views.multicrop_size = 8
+        c.views.local_crops_number = 1  # each crop traces its own view pipeline: fewer compile faster
+        c.views.local_crop_size = 8
         c.model.proj_hidden_dim = 16
         c.model.proj_dim = 8
         c.method.s_per_class = 2
@@ -134,9 +130,9 @@ def get_config(arg=None):
         c.data.batch_size = 256
         c.views.crop_size = 32
         c.views.crop_scale = (0.75, 1.0)
-        c.views.multicrop = 6
-        c.views.multicrop_size = 18
-        c.views.multicrop_scale = (0.3, 0.75)
+        c.views.local_crops_number = 6
+        c.views.local_crop_size = 18
+        c.views.local_crop_scale = (0.3, 0.75)
         c.views.supervised_views = 2
         c.views.solarize_p = 0.2
         c.views.mean = (0.4914, 0.4822, 0.4465)
@@ -162,9 +158,9 @@ def get_config(arg=None):
         c.data.label_fraction = 0.01  # the labelled pool is held on device: 0.1 needs ~25 GB
         c.views.crop_size = 224
         c.views.crop_scale = (0.14, 1.0)
-        c.views.multicrop = 6
-        c.views.multicrop_size = 96
-        c.views.multicrop_scale = (0.05, 0.14)
+        c.views.local_crops_number = 6
+        c.views.local_crop_size = 96
+        c.views.local_crop_scale = (0.05, 0.14)
         c.views.color_strength = 1.0
         c.views.gray_p = 0.2
         c.views.blur_p = 0.5

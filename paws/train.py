@@ -19,22 +19,20 @@ Predicting View Assignments with Support Samples", ICCV 2021, https://arxiv.org/
 Checked against facebookresearch/suncet src/losses.py (init_paws_loss) and src/paws_train.py.
 
     python paws/train.py --config paws/config.py --workdir runs/paws
-    python paws/train.py --config paws/config.py:supervised --workdir runs/paws_sup   # baseline
+    python -m common.evaluate --workdir runs/paws --protocol supervised --label_fraction 0.1  # baseline
 
 The labelled fraction (data.label_fraction of the training split, class-balanced, a function of the
 seed) is written to the workdir (labelled.json). Evaluation is the paper's: soft nearest-neighbour
 classification (snn, tau as in training) of the test split against the labelled fraction's
-embeddings, beside the kNN monitor of every method. The `supervised` preset trains the same body
-from scratch on the same labelled fraction with cross-entropy, for comparison. The README's benchmark
+embeddings, beside the kNN monitor of every method. The baseline is common.evaluate's `supervised`
+protocol: the same body trained from scratch on the same labelled fraction. The README's benchmark
 table gives what the default preset reaches, and on which machine.
 """
 
 import functools
-import json
 import os
 import pathlib
 import sys
-import time
 
 if __package__ in (None, ""):  # run as a script: put the monorepo root (marked by WORKSPACE) on sys.path
     _root = pathlib.Path(__file__).resolve().parent
@@ -48,7 +46,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from common import augment, checkpoint, data, evaluate, models
+from common import augment, checkpoint, data, evaluate, loop, models
 
 
 # ------------------------------------------------------------------------------------------------
@@ -103,22 +101,6 @@ class PAWS(nnx.Module):
         return h, (h if self.pred is None else self.pred(h))
 
 
-class SupervisedBaseline(nnx.Module):
-    """The same body with a linear classifier: x -> (f, logits). Trained from scratch with
-    cross-entropy on the labelled fraction only (method.supervised_baseline): what PAWS's use of
-    the unlabelled images is measured against."""
-
-    def __init__(self, config, num_classes, rngs):
-        self.body = models.create_body(config.model.name, stem=config.model.stem,
-                                       img_size=config.views.crop_size,
-                                       bn_momentum=config.model.bn_momentum, rngs=rngs)
-        self.classifier = nnx.Linear(self.body.num_features, num_classes, rngs=rngs)
-
-    def __call__(self, x):
-        f = self.body(x)
-        return f, self.classifier(f)
-
-
 class LabelledSet(nnx.Module):
     """The labelled fraction, sorted by class: the pool every support batch is drawn from.
 
@@ -155,15 +137,15 @@ def augment_view(key, image, crop, cfg):
 
 def make_views(key, images, cfg):
     """Unlabelled views, torchvision semantics: uint8 [B, H, W, 3] -> (global [2, B, S, S, 3],
-    local [multicrop, B, s, s, 3]) crop-major; local is None without multi-crop."""
+    local [local_crops_number, B, s, s, 3]) crop-major; local is None without multi-crop."""
     sizes, scales, counts = [cfg.crop_size], [cfg.crop_scale], [2]
-    if cfg.multicrop:
-        sizes.append(cfg.multicrop_size)
-        scales.append(cfg.multicrop_scale)
-        counts.append(cfg.multicrop)
+    if cfg.local_crops_number:
+        sizes.append(cfg.local_crop_size)
+        scales.append(cfg.local_crop_scale)
+        counts.append(cfg.local_crops_number)
     view = functools.partial(augment_view, cfg=cfg)
     stacks = augment.multi_crop(key, augment.to_float(images), sizes, scales, counts, view, cfg.crop_ratio)
-    return stacks[0], (stacks[1] if cfg.multicrop else None)
+    return stacks[0], (stacks[1] if cfg.local_crops_number else None)
 
 
 def make_support_views(key, images, cfg):
@@ -316,10 +298,9 @@ def paws_loss(
 def learning_rate_schedule(cfg, steps_per_epoch):
     """The official WarmupCosineSchedule: linear from start_lr to lr over the warmup, then cosine
     to final_lr at the last step (rates are absolute, as in the official configs)."""
-    total = max(1, int(cfg.epochs * steps_per_epoch))
-    warmup = min(total - 1, int(cfg.warmup_epochs * steps_per_epoch))
-    return optax.warmup_cosine_decay_schedule(cfg.start_lr, cfg.lr, max(warmup, 1), total,
-                                              end_value=cfg.final_lr)
+    total = max(2, int(cfg.epochs * steps_per_epoch))  # a run of one step still has a schedule
+    warmup = max(1, min(total - 1, int(cfg.warmup_epochs * steps_per_epoch)))
+    return optax.warmup_cosine_decay_schedule(cfg.start_lr, cfg.lr, warmup, total, end_value=cfg.final_lr)
 
 
 def make_optimizer(cfg, schedule):
@@ -342,14 +323,9 @@ def labelled_indices(config, train_data):
     return chosen.reshape(train_data.num_classes, -1)
 
 
-def create_state(config, steps_per_epoch):
-    """Everything that changes during training, and the step that changes it.
-
-    Returns (graphdef, state, step_fn): the model, its optimizer and the labelled pool split into a
-    static graph and a pytree of arrays, and step_fn(state, batch, key) -> (state, metrics), pure,
-    for jax.jit.
-    """
-    train_data = data.load(config.data, config.data.train_split)
+def state_inputs(config, train_data):
+    """What create_state needs from the training set: {"labelled": {"images": uint8 [C, n, H, W, 3],
+    "indices": [C, n]}}, the labelled fraction sorted by class. Refuses a support batch it cannot fill."""
     indices = labelled_indices(config, train_data)
     if config.method.s_per_class > indices.shape[1] or config.method.classes_per_batch > indices.shape[0]:
         raise ValueError(
@@ -358,14 +334,24 @@ def create_state(config, steps_per_epoch):
             f"{indices.shape[1]}); lower method.classes_per_batch / method.s_per_class or raise "
             "data.label_fraction.")
     images = train_data.get(indices.ravel())["image"]
-    labelled = LabelledSet(images.reshape(*indices.shape, *images.shape[1:]), indices)
-    if config.method.supervised_baseline:
-        model = SupervisedBaseline(config, train_data.num_classes, nnx.Rngs(config.seed))
-    else:
-        model = PAWS(config, nnx.Rngs(config.seed))
+    return {"labelled": {"images": images.reshape(*indices.shape, *images.shape[1:]), "indices": indices}}
+
+
+def create_state(config, steps_per_epoch, labelled=None):
+    """Everything that changes during training, and the step that changes it.
+
+    Returns (graphdef, state, step_fn): the parts {model, optimizer, labelled} split into a static
+    graph and a pytree of arrays, and step_fn(state, batch, key) -> (state, metrics), pure, for
+    jax.jit. `labelled` is state_inputs' labelled fraction; without it the state has no labelled
+    part (enough to restore the model for evaluation) and the step cannot run.
+    """
+    model = PAWS(config, nnx.Rngs(config.seed))
     schedule = learning_rate_schedule(config.optim, steps_per_epoch)
     optimizer = nnx.Optimizer(model, make_optimizer(config.optim, schedule), wrt=nnx.Param)
-    graphdef, state = nnx.split((model, optimizer, labelled))
+    parts = {"model": model, "optimizer": optimizer}
+    if labelled is not None:
+        parts["labelled"] = LabelledSet(labelled["images"], labelled["indices"])
+    graphdef, state = nnx.split(parts)
     return graphdef, state, functools.partial(train_step, graphdef, config, schedule)
 
 
@@ -375,102 +361,79 @@ def create_state(config, steps_per_epoch):
 
 def train_step(graphdef, config, schedule, state, batch, key):
     """One step on the global batch; jitted with `graphdef, config, schedule` bound."""
-    model, optimizer, labelled = nnx.merge(graphdef, state)
+    parts = nnx.merge(graphdef, state)
+    model, optimizer, labelled = parts["model"], parts["optimizer"], parts["labelled"]
     m = config.method
     k_views, k_supports, k_support_views = jax.random.split(key, 3)
     # Supports: a new class-balanced draw each step, a pure function of (seed, step) through `key`.
-    support_images, support_classes = sample_supports(k_supports, labelled.images[...],
-                                                      m.classes_per_batch, m.s_per_class)
+    support_images, _ = sample_supports(k_supports, labelled.images[...], m.classes_per_batch, m.s_per_class)
     x_s = make_support_views(k_support_views, support_images, config.views)  # [V * S, ...]
+    x_g, x_l = make_views(k_views, batch["image"], config.views)  # [2, B, ...], [local, B, ...]
+    b, num_support = x_g.shape[1], x_s.shape[0]
+    y_s = jnp.tile(labels_matrix(m.classes_per_batch, m.s_per_class, m.label_smoothing),
+                   (config.views.supervised_views, 1))  # [V * S, c]
 
-    if m.supervised_baseline:
-        labels = optax.smooth_labels(jax.nn.one_hot(support_classes, labelled.images.shape[0]),
-                                     m.label_smoothing)
-        labels = jnp.tile(labels, (config.views.supervised_views, 1))  # [V * S, C]
-
-        def loss_fn(model):
-            _, logits = model(x_s)
-            loss = jnp.mean(optax.softmax_cross_entropy(logits, labels))
-            return loss, (loss, jnp.zeros(()))
-    else:
-        x_g, x_l = make_views(k_views, batch["image"], config.views)  # [2, B, ...], [mc, B, ...]
-        b, num_support = x_g.shape[1], x_s.shape[0]
-        y_s = jnp.tile(labels_matrix(m.classes_per_batch, m.s_per_class, m.label_smoothing),
-                       (config.views.supervised_views, 1))  # [V * S, c]
-
-        def loss_fn(model):
-            # As the official forward: supports and the two large views in one pass (one set of
-            # batch-norm statistics), the smaller multi-crops in a second one.
-            h, z = model(jnp.concatenate([x_s, x_g.reshape(2 * b, *x_g.shape[2:])]))
-            anchor_views = z[num_support:]  # [2B, d]
-            if x_l is not None:
-                _, z_l = model(x_l.reshape(-1, *x_l.shape[2:]))
-                anchor_views = jnp.concatenate([anchor_views, z_l])  # [(2 + mc)B, d]
-            # Stop-gradient on every target (official .detach()); the swap makes row i of the
-            # targets the OTHER large view of anchor row i.
-            h = jax.lax.stop_gradient(h)
-            target_views = jnp.concatenate([h[num_support + b:], h[num_support:num_support + b]])
-            xent, me_max_reg = paws_loss(anchor_views, z[:num_support], y_s, target_views,
-                                         h[:num_support], y_s, m.tau, m.T, m.me_max, config.views.multicrop)
-            return xent + me_max_reg, (xent, me_max_reg)
+    def loss_fn(model):
+        # As the official forward: supports and the two large views in one pass (one set of
+        # batch-norm statistics), the smaller multi-crops in a second one.
+        h, z = model(jnp.concatenate([x_s, x_g.reshape(2 * b, *x_g.shape[2:])]))
+        anchor_views = z[num_support:]  # [2B, d]
+        if x_l is not None:
+            _, z_l = model(x_l.reshape(-1, *x_l.shape[2:]))
+            anchor_views = jnp.concatenate([anchor_views, z_l])  # [(2 + local)B, d]
+        # Stop-gradient on every target (official .detach()); the swap makes row i of the
+        # targets the OTHER large view of anchor row i.
+        h = jax.lax.stop_gradient(h)
+        target_views = jnp.concatenate([h[num_support + b:], h[num_support:num_support + b]])
+        xent, me_max_reg = paws_loss(anchor_views, z[:num_support], y_s, target_views, h[:num_support], y_s,
+                                     m.tau, m.T, m.me_max, config.views.local_crops_number)
+        return xent + me_max_reg, (xent, me_max_reg)
 
     (loss, (xent, me_max_reg)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     lr = schedule(optimizer.step[...])
     optimizer.update(model, grads)
     metrics = {"loss": loss, "xent": xent, "me_max_reg": me_max_reg, "lr": lr,
                "finite": checkpoint.all_finite(loss, nnx.state(model, nnx.Param))}
-    return nnx.state((model, optimizer, labelled)), metrics
+    return nnx.state(parts), metrics
 
 
 # ------------------------------------------------------------------------------------------------
 # Evaluation
 # ------------------------------------------------------------------------------------------------
 
-@nnx.jit(static_argnums=(2, 3))
-def embed(body, images, mean, std):
-    """uint8 images [B, H, W, 3] -> body features f(x) [B, D]."""
-    return body(augment.normalize(augment.to_float(images), mean, std))
-
-
 def get_body(graphdef, state):
     """The representation f(.) that evaluation uses, as a fresh module in eval mode (a copy: switching
-    it to eval leaves the training graph untouched). common/evaluate.py calls this for every method."""
-    model, _, _ = nnx.merge(graphdef, state)
-    model.body.eval()
-    return model.body
-
-
-def knn_eval(graphdef, state, config, knn_train, knn_test, mesh):
-    """kNN top-1/top-5 of the body's features in eval mode (running batch-norm statistics)."""
-    body = get_body(graphdef, state)
-    embed_fn = lambda images: embed(body, images, tuple(config.views.mean), tuple(config.views.std))
-    return evaluate.knn_monitor(embed_fn, knn_train, knn_test, config.eval.batch_size, mesh,
-                                k=config.eval.knn_k, temperature=config.eval.knn_temperature)
+    it to eval leaves the training graph untouched)."""
+    body = nnx.merge(graphdef, state)["model"].body
+    body.eval()
+    return body
 
 
 @nnx.jit(static_argnums=(2, 3))
 def predict(model, images, mean, std):
-    """uint8 images [B, H, W, 3] -> the model's output: z (PAWS) or the logits (baseline)."""
+    """uint8 images [B, H, W, 3] -> the anchor embeddings z [B, d]."""
     return model(augment.normalize(augment.to_float(images), mean, std))[1]
 
 
 def semi_supervised_eval(graphdef, state, config, labelled_data, test_data, mesh, chunk=1000):
-    """Top-1 (%) on test_data. PAWS: snn of the test embeddings z against the labelled fraction's,
-    with one-hot labels and the training tau (as the official snn_eval.py). Baseline: its classifier."""
-    model, _, _ = nnx.merge(graphdef, state)
+    """Top-1 (%) on test_data: snn of the test embeddings z against the labelled fraction's, with
+    one-hot labels and the training tau (as the official snn_eval.py)."""
+    model = nnx.merge(graphdef, state)["model"]
     model.eval()
     predict_fn = lambda images: predict(model, images, tuple(config.views.mean), tuple(config.views.std))
-    test_out, test_y = evaluate.extract_features(predict_fn, test_data, config.eval.batch_size, mesh)
-    if config.method.supervised_baseline:
-        scores = test_out
-    else:
-        support_z, support_y = evaluate.extract_features(predict_fn, labelled_data, config.eval.batch_size,
-                                                         mesh)
-        support_labels = jax.nn.one_hot(support_y, labelled_data.num_classes)
-        classify = jax.jit(snn)
-        scores = np.concatenate([classify(test_out[i:i + chunk], support_z, support_labels, config.method.tau)
-                                 for i in range(0, len(test_out), chunk)])
-    return 100.0 * float(np.mean(np.argmax(scores, axis=1) == test_y))
+    test_z, test_y = evaluate.extract_features(predict_fn, test_data, config.eval.batch_size, mesh)
+    support_z, support_y = evaluate.extract_features(predict_fn, labelled_data, config.eval.batch_size, mesh)
+    support_labels = jax.nn.one_hot(support_y, labelled_data.num_classes)
+    classify = jax.jit(snn)
+    probs = np.concatenate([classify(test_z[i:i + chunk], support_z, support_labels, config.method.tau)
+                            for i in range(0, len(test_z), chunk)])
+    return 100.0 * float(np.mean(np.argmax(probs, axis=1) == test_y))
+
+
+def scores(config, labelled_data, graphdef, state, knn_train, knn_test, mesh):
+    """The kNN monitor of every method, and the paper's snn top-1 on the same test images."""
+    knn = evaluate.knn_scores(get_body(graphdef, state), config, knn_train, knn_test, mesh)
+    return {**knn, "snn_top1": semi_supervised_eval(graphdef, state, config, labelled_data, knn_test, mesh)}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -490,8 +453,8 @@ def check_config(config):
                         "views.supervised_views >= 1 are needed for a support batch")
     if not 0 <= m.label_smoothing < 1:
         problems.append(f"method.label_smoothing={m.label_smoothing} must lie in [0, 1)")
-    if v.multicrop < 0:
-        problems.append(f"views.multicrop={v.multicrop} must be >= 0")
+    if v.local_crops_number < 0:
+        problems.append(f"views.local_crops_number={v.local_crops_number} must be >= 0")
     if o.epochs <= 0 or o.warmup_epochs < 0:
         problems.append("optim.epochs must be > 0 and optim.warmup_epochs >= 0")
     if problems:
@@ -499,105 +462,17 @@ def check_config(config):
 
 
 def main(config, workdir):
-    from clu import metric_writers, periodic_actions
-
     check_config(config)
-    checkpoint.maybe_initialize_distributed()
-    mesh = data.make_mesh()
-    data.check_batch_size(config.data.batch_size, mesh)
     train_data = data.load(config.data, config.data.train_split)
-    knn_train, knn_test = evaluate.load_knn_data(config)
-    loader = data.Loader(train_data, config.data.batch_size, config.seed, mesh)
-    total_steps = max(1, int(config.optim.epochs * loader.steps_per_epoch))
-
-    graphdef, state, step_fn = create_state(config, loader.steps_per_epoch)
-    _, _, labelled = nnx.merge(graphdef, state)
-    indices = np.asarray(labelled.indices[...]).ravel()  # recorded with the run; snn's supports
-    labelled_data = train_data.subset(indices)
-    state = checkpoint.replicate(state, mesh)
-    os.makedirs(workdir, exist_ok=True)
-    ckpt = checkpoint.Checkpointer(workdir, config.checkpoint_every_steps)
-    state, start_step = ckpt.restore_or(state)
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-    results_path = os.path.join(workdir, "results.json")
-    top1_key = "supervised_top1" if config.method.supervised_baseline else "snn_top1"
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-        with open(os.path.join(workdir, "labelled.json"), "w") as f:
-            json.dump({"label_fraction": config.data.label_fraction, "seed": config.seed,
-                       "indices": indices.tolist()}, f)
-    results = {"method": "paws", "supervised_baseline": config.method.supervised_baseline,
-               "label_fraction": config.data.label_fraction, "wall_time_s": 0.0}
-    if start_step == 0:  # what the randomly initialised body scores, for comparison
-        knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
-        results.update(knn_top1_init=knn["top1"], knn_top5_init=knn["top5"])
-        results[top1_key + "_init"] = semi_supervised_eval(graphdef, state, config, labelled_data, knn_test,
-                                                           mesh)
-        writer.write_scalars(0, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
-        checkpoint.write_results(results_path, results)
-    else:
-        with open(results_path) as f:
-            results = json.load(f)
-
-    step_fn = jax.jit(step_fn, donate_argnums=0)
-    root_key = jax.random.key(config.seed)
-    guard = checkpoint.FiniteGuard(ckpt)
-    progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
-    start_time = time.time()
-    step = start_step
-    for step, batch in loader.iterate(start_step):
-        if step >= total_steps:
-            break
-        state, metrics = step_fn(state, batch, jax.random.fold_in(root_key, step))
-        step += 1  # steps completed
-        guard.add(step, metrics["finite"])
-        progress(step)
-        if step % config.log_every_steps == 0 or step == total_steps:
-            guard.check()
-            writer.write_scalars(step, {k: float(v) for k, v in metrics.items() if k != "finite"})
-        if config.eval.knn_every_steps and step % config.eval.knn_every_steps == 0 and step < total_steps:
-            knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
-            writer.write_scalars(step, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
-        if step % config.checkpoint_every_steps == 0 or step == total_steps:
-            guard.check()
-            ckpt.save(step, state, force=True)
-        if ckpt.preempted(step):
-            guard.check()
-            ckpt.save(step, state, force=True)
-            results["wall_time_s"] += time.time() - start_time
-            checkpoint.write_results(results_path, results)
-            writer.flush()
-            ckpt.close()
-            print(f"Pre-empted: saved step {step} to {ckpt.directory}; rerun with the same --workdir to resume.")
-            return None
-
-    guard.check()
-    ckpt.save(step, state, force=True)
-    knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
-    top1 = semi_supervised_eval(graphdef, state, config, labelled_data, knn_test, mesh)
-    writer.write_scalars(step, {"knn_top1": knn["top1"], "knn_top5": knn["top5"], top1_key: top1})
-    results.update(knn_top1=knn["top1"], knn_top5=knn["top5"], step=step,
-                   wall_time_s=results["wall_time_s"] + time.time() - start_time)
-    results[top1_key] = top1
-    checkpoint.write_results(results_path, results)
-    writer.flush()
-    ckpt.close()
-    print(f"{top1_key} {top1:.2f}% with {config.data.label_fraction:g} of the labels; "
-          f"kNN top-1 {knn['top1']:.2f}% (random init {results['knn_top1_init']:.2f}%), "
-          f"top-5 {knn['top5']:.2f}%, step {step}; results in {results_path}")
-    return results
+    inputs = state_inputs(config, train_data)
+    indices = inputs["labelled"]["indices"].ravel()  # recorded with the run; snn's supports
+    checkpoint.write_json(os.path.join(workdir, "labelled.json"), {
+        "label_fraction": config.data.label_fraction, "seed": config.seed, "indices": indices.tolist()})
+    return loop.train(config, workdir, functools.partial(create_state, **inputs), get_body,
+                      epochs=config.optim.epochs, train_data=train_data,
+                      scores=functools.partial(scores, config, train_data.subset(indices)),
+                      results={"label_fraction": config.data.label_fraction})
 
 
 if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file, e.g. paws/config.py:smoke.",
-                                              lock_config=True)
-    _WORKDIR = flags.DEFINE_string("workdir", "runs/paws", "Checkpoints, logs and results; rerun to resume.")
-
-    def _run(argv):  # returns None: absl's app.run would exit with status 1 on main's results dict
-        main(_CONFIG.value, _WORKDIR.value)
-
-    app.run(_run)
+    loop.cli(main)

@@ -1,10 +1,11 @@
 """PAWS: snn, sharpen and the loss against the official facebookresearch/suncet outputs; the support
-sampler, the step's objective, a smoke run of main, resume, 8 devices vs 1, the baseline, bad config."""
+sampler, the schedule, the step's objective, and what the shared smoke run records (the labelled
+fraction, snn above chance). The smoke run, resume, 8 devices, non-finite guard and bad configs are
+checked for every method in tests/test_contract.py."""
 
 import functools
 import json
 import pathlib
-import re
 
 import jax
 import jax.numpy as jnp
@@ -115,7 +116,7 @@ def test_no_gradient_through_targets():
 
 
 # ------------------------------------------------------------------------------------------------
-# The method around the loss: supports, labels, step, main, resume, devices, config checks
+# The method around the loss: supports, labels, schedule, step, what a run records
 # ------------------------------------------------------------------------------------------------
 
 def test_support_batch_is_class_balanced_in_the_official_layout():
@@ -155,7 +156,8 @@ def test_learning_rate_warms_up_from_start_lr_then_decays_to_final_lr():
 
 def manual_paws_loss(graphdef, config, state, batch, key):
     """The step's objective written out again from the official call site, for comparison."""
-    model, _, labelled = nnx.merge(graphdef, state)
+    parts = nnx.merge(graphdef, state)
+    model, labelled = parts["model"], parts["labelled"]
     m, v = config.method, config.views
     k_views, k_supports, k_support_views = jax.random.split(key, 3)
     images, _ = paws.sample_supports(k_supports, labelled.images[...], m.classes_per_batch, m.s_per_class)
@@ -168,100 +170,61 @@ def manual_paws_loss(graphdef, config, state, batch, key):
     labels = jnp.tile(paws.labels_matrix(m.classes_per_batch, m.s_per_class, m.label_smoothing),
                       (v.supervised_views, 1))
     loss, reg = paws.paws_loss(jnp.concatenate([z[n_s:], z_l]), z[:n_s], labels, target_views,
-                               h[:n_s], labels, m.tau, m.T, m.me_max, v.multicrop)
+                               h[:n_s], labels, m.tau, m.T, m.me_max, v.local_crops_number)
     return loss, reg
 
 
 def test_train_step_objective_and_update():
     config = helpers.smoke_config("paws")
     mesh = data.make_mesh()
-    loader = data.Loader(data.load(config.data, "train"), config.data.batch_size, config.seed, mesh)
-    graphdef, state, step_fn = paws.create_state(config, loader.steps_per_epoch)
+    train = data.load(config.data, "train")
+    loader = data.Loader(train, config.data.batch_size, config.seed, mesh)
+    graphdef, state, step_fn = paws.create_state(config, loader.steps_per_epoch,
+                                                 **paws.state_inputs(config, train))
     batch, key = loader.get(0), jax.random.key(7)
     want_loss, want_reg = map(float, jax.jit(functools.partial(manual_paws_loss, graphdef, config))(
         state, batch, key))
-    before = jax.tree.map(np.asarray, nnx.state(nnx.merge(graphdef, state)[0], nnx.Param))
+    before = jax.tree.map(np.asarray, nnx.state(nnx.merge(graphdef, state)["model"], nnx.Param))
     new_state, metrics = jax.jit(step_fn)(state, batch, key)
     np.testing.assert_allclose(float(metrics["xent"]), want_loss, rtol=1e-4)
     np.testing.assert_allclose(float(metrics["me_max_reg"]), want_reg, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(float(metrics["loss"]), want_loss + want_reg, rtol=1e-4)
     assert want_reg <= 0.0  # -H(pbar) with me_max
     np.testing.assert_allclose(float(metrics["lr"]), config.optim.start_lr, rtol=1e-6)
-    model, optimizer, labelled = nnx.merge(graphdef, new_state)
+    parts = nnx.merge(graphdef, new_state)
+    model, optimizer, labelled = parts["model"], parts["optimizer"], parts["labelled"]
     assert int(optimizer.step[...]) == 1
     after = nnx.state(model, nnx.Param)
     changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != b)), after, before)
     assert all(jax.tree.leaves(changed))  # every parameter, the prediction/projection head included
     # The labelled pool is the class-sorted balanced subset of the seed, unchanged by the step.
-    train_labels = data.load(config.data, "train").labels()
+    train_labels = train.labels()
     want = data.balanced_subset(train_labels, config.data.label_fraction, 10, config.seed)
     np.testing.assert_array_equal(np.sort(np.asarray(labelled.indices[...]).ravel()), want)
     np.testing.assert_array_equal(train_labels[np.asarray(labelled.indices[...])],
                                   np.repeat(np.arange(10)[:, None], len(want) // 10, axis=1))
 
 
-def test_smoke_run_then_resume_after_sigterm_equals_uninterrupted_run(tmp_path):
-    config = helpers.smoke_config("paws", checkpoint_every_steps=100)
-    results = paws.main(config, str(tmp_path / "straight"))
-    saved = json.loads((tmp_path / "straight" / "results.json").read_text())
-    assert saved == results and saved["step"] == 4 and saved["method"] == "paws"
-    assert saved["label_fraction"] == 0.01 and saved["supervised_baseline"] is False
-    for key in ("knn_top1", "knn_top5", "knn_top1_init", "knn_top5_init", "snn_top1", "snn_top1_init"):
-        assert 0.0 <= saved[key] <= 100.0
-    assert saved["knn_top5"] >= saved["knn_top1"]
-    assert saved["knn_top1_init"] > 10.0  # ten classes: even a random body's features beat chance
+def test_smoke_run_records_its_labelled_fraction_and_snn_beats_chance(smoke_runs):
+    runs = smoke_runs("paws")
+    config = helpers.smoke_config("paws")
+    saved = json.loads((runs.straight / "results.json").read_text())
+    assert saved["label_fraction"] == 0.01
+    assert 0.0 <= saved["snn_top1_init"] <= 100.0
     assert saved["snn_top1"] > 10.0  # four steps of PAWS already beat chance on the test images
-    recorded = json.loads((tmp_path / "straight" / "labelled.json").read_text())
-    train = data.load(config.data, "train")
-    want = data.balanced_subset(train.labels(), 0.01, 10, config.seed)
-    np.testing.assert_array_equal(np.sort(recorded["indices"]), want)
-
-    assert helpers.run_with_sigterm_at(paws, config, str(tmp_path / "resumed"), step=2) is None
-    assert helpers.final_params(str(tmp_path / "resumed"))[0] == 2  # SIGTERM saved step 2 and stopped
-    paws.main(config, str(tmp_path / "resumed"))
-    step_a, straight = helpers.final_params(str(tmp_path / "straight"))
-    step_b, resumed = helpers.final_params(str(tmp_path / "resumed"))
-    assert step_a == step_b == 4
-    np.testing.assert_array_equal(straight, resumed)
+    want = data.balanced_subset(data.load(config.data, "train").labels(), 0.01, 10, config.seed)
+    for run in (runs.straight, runs.resumed):
+        recorded = json.loads((run / "labelled.json").read_text())
+        assert (recorded["label_fraction"], recorded["seed"]) == (0.01, config.seed)
+        np.testing.assert_array_equal(np.sort(recorded["indices"]), want)
+        # The checkpoint's labelled pool is the same subset, row c of class c, unchanged by training.
+        for step in (3, 4):
+            pool = helpers.restore(str(run), step)["labelled"]["indices"]
+            np.testing.assert_array_equal(pool.ravel(), recorded["indices"])
 
 
-def test_eight_devices_equal_one():
-    one = helpers.run_devices("paws", 1)
-    eight = helpers.run_devices("paws", 8)
-    assert (one["devices"], eight["devices"]) == (1, 8)
-    np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(eight["params"], one["params"], rtol=1e-4, atol=1e-5)
-
-
-def test_supervised_baseline_runs_and_reports_its_classifier(tmp_path):
-    # Non-finite guard on the baseline preset: warmup starts at lr 0, so step 1 is finite and saved;
-    # then lr 1e30 blows the weights up. (The guard and the loop are shared with PAWS.)
-    config = helpers.smoke_config("paws", checkpoint_every_steps=1)
-    config.unlock()
-    config.method.supervised_baseline = True
-    config.optim.epochs = 8 * 16 / 60000
-    config.optim.warmup_epochs = 2 * 16 / 60000
-    config.optim.start_lr = 0.0
-    config.optim.lr = 1e30
-    with pytest.raises(FloatingPointError, match=r"Non-finite loss or parameters at step (\d+)") as err:
-        paws.main(config, str(tmp_path))
-    bad_step = int(re.search(r"at step (\d+)", str(err.value)).group(1))
-    good_step, params = helpers.final_params(str(tmp_path))
-    assert 1 <= good_step < bad_step
-    assert f"last good checkpoint is step {good_step}" in str(err.value)
-    assert np.all(np.isfinite(params))
-    saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["supervised_baseline"] is True and 0.0 <= saved["supervised_top1_init"] <= 100.0
-
-
-@pytest.mark.parametrize("field,value,message", [
-    ("method.tau", 0.0, "tau"),
-    ("data.label_fraction", 0.0, "label_fraction"),
-    ("method.s_per_class", 0, "s_per_class"),
-    ("views.multicrop", -1, "multicrop"),
-])
-def test_bad_config_fails_before_any_work(tmp_path, field, value, message):
-    config = helpers.smoke_config("paws", **{field: value})
-    with pytest.raises(ValueError, match=message):
+def test_a_support_batch_the_labelled_fraction_cannot_fill_fails_before_any_work(tmp_path):
+    config = helpers.smoke_config("paws", **{"method.s_per_class": 61})  # 1% of 60000: 60 per class
+    with pytest.raises(ValueError, match="s_per_class"):
         paws.main(config, str(tmp_path))
     assert not (tmp_path / "checkpoints").exists()
