@@ -25,17 +25,14 @@ global array over a data mesh, and batch norm would be global by default. Instea
 ghost batch norm: statistics per group of B / method.bn_groups contiguous rows (the official 8 GPUs'
 local batches, or the official CIFAR-10 demo's SplitBatchNorm), and the key encoder sees the batch
 in a random order, then un-shuffles its outputs. This equals the official behaviour on bn_groups GPUs
-and gives the same numbers on any device count (tests/test_moco.py runs it on 1 and 8 devices).
+and gives the same numbers on any device count (tests/test_contract.py runs it on 1 and 8 devices).
 Augmentations follow the official torchvision pipeline. The README's benchmark table gives what the
 default preset reaches, and on which machine.
 """
 
 import functools
-import json
-import os
 import pathlib
 import sys
-import time
 
 if __package__ in (None, ""):  # run as a script: put the monorepo root (marked by WORKSPACE) on sys.path
     _root = pathlib.Path(__file__).resolve().parent
@@ -48,7 +45,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from common import augment, checkpoint, data, evaluate, models
+from common import augment, checkpoint, loop, models
 
 
 # ------------------------------------------------------------------------------------------------
@@ -82,20 +79,13 @@ class Queue(nnx.Variable):
     """MoCo's dictionary and its pointer: buffers, changed by the step but never by the optimizer."""
 
 
-class MoCo(nnx.Module):
-    """Query encoder, key encoder (a copy at initialisation, then its moving average) and the queue of
-    K unit keys [K, proj_dim] (the official buffer is its transpose), initialised to random unit keys."""
-
-    def __init__(self, config, rngs):
-        self.encoder_q = Encoder(config, rngs)
-        # The key encoder starts as a copy of the query encoder (the official code copies param_q into
-        # param_k). nnx.clone shares the arrays; jnp.copy gives it buffers of its own, which the jitted
-        # step can donate.
-        self.encoder_k = nnx.clone(self.encoder_q)
-        nnx.update(self.encoder_k, jax.tree.map(jnp.copy, nnx.state(self.encoder_k)))
-        queue = jax.random.normal(rngs.params(), (config.method.queue_size, config.model.proj_dim))
-        self.queue = Queue(normalize(queue))
-        self.queue_ptr = Queue(jnp.zeros((), jnp.int32))
+def key_encoder(encoder_q):
+    """The key encoder at initialisation: a copy of the query encoder (the official code copies param_q
+    into param_k). nnx.clone shares the arrays; jnp.copy gives it buffers of its own, which the jitted
+    step can donate."""
+    encoder_k = nnx.clone(encoder_q)
+    nnx.update(encoder_k, jax.tree.map(jnp.copy, nnx.state(encoder_k)))
+    return encoder_k
 
 
 def grouped_forward(encoder, x, groups):
@@ -161,9 +151,9 @@ def make_views(key, images, cfg):
 # Loss
 # ------------------------------------------------------------------------------------------------
 
-def normalize(x, epsilon=1e-12):
-    """x / max(||x||, eps) along the last axis, as torch's F.normalize. [..., D] -> [..., D]."""
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), epsilon)
+def l2_normalize(x, axis=-1, epsilon=1e-12):
+    """x / max(||x||, eps) along `axis`, as torch's F.normalize. [..., D] -> [..., D]."""
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), epsilon)
 
 
 def moco_loss(q, k, queue, temperature):
@@ -178,10 +168,10 @@ def moco_loss(q, k, queue, temperature):
         Scalar: the cross-entropy of the logits [N, 1 + K] with label 0 (the positive), averaged
         over the global batch of N queries.
     """
-    q = normalize(q)
+    q = l2_normalize(q)
     # Stop-gradient on the keys and the queue: the key encoder is trained only through the momentum
     # update (the official code computes keys under no_grad; the queue is a buffer).
-    k = jax.lax.stop_gradient(normalize(k))
+    k = jax.lax.stop_gradient(l2_normalize(k))
     queue = jax.lax.stop_gradient(queue)
     l_pos = jnp.sum(q * k, axis=-1, keepdims=True)  # [N, 1]
     # The queue holds keys of EARLIER batches only: the current keys are enqueued after the loss,
@@ -193,7 +183,7 @@ def moco_loss(q, k, queue, temperature):
 
 
 def update_queue(queue, ptr, k):
-    """Dequeue the oldest N keys and enqueue the current ones: queue[ptr:ptr+N] = normalize(k).
+    """Dequeue the oldest N keys and enqueue the current ones: queue[ptr:ptr+N] = l2_normalize(k).
 
     Call it after the loss, with the keys of the whole global batch.
 
@@ -207,7 +197,7 @@ def update_queue(queue, ptr, k):
     n_keys, n_new = queue.shape[0], k.shape[0]
     # As in the official code, K must be a multiple of N, so a write never runs past the end.
     assert n_keys % n_new == 0, f"queue size {n_keys} is not a multiple of the batch size {n_new}"
-    k = jax.lax.stop_gradient(normalize(k)).astype(queue.dtype)
+    k = jax.lax.stop_gradient(l2_normalize(k)).astype(queue.dtype)
     queue = jax.lax.dynamic_update_slice(queue, k, (ptr, 0))
     return queue, (ptr + n_new) % n_keys
 
@@ -250,15 +240,24 @@ def make_optimizer(cfg, schedule):
 def create_state(config, steps_per_epoch):
     """Everything that changes during training, and the step that changes it.
 
-    Returns (graphdef, state, step_fn): both encoders, the queue and its pointer, and the optimizer of
-    the query encoder, split into a static graph and a pytree of arrays, and
-    step_fn(state, batch, key) -> (state, metrics), pure, for jax.jit.
+    Returns (graphdef, state, step_fn): the parts, named as in the official module,
+        encoder_q   the query encoder, trained by SGD
+        encoder_k   the key encoder: a copy of encoder_q at initialisation, then its moving average
+        queue       K unit keys [K, proj_dim] (the official buffer is its transpose), random at first
+        queue_ptr   the row where the oldest keys start
+        optimizer   SGD's state for encoder_q
+    split into a static graph and a pytree of arrays, and step_fn(state, batch, key) -> (state,
+    metrics), pure, for jax.jit.
     """
-    model = MoCo(config, nnx.Rngs(config.seed))
+    rngs = nnx.Rngs(config.seed)
+    encoder_q = Encoder(config, rngs)
+    queue = jax.random.normal(rngs.params(), (config.method.queue_size, config.model.proj_dim))
     schedule = learning_rate_schedule(config.optim, config.data.batch_size, steps_per_epoch)
     # Only the query encoder is optimised: the key encoder moves by the momentum update alone.
-    optimizer = nnx.Optimizer(model.encoder_q, make_optimizer(config.optim, schedule), wrt=nnx.Param)
-    graphdef, state = nnx.split((model, optimizer))
+    optimizer = nnx.Optimizer(encoder_q, make_optimizer(config.optim, schedule), wrt=nnx.Param)
+    graphdef, state = nnx.split({"encoder_q": encoder_q, "encoder_k": key_encoder(encoder_q),
+                                 "queue": Queue(l2_normalize(queue)),
+                                 "queue_ptr": Queue(jnp.zeros((), jnp.int32)), "optimizer": optimizer})
     return graphdef, state, functools.partial(train_step, graphdef, config, schedule)
 
 
@@ -271,57 +270,44 @@ def train_step(graphdef, config, schedule, state, batch, key):
 
     The order of the official forward: momentum update, keys, loss, then the queue update.
     """
-    model, optimizer = nnx.merge(graphdef, state)
+    parts = nnx.merge(graphdef, state)
+    encoder_q, encoder_k, optimizer = parts["encoder_q"], parts["encoder_k"], parts["optimizer"]
     k_views, k_shuffle = jax.random.split(key)
     x_q, x_k = make_views(k_views, batch["image"], config.views)
     m, groups = config.method.momentum, config.method.bn_groups
 
-    theta_k, theta_q = nnx.state(model.encoder_k, nnx.Param), nnx.state(model.encoder_q, nnx.Param)
-    nnx.update(model.encoder_k, momentum_update(theta_k, theta_q, m))
-    k = shuffled_keys(model.encoder_k, x_k, k_shuffle, groups)  # [N, D]
-    queue = model.queue[...]  # [K, D], keys of earlier batches
+    theta_k, theta_q = nnx.state(encoder_k, nnx.Param), nnx.state(encoder_q, nnx.Param)
+    nnx.update(encoder_k, momentum_update(theta_k, theta_q, m))
+    k = shuffled_keys(encoder_k, x_k, k_shuffle, groups)  # [N, D]
+    queue = parts["queue"][...]  # [K, D], keys of earlier batches
 
     def loss_fn(encoder_q):
         q = grouped_forward(encoder_q, x_q, groups)  # [N, D]
         return moco_loss(q, k, queue, config.method.temperature), q
 
-    (loss, q), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model.encoder_q)
+    (loss, q), grads = nnx.value_and_grad(loss_fn, has_aux=True)(encoder_q)
     lr = schedule(optimizer.step[...])
-    optimizer.update(model.encoder_q, grads)
-    model.queue[...], model.queue_ptr[...] = update_queue(queue, model.queue_ptr[...], k)
+    optimizer.update(encoder_q, grads)
+    parts["queue"][...], parts["queue_ptr"][...] = update_queue(queue, parts["queue_ptr"][...], k)
 
     # Instance-discrimination accuracy (main_moco.py's Acc@1): the positive beats every queued key.
-    q, k = normalize(q), normalize(k)
+    q, k = l2_normalize(q), l2_normalize(k)
     acc1 = jnp.mean(jnp.sum(q * k, axis=-1) > jnp.max(q @ queue.T, axis=-1))
-    metrics = {"loss": loss, "acc1": acc1, "lr": lr,
-               "finite": checkpoint.all_finite(loss, nnx.state(model, nnx.Param))}
-    return nnx.state((model, optimizer)), metrics
+    encoders = nnx.state({"encoder_q": encoder_q, "encoder_k": encoder_k}, nnx.Param)
+    metrics = {"loss": loss, "acc1": acc1, "lr": lr, "finite": checkpoint.all_finite(loss, encoders)}
+    return nnx.state(parts), metrics
 
 
 # ------------------------------------------------------------------------------------------------
 # Evaluation
 # ------------------------------------------------------------------------------------------------
 
-@nnx.jit(static_argnums=(2, 3))
-def embed(body, images, mean, std):
-    """uint8 images [B, H, W, 3] -> body features f(x) [B, D]."""
-    return body(augment.normalize(augment.to_float(images), mean, std))
-
-
 def get_body(graphdef, state):
-    """The representation f(.) that evaluation uses, as a fresh module in eval mode (a copy: switching
-    it to eval leaves the training graph untouched). common/evaluate.py calls this for every method."""
-    model, _ = nnx.merge(graphdef, state)
-    model.encoder_q.body.eval()
-    return model.encoder_q.body
-
-
-def knn_eval(graphdef, state, config, knn_train, knn_test, mesh):
-    """kNN top-1/top-5 of the body's features in eval mode (running batch-norm statistics)."""
-    body = get_body(graphdef, state)
-    embed_fn = lambda images: embed(body, images, tuple(config.views.mean), tuple(config.views.std))
-    return evaluate.knn_monitor(embed_fn, knn_train, knn_test, config.eval.batch_size, mesh,
-                                k=config.eval.knn_k, temperature=config.eval.knn_temperature)
+    """The representation f(.) that evaluation uses: the query encoder's body, as a fresh module in eval
+    mode (a copy: switching it to eval leaves the training graph untouched)."""
+    body = nnx.merge(graphdef, state)["encoder_q"].body
+    body.eval()
+    return body
 
 
 # ------------------------------------------------------------------------------------------------
@@ -349,91 +335,9 @@ def check_config(config):
 
 
 def main(config, workdir):
-    from clu import metric_writers, periodic_actions
-
     check_config(config)
-    checkpoint.maybe_initialize_distributed()
-    mesh = data.make_mesh()
-    data.check_batch_size(config.data.batch_size, mesh)
-    train_data = data.load(config.data, config.data.train_split)
-    knn_train, knn_test = evaluate.load_knn_data(config)
-    loader = data.Loader(train_data, config.data.batch_size, config.seed, mesh)
-    total_steps = max(1, int(config.optim.epochs * loader.steps_per_epoch))
-
-    graphdef, state, step_fn = create_state(config, loader.steps_per_epoch)
-    state = checkpoint.replicate(state, mesh)
-    os.makedirs(workdir, exist_ok=True)
-    ckpt = checkpoint.Checkpointer(workdir, config.checkpoint_every_steps)
-    state, start_step = ckpt.restore_or(state)
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-    results_path = os.path.join(workdir, "results.json")
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-    results = {"method": "moco", "wall_time_s": 0.0}
-    if start_step == 0:  # what the randomly initialised body scores, for comparison
-        knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
-        results.update(knn_top1_init=knn["top1"], knn_top5_init=knn["top5"])
-        writer.write_scalars(0, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
-        checkpoint.write_results(results_path, results)
-    else:
-        with open(results_path) as f:
-            results = json.load(f)
-
-    step_fn = jax.jit(step_fn, donate_argnums=0)
-    root_key = jax.random.key(config.seed)
-    guard = checkpoint.FiniteGuard(ckpt)
-    progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
-    start_time = time.time()
-    step = start_step
-    for step, batch in loader.iterate(start_step):
-        if step >= total_steps:
-            break
-        state, metrics = step_fn(state, batch, jax.random.fold_in(root_key, step))
-        step += 1  # steps completed
-        guard.add(step, metrics["finite"])
-        progress(step)
-        if step % config.log_every_steps == 0 or step == total_steps:
-            guard.check()
-            writer.write_scalars(step, {k: float(v) for k, v in metrics.items() if k != "finite"})
-        if config.eval.knn_every_steps and step % config.eval.knn_every_steps == 0 and step < total_steps:
-            knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
-            writer.write_scalars(step, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
-        if step % config.checkpoint_every_steps == 0 or step == total_steps:
-            guard.check()
-            ckpt.save(step, state, force=True)
-        if ckpt.preempted(step):
-            guard.check()
-            ckpt.save(step, state, force=True)
-            results["wall_time_s"] += time.time() - start_time
-            checkpoint.write_results(results_path, results)
-            writer.flush()
-            ckpt.close()
-            print(f"Pre-empted: saved step {step} to {ckpt.directory}; rerun with the same --workdir to resume.")
-            return None
-
-    guard.check()
-    ckpt.save(step, state, force=True)
-    knn = knn_eval(graphdef, state, config, knn_train, knn_test, mesh)
-    writer.write_scalars(step, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
-    results.update(knn_top1=knn["top1"], knn_top5=knn["top5"], step=step,
-                   wall_time_s=results["wall_time_s"] + time.time() - start_time)
-    checkpoint.write_results(results_path, results)
-    writer.flush()
-    ckpt.close()
-    print(f"kNN top-1 {knn['top1']:.2f}% (random init {results['knn_top1_init']:.2f}%), "
-          f"top-5 {knn['top5']:.2f}%, step {step}; results in {results_path}")
-    return results
+    return loop.train(config, workdir, create_state, get_body, epochs=config.optim.epochs)
 
 
 if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file, e.g. moco/config.py:smoke.",
-                                              lock_config=True)
-    _WORKDIR = flags.DEFINE_string("workdir", "runs/moco", "Checkpoints, logs and results; rerun to resume.")
-    def _run(argv):  # returns None: absl's app.run would exit with status 1 on main's results dict
-        main(_CONFIG.value, _WORKDIR.value)
-
-    app.run(_run)
+    loop.cli(main)
