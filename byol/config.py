@@ -16,8 +16,8 @@ saturation and hue jitter off (on gray images they are the identity, and skippin
 base_ema 0.97 (the official value for 40 epochs) and base lr 2.0 for a 2-epoch run: with base_ema
 0.99 and lr 1.0 the full default run reached kNN top-1 78.83% against 78.25% for the random body (the
 loss fell only in the second half, after the rate had decayed); with 0.97 and 2.0 it reached 81.97%
-(both measured on this project's 2-core CPU, 4 minutes each). Everywhere: random resized crops with torchvision semantics
-on device (the official code crops on the host with tf.image and resizes bicubically), the target
+(both measured on this project's 2-core CPU, 4 minutes each). Everywhere: random resized crops with
+torchvision semantics on device (the official code crops on the host with tf.image and resizes bicubically), the target
 starts as a copy of the online network (the official code initialises it independently and reports no
 difference), and no online linear classifier (the kNN monitor replaces it).
 """

@@ -42,10 +42,10 @@ from flax import nnx
 
 from common import augment, checkpoint, loop, models
 
-
 # ------------------------------------------------------------------------------------------------
 # Model
 # ------------------------------------------------------------------------------------------------
+
 
 class MLP(nnx.Module):
     """The projector g and the predictor q (App. A): Linear-BN-ReLU-Linear, as the official MLP (the
@@ -64,11 +64,16 @@ class Encoder(nnx.Module):
     """z = g(f(x)): body and projector. The online network's encoder, and the whole target."""
 
     def __init__(self, config, rngs):
-        self.body = models.create_body(config.model.name, stem=config.model.stem,
-                                       img_size=config.views.crop_size,
-                                       bn_momentum=config.model.bn_momentum, rngs=rngs)
-        self.projector = MLP(self.body.num_features, config.model.proj_hidden_dim,
-                             config.model.proj_dim, config.model.bn_momentum, rngs)
+        self.body = models.create_body(
+            config.model.name,
+            stem=config.model.stem,
+            img_size=config.views.crop_size,
+            bn_momentum=config.model.bn_momentum,
+            rngs=rngs,
+        )
+        self.projector = MLP(
+            self.body.num_features, config.model.proj_hidden_dim, config.model.proj_dim, config.model.bn_momentum, rngs
+        )
 
     def __call__(self, x):  # [B, S, S, 3] -> [B, proj_dim]
         return self.projector(self.body(x))
@@ -79,8 +84,9 @@ class BYOL(nnx.Module):
 
     def __init__(self, config, rngs):
         self.encoder = Encoder(config, rngs)
-        self.predictor = MLP(config.model.proj_dim, config.model.pred_hidden_dim,
-                             config.model.proj_dim, config.model.bn_momentum, rngs)
+        self.predictor = MLP(
+            config.model.proj_dim, config.model.pred_hidden_dim, config.model.proj_dim, config.model.bn_momentum, rngs
+        )
 
     def __call__(self, x):  # [B, S, S, 3] -> [B, proj_dim]
         return self.predictor(self.encoder(x))
@@ -89,6 +95,7 @@ class BYOL(nnx.Module):
 # ------------------------------------------------------------------------------------------------
 # Views
 # ------------------------------------------------------------------------------------------------
+
 
 def color_transform(key, image, cfg):
     """BYOL's colour transform on one image [H, W, 3] in [0, 1] (official `color_transform`).
@@ -147,6 +154,7 @@ def make_views(key, images, cfg):
 # Loss
 # ------------------------------------------------------------------------------------------------
 
+
 def l2_normalize(x, axis=-1, epsilon=1e-12):
     """x / ||x||, with the official epsilon on the *squared* norm: x * rsqrt(max(sum(x^2), eps)).
 
@@ -188,16 +196,14 @@ def byol_loss(online_pred_1, online_pred_2, target_proj_1, target_proj_2):
     target_proj_1 = jax.lax.stop_gradient(target_proj_1)
     target_proj_2 = jax.lax.stop_gradient(target_proj_2)
     # Each view's prediction regresses the target projection of the OTHER view.
-    per_example = (
-        regression_loss(online_pred_1, target_proj_2)
-        + regression_loss(online_pred_2, target_proj_1)
-    )  # [B]
+    per_example = regression_loss(online_pred_1, target_proj_2) + regression_loss(online_pred_2, target_proj_1)  # [B]
     return jnp.mean(per_example)
 
 
 # ------------------------------------------------------------------------------------------------
 # Schedules
 # ------------------------------------------------------------------------------------------------
+
 
 def _cosine_decay(step, decay_steps, initial_value):
     """initial_value * (1 + cos(pi * min(step, decay_steps) / decay_steps)) / 2; flat after."""
@@ -263,6 +269,7 @@ def make_optimizer(cfg, schedule):
 # State
 # ------------------------------------------------------------------------------------------------
 
+
 def create_state(config, steps_per_epoch):
     """Everything that changes during training, and the step that changes it.
 
@@ -276,9 +283,13 @@ def create_state(config, steps_per_epoch):
     # own: the loop's jit donates the state, and one buffer cannot be donated twice.
     target = nnx.clone(online.encoder, arrays=True)
     total_steps, warmup_steps = schedule_steps(config.optim, steps_per_epoch)
-    lr_schedule = functools.partial(learning_rate_schedule, batch_size=config.data.batch_size,
-                                    base_learning_rate=config.optim.lr, total_steps=total_steps,
-                                    warmup_steps=warmup_steps)
+    lr_schedule = functools.partial(
+        learning_rate_schedule,
+        batch_size=config.data.batch_size,
+        base_learning_rate=config.optim.lr,
+        total_steps=total_steps,
+        warmup_steps=warmup_steps,
+    )
     tau_schedule = functools.partial(target_ema_decay, base_ema=config.method.base_ema, max_steps=total_steps)
     optimizer = nnx.Optimizer(online, make_optimizer(config.optim, lr_schedule), wrt=nnx.Param)
     graphdef, state = nnx.split({"online": online, "target": target, "optimizer": optimizer})
@@ -288,6 +299,7 @@ def create_state(config, steps_per_epoch):
 # ------------------------------------------------------------------------------------------------
 # Train step
 # ------------------------------------------------------------------------------------------------
+
 
 def ema_update(target, online, tau):
     """Target update xi <- tau * xi + (1 - tau) * theta, on matching pytrees of arrays.
@@ -319,14 +331,19 @@ def train_step(graphdef, config, lr_schedule, tau_schedule, state, batch, key):
     # The EMA after the online update (Algorithm 1), on the weights only; batch-norm statistics are
     # the target's own.
     nnx.update(target, ema_update(nnx.state(target, nnx.Param), nnx.state(online.encoder, nnx.Param), tau))
-    metrics = {"loss": loss, "lr": lr_schedule(step), "tau": tau,
-               "finite": checkpoint.all_finite(loss, nnx.state({"online": online, "target": target}, nnx.Param))}
+    metrics = {
+        "loss": loss,
+        "lr": lr_schedule(step),
+        "tau": tau,
+        "finite": checkpoint.all_finite(loss, nnx.state({"online": online, "target": target}, nnx.Param)),
+    }
     return nnx.state(parts), metrics
 
 
 # ------------------------------------------------------------------------------------------------
 # Evaluation
 # ------------------------------------------------------------------------------------------------
+
 
 def get_body(graphdef, state):
     """The representation f(.) that evaluation uses (the online body), as a fresh module in eval mode
@@ -339,6 +356,7 @@ def get_body(graphdef, state):
 # ------------------------------------------------------------------------------------------------
 # Main
 # ------------------------------------------------------------------------------------------------
+
 
 def check_config(config):
     """Fails fast, before any data loading or compiling, on values the method cannot run with."""

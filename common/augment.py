@@ -249,6 +249,7 @@ def simclr_gaussian_blur(img, kernel_size, sigma):
 # Deterministic ops, PIL semantics (VISSL's ImgPilRandomPhotometric, used by PIRL)
 # ----------------------------------------------------------------------------------------------------
 
+
 def posterize(img, bits):
     """PIL ImageOps.posterize on the uint8 values: keep the top `bits` bits (bits may be traced)."""
     step = 2.0 ** (8 - bits)
@@ -260,7 +261,7 @@ def sharpness(img, factor):
     (3x3 taps, centre 5, others 1, / 13; border pixels kept): 0 blurs, 1 is the identity, 2 sharpens."""
     h, w = img.shape[:2]
     taps = ((1, 1, 1), (1, 5, 1), (1, 1, 1))
-    inner = sum(taps[i][j] * img[i:h - 2 + i, j:w - 2 + j] for i in range(3) for j in range(3)) / 13
+    inner = sum(taps[i][j] * img[i : h - 2 + i, j : w - 2 + j] for i in range(3) for j in range(3)) / 13
     smooth = img.at[1:-1, 1:-1].set(inner)
     return jnp.clip(smooth + factor * (img - smooth), 0.0, 1.0)
 

@@ -54,8 +54,7 @@ class Checkpointer:
         self.workdir = os.path.abspath(workdir)
         self.directory = os.path.join(self.workdir, "checkpoints")
         self.manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
         )
         self._pending = []  # [(step, device bool)] not yet checked
         self._sigterm = False
@@ -142,8 +141,10 @@ class Checkpointer:
         where = os.path.join(self.workdir, "damaged", str(step))
         message = f"The checkpoint at step {step} in {self.directory} is damaged: {damage}."
         if jax.process_count() > 1:
-            raise ValueError(f"{message} Move {os.path.join(self.directory, str(step))} out of the "
-                             "way and rerun: the run resumes from the step before.")
+            raise ValueError(
+                f"{message} Move {os.path.join(self.directory, str(step))} out of the "
+                "way and rerun: the run resumes from the step before."
+            )
         os.makedirs(os.path.dirname(where), exist_ok=True)
         if os.path.exists(where):
             where += f".{int(time.time())}"
@@ -151,16 +152,21 @@ class Checkpointer:
         if os.path.exists(self._checksum_path(step)):
             os.replace(self._checksum_path(step), where + ".sha256.json")
         self.manager.reload()
-        print(f"{message} Moved it to {where}; resuming from the newest older checkpoint, if any.",
-              file=sys.stderr, flush=True)
+        print(
+            f"{message} Moved it to {where}; resuming from the newest older checkpoint, if any.",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _mismatch_message(self, step, error):
         """Why a checkpoint does not fit the state: the config fields that differ, when known."""
         where = f"The checkpoint at step {step} in {self.directory} does not fit this run's state"
         differ = config_differences(os.path.join(self.workdir, "config.json"), self.config)
         if differ:
-            return (f"{where}: it was written with another config ({'; '.join(differ)}). "
-                    "Use a new --workdir (or the config that wrote it).")
+            return (
+                f"{where}: it was written with another config ({'; '.join(differ)}). "
+                "Use a new --workdir (or the config that wrote it)."
+            )
         first = str(error).strip().splitlines()[0][:200]
         return f"{where} ({first}). Use a new --workdir (or the config that wrote it)."
 
@@ -176,12 +182,16 @@ class Checkpointer:
         for (step, _), ok in zip(self._pending, flags):
             if not bool(ok):
                 last = self.manager.latest_step()
-                where = (f"the last good checkpoint is step {last} in {self.directory}"
-                         if last is not None else "no checkpoint was written before it")
+                where = (
+                    f"the last good checkpoint is step {last} in {self.directory}"
+                    if last is not None
+                    else "no checkpoint was written before it"
+                )
                 raise NonFiniteLossError(
                     f"Non-finite loss or parameters at step {step}; {where} (not overwritten). "
                     "Lower the learning rate (--config.optim.lr) or check the data, then rerun with "
-                    "the same --workdir to resume from that checkpoint.")
+                    "the same --workdir to resume from that checkpoint."
+                )
         self._pending = []
 
     def save(self, step, state):
@@ -197,6 +207,7 @@ class Checkpointer:
     def preempted(self, step):
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
+
             return multihost_utils.reached_preemption_sync_point(step)
         return self._sigterm
 
@@ -256,8 +267,10 @@ def workdir_lock(workdir):
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            raise FileExistsError(f"Another run is training in --workdir {workdir} (process "
-                                  f"{f.read().strip() or '?'}); wait for it or choose another --workdir.") from None
+            raise FileExistsError(
+                f"Another run is training in --workdir {workdir} (process "
+                f"{f.read().strip() or '?'}); wait for it or choose another --workdir."
+            ) from None
         f.seek(0)
         f.truncate()
         f.write(f"{os.getpid()} on {socket.gethostname()}\n")
@@ -290,12 +303,16 @@ def maybe_initialize_distributed():
     if "JAX_NUM_PROCESSES" in env or "JAX_PROCESS_ID" in env:
         missing = [k for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if k not in env]
         if missing:
-            raise ValueError(f"A multi-process launch needs {', '.join(missing)} as well "
-                             "(JAX_COORDINATOR_ADDRESS=host:port JAX_NUM_PROCESSES=N JAX_PROCESS_ID=i).")
+            raise ValueError(
+                f"A multi-process launch needs {', '.join(missing)} as well "
+                "(JAX_COORDINATOR_ADDRESS=host:port JAX_NUM_PROCESSES=N JAX_PROCESS_ID=i)."
+            )
         _use_gloo_on_cpu()
-        jax.distributed.initialize(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
-                                   num_processes=int(env["JAX_NUM_PROCESSES"]),
-                                   process_id=int(env["JAX_PROCESS_ID"]))
+        jax.distributed.initialize(
+            coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+            num_processes=int(env["JAX_NUM_PROCESSES"]),
+            process_id=int(env["JAX_PROCESS_ID"]),
+        )
         return
     multi = (
         "JAX_COORDINATOR_ADDRESS" in env
@@ -338,16 +355,22 @@ def restore_tree(directory, step=None):
     """The checkpoint of `step` (default: the latest) in `directory` as a nested dict of arrays on
     this process's first device, whatever devices and processes wrote it (a run of two processes is
     evaluated by one). Raises FileNotFoundError when there is none."""
-    manager = ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler()) \
-        if os.path.isdir(directory) else None
+    manager = (
+        ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler())
+        if os.path.isdir(directory)
+        else None
+    )
     step = (manager.latest_step() if manager else None) if step is None else step
     if step is None:
         raise FileNotFoundError(f"No checkpoint in {directory}: the workdir of a finished run is needed.")
     metadata = manager.item_metadata(step)
     sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     is_array = lambda x: hasattr(x, "shape") and hasattr(x, "dtype")
-    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
-                            getattr(metadata, "tree", metadata), is_leaf=is_array)
+    abstract = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+        getattr(metadata, "tree", metadata),
+        is_leaf=is_array,
+    )
     restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
     manager.close()
     return restored
@@ -370,6 +393,8 @@ def assign(module, pure):
     shapes = [x.shape for x in jax.tree.leaves(state)]
     nnx.replace_by_pure_dict(state, pure)
     if [x.shape for x in jax.tree.leaves(state)] != shapes:
-        raise ValueError("The checkpoint's arrays do not fit this config's model: use the same config.model "
-                         "as the run that wrote it.")
+        raise ValueError(
+            "The checkpoint's arrays do not fit this config's model: use the same config.model "
+            "as the run that wrote it."
+        )
     nnx.update(module, state)

@@ -34,7 +34,8 @@ import threading
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from PIL import Image
 
 DEFAULT_DATASET = "fashion_mnist_local"
@@ -58,15 +59,18 @@ def check_batch_size(global_batch_size: int, mesh: Mesh | None = None) -> None:
     """Raises ValueError unless the global batch splits evenly over devices and processes."""
     num_devices = mesh.devices.size if mesh is not None else jax.device_count()
     if global_batch_size <= 0:
-        raise ValueError(f"The global batch size must be positive, got {global_batch_size}; set "
-                         f"e.g. --config.data.batch_size={max(num_devices, 256)}.")
+        raise ValueError(
+            f"The global batch size must be positive, got {global_batch_size}; set "
+            f"e.g. --config.data.batch_size={max(num_devices, 256)}."
+        )
     for count, what in ((num_devices, "devices"), (jax.process_count(), "processes")):
         if global_batch_size % count:
             fix = max(count, round(global_batch_size / count) * count)
             raise ValueError(
                 f"The global batch size {global_batch_size} is not divisible by the {count} "
                 f"{what}: each must get the same number of rows. Use a multiple of {count}, e.g. "
-                f"--config.data.batch_size={fix}.")
+                f"--config.data.batch_size={fix}."
+            )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -97,8 +101,10 @@ class Dataset:
         self.read_labels = read_labels
 
     def __repr__(self):
-        return (f"Dataset({self.name!r}, split={self.split!r}, num_examples={self.num_examples}, "
-                f"num_classes={self.num_classes}, image_shape={self.image_shape})")
+        return (
+            f"Dataset({self.name!r}, split={self.split!r}, num_examples={self.num_examples}, "
+            f"num_classes={self.num_classes}, image_shape={self.image_shape})"
+        )
 
     def get(self, indices) -> dict[str, np.ndarray]:
         """Examples `indices` (int [n], each in [0, num_examples)).
@@ -121,9 +127,15 @@ class Dataset:
         base = np.asarray(indices, np.int64).reshape(-1)
         if base.size and (base.min() < 0 or base.max() >= self.num_examples):
             raise IndexError(f"subset indices must lie in [0, {self.num_examples})")
-        return Dataset(self.name, self.split, len(base), self.num_classes, self.image_shape,
-                       read=lambda i: self.read(base[i]),
-                       read_labels=lambda i: self.read_labels(base[i]))
+        return Dataset(
+            self.name,
+            self.split,
+            len(base),
+            self.num_classes,
+            self.image_shape,
+            read=lambda i: self.read(base[i]),
+            read_labels=lambda i: self.read_labels(base[i]),
+        )
 
 
 def balanced_subset(labels, fraction: float, num_classes: int, seed: int) -> np.ndarray:
@@ -150,7 +162,8 @@ def balanced_subset(labels, fraction: float, num_classes: int, seed: int) -> np.
         if len(members) < per_class:
             raise ValueError(
                 f"A balanced {fraction:g} fraction needs {per_class} examples of every class, but "
-                f"class {c} has only {len(members)}; use a smaller fraction.")
+                f"class {c} has only {len(members)}; use a smaller fraction."
+            )
         chosen.append(rng.choice(members, per_class, replace=False))
     return np.sort(np.concatenate(chosen))
 
@@ -170,8 +183,7 @@ def _fit(image, image_size: int) -> np.ndarray:
     if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
         # 16-bit gray (PIL reads 16-bit PNGs as 'I;16' or 32-bit 'I'): scale 0..65535 to 0..255;
         # PIL's own convert would clip everything above 255 to white.
-        image = Image.fromarray((np.asarray(image, np.float64) * (255 / 65535)).round().clip(0, 255)
-                                .astype(np.uint8))
+        image = Image.fromarray((np.asarray(image, np.float64) * (255 / 65535)).round().clip(0, 255).astype(np.uint8))
     if image.mode != "RGB":
         image = image.convert("RGB")
     if image_size and image.size != (image_size, image_size):
@@ -228,8 +240,13 @@ def synthetic(split, image_size, num_examples=50_000, num_classes=10):
         return (np.asarray(indices) * 7 + salt) % num_classes
 
     def read(indices):
-        images = np.stack([np.random.default_rng([salt, int(i)]).integers(0, 256, (size, size, 3), np.uint8)
-                           for i in indices]) if len(indices) else np.zeros((0, size, size, 3), np.uint8)
+        images = (
+            np.stack(
+                [np.random.default_rng([salt, int(i)]).integers(0, 256, (size, size, 3), np.uint8) for i in indices]
+            )
+            if len(indices)
+            else np.zeros((0, size, size, 3), np.uint8)
+        )
         return images, read_labels(indices)
 
     return Dataset("synthetic", split, num_examples, num_classes, (size, size, 3), read, read_labels)
@@ -244,7 +261,6 @@ def _import_tfds():
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
     # Registers the builder `fashion_mnist_local` with TFDS.
-    import common.datasets.fashion_mnist_local  # pylint: disable=g-import-not-at-top,unused-import
 
     return tfds
 
@@ -276,17 +292,20 @@ def prepare_default(data_dir: str = "") -> str:
 
 
 def _not_prepared_message(name, data_dir):
-    where = (f"in {data_dir}" if data_dir
-             else "in the default TFDS data dir ($TFDS_DATA_DIR or ~/tensorflow_datasets)")
+    where = f"in {data_dir}" if data_dir else "in the default TFDS data dir ($TFDS_DATA_DIR or ~/tensorflow_datasets)"
     if name == DEFAULT_DATASET:
-        return (f"The default data set {name} is not prepared {where}. Prepare it once (offline, "
-                "from the Debian package dataset-fashion-mnist) with: "
-                "python scripts/prepare_data.py" + (f" --data_dir={data_dir}" if data_dir else ""))
-    return (f"TFDS data set {name!r} is not prepared {where}, and nothing is downloaded at load "
-            f"time. Prepare it (online, once) with: tfds build {name} --file_format=array_record"
-            + (f" --data_dir={data_dir}" if data_dir else "")
-            + ", or copy a prepared copy into the data dir; data sets with a manual download "
-            "(e.g. imagenet2012) also need --manual_dir.")
+        return (
+            f"The default data set {name} is not prepared {where}. Prepare it once (offline, "
+            "from the Debian package dataset-fashion-mnist) with: "
+            "python scripts/prepare_data.py" + (f" --data_dir={data_dir}" if data_dir else "")
+        )
+    return (
+        f"TFDS data set {name!r} is not prepared {where}, and nothing is downloaded at load "
+        f"time. Prepare it (online, once) with: tfds build {name} --file_format=array_record"
+        + (f" --data_dir={data_dir}" if data_dir else "")
+        + ", or copy a prepared copy into the data dir; data sets with a manual download "
+        "(e.g. imagenet2012) also need --manual_dir."
+    )
 
 
 def _load_tfds(name, split, data_dir, image_size):
@@ -299,28 +318,32 @@ def _load_tfds(name, split, data_dir, image_size):
             f"TFDS has no data set named {name!r}"
             + (f"; close names: {', '.join(close)}" if close else "")
             + f". Set --config.data.name to a TFDS name, or --config.data.folder to an image "
-            f"folder; the offline default is {DEFAULT_DATASET!r}.") from None
+            f"folder; the offline default is {DEFAULT_DATASET!r}."
+        ) from None
     if not builder.is_prepared():
         raise FileNotFoundError(_not_prepared_message(name, data_dir))
     info = builder.info
     try:
         num_examples = info.splits[split].num_examples
     except (KeyError, ValueError):
-        raise ValueError(f"{name} has no split {split!r}; its splits are {list(info.splits)}. "
-                         f"Set the split (e.g. train/test) in the config.") from None
+        raise ValueError(
+            f"{name} has no split {split!r}; its splits are {list(info.splits)}. "
+            f"Set the split (e.g. train/test) in the config."
+        ) from None
     if "image" not in info.features:
         raise ValueError(f"{name} has no 'image' feature (features: {list(info.features)}).")
     native = info.features["image"].shape  # (H, W, C); H, W are None when sizes vary
     if image_size:
         image_shape = (image_size, image_size, 3)
     elif None in native[:2]:
-        raise ValueError(f"The images of {name} differ in size (shape {native}); set a fixed host-"
-                         f"side size, e.g. --config.data.image_size=224.")
+        raise ValueError(
+            f"The images of {name} differ in size (shape {native}); set a fixed host-"
+            f"side size, e.g. --config.data.image_size=224."
+        )
     else:
         image_shape = (native[0], native[1], 3)
     # Labelled when there is a ClassLabel feature named 'label' (it has num_classes).
-    num_classes = (getattr(info.features["label"], "num_classes", 0)
-                   if "label" in info.features else 0)
+    num_classes = getattr(info.features["label"], "num_classes", 0) if "label" in info.features else 0
 
     def to_label(example):
         return example["label"] if num_classes else -1
@@ -329,8 +352,8 @@ def _load_tfds(name, split, data_dir, image_size):
     if "array_record" in formats:
         source = builder.as_data_source(split=split, file_format="array_record")
         labels_source = builder.as_data_source(
-            split=split, file_format="array_record",
-            decoders={"image": tfds.decode.SkipDecoding()})
+            split=split, file_format="array_record", decoders={"image": tfds.decode.SkipDecoding()}
+        )
         pool = concurrent.futures.ThreadPoolExecutor(_NUM_THREADS)
 
         def decode(i):
@@ -346,8 +369,9 @@ def _load_tfds(name, split, data_dir, image_size):
         def read_labels(indices):
             # In chunks, to bound memory: each record still carries its encoded image.
             chunks = np.array_split(indices, len(indices) // 4096 + 1)
-            return np.array([to_label(e) for chunk in chunks
-                             for e in labels_source.__getitems__(chunk.tolist())], np.int32)
+            return np.array(
+                [to_label(e) for chunk in chunks for e in labels_source.__getitems__(chunk.tolist())], np.int32
+            )
 
         return Dataset(name, split, num_examples, num_classes, image_shape, read, read_labels)
 
@@ -358,7 +382,8 @@ def _load_tfds(name, split, data_dir, image_size):
             f"{name}:{split} is prepared only as tfrecord (sequential access) and is too large to "
             f"decode into memory ({size / 2**30:.1f} GiB at {image_shape}). Re-prepare it with "
             f"random access: tfds build {name} --file_format=array_record"
-            + (f" --data_dir={data_dir}" if data_dir else ""))
+            + (f" --data_dir={data_dir}" if data_dir else "")
+        )
     _hide_accelerators_from_tensorflow()
     images = np.empty((num_examples, *image_shape), np.uint8)
     labels = np.empty((num_examples,), np.int32)
@@ -366,8 +391,15 @@ def _load_tfds(name, split, data_dir, image_size):
     for i, example in enumerate(tfds.as_numpy(dataset)):
         images[i] = _fit_array(example["image"], image_size)
         labels[i] = to_label(example)
-    return Dataset(name, split, num_examples, num_classes, image_shape,
-                   read=lambda i: (images[i], labels[i]), read_labels=lambda i: labels[i])
+    return Dataset(
+        name,
+        split,
+        num_examples,
+        num_classes,
+        image_shape,
+        read=lambda i: (images[i], labels[i]),
+        read_labels=lambda i: labels[i],
+    )
 
 
 def _stack(decoded, image_shape):
@@ -383,10 +415,8 @@ def _list_images(folder, recursive):
     if recursive:
         paths = [os.path.join(d, f) for d, _, files in os.walk(folder) for f in files]
     else:
-        paths = [os.path.join(folder, f) for f in os.listdir(folder)
-                 if os.path.isfile(os.path.join(folder, f))]
-    return sorted(p for p in paths if p.lower().endswith(IMAGE_EXTENSIONS)
-                  and not os.path.basename(p).startswith("."))
+        paths = [os.path.join(folder, f) for f in os.listdir(folder) if os.path.isfile(os.path.join(folder, f))]
+    return sorted(p for p in paths if p.lower().endswith(IMAGE_EXTENSIONS) and not os.path.basename(p).startswith("."))
 
 
 def _subfolders(folder):
@@ -420,13 +450,16 @@ def _load_folder(root, split, image_size):
                 raise ValueError(
                     f"Image folder {root} has no split {split!r}: its subfolders are "
                     f"{_subfolders(root)}. Expected root/<split>/<class>/* or images directly "
-                    f"in root/.")
+                    f"in root/."
+                )
         labels = [-1] * len(paths)
         num_classes = 0
     if not paths:
-        raise ValueError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found for split {split!r} in "
-                         f"{root}. Expected root/<split>/<class>/*.jpg or images directly in "
-                         "root/.")
+        raise ValueError(
+            f"No images ({', '.join(IMAGE_EXTENSIONS)}) found for split {split!r} in "
+            f"{root}. Expected root/<split>/<class>/*.jpg or images directly in "
+            "root/."
+        )
 
     def header_size(path):
         # Image.open reads only the header: cheap even for large folders.
@@ -445,7 +478,8 @@ def _load_folder(root, split, image_size):
         if different is not None:
             raise ValueError(
                 f"Images differ in size ({paths[0]} is {sizes[0]}, {paths[different]} is "
-                f"{sizes[different]}); set a host-side size, e.g. --config.data.image_size=224.")
+                f"{sizes[different]}); set a host-side size, e.g. --config.data.image_size=224."
+            )
         image_shape = (sizes[0][1], sizes[0][0], 3)
     labels = np.array(labels, np.int32)
 
@@ -459,8 +493,7 @@ def _load_folder(root, split, image_size):
     def read(indices):
         return _stack(list(zip(pool.map(decode, indices), labels[indices])), image_shape)
 
-    return Dataset(root, split, len(paths), num_classes, image_shape, read,
-                   read_labels=lambda i: labels[i])
+    return Dataset(root, split, len(paths), num_classes, image_shape, read, read_labels=lambda i: labels[i])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -471,9 +504,10 @@ def _load_folder(root, split, image_size):
 def _to_global(batch: dict, global_batch_size: int, mesh: Mesh) -> dict:
     """This process's rows (numpy) -> global jax.Arrays sharded along 'data'."""
     sharding = NamedSharding(mesh, P("data"))
-    return {k: jax.make_array_from_process_local_data(sharding, v,
-                                                      (global_batch_size, *v.shape[1:]))
-            for k, v in batch.items()}
+    return {
+        k: jax.make_array_from_process_local_data(sharding, v, (global_batch_size, *v.shape[1:]))
+        for k, v in batch.items()
+    }
 
 
 def _local_rows(global_batch_size):
@@ -529,13 +563,13 @@ class Loader:
       steps_per_epoch: num_examples // global_batch_size (the remainder of each epoch is dropped).
     """
 
-    def __init__(self, dataset: Dataset, global_batch_size: int, seed: int, mesh: Mesh,
-                 shuffle: bool = True):
+    def __init__(self, dataset: Dataset, global_batch_size: int, seed: int, mesh: Mesh, shuffle: bool = True):
         check_batch_size(global_batch_size, mesh)
         if global_batch_size > dataset.num_examples:
             raise ValueError(
                 f"The global batch size {global_batch_size} exceeds the {dataset.num_examples} "
-                f"examples of {dataset!r}; lower --config.data.batch_size.")
+                f"examples of {dataset!r}; lower --config.data.batch_size."
+            )
         self.dataset = dataset
         self.global_batch_size = global_batch_size
         self.seed = seed
@@ -550,11 +584,10 @@ class Loader:
         cached_epoch, order = self._order
         if cached_epoch != epoch:
             n = self.dataset.num_examples
-            order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle \
-                else np.arange(n)
+            order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
             self._order = (epoch, order)
         b = self.global_batch_size
-        return order[position * b:(position + 1) * b]
+        return order[position * b : (position + 1) * b]
 
     def get(self, step: int) -> dict[str, jax.Array]:
         """The global batch of `step`: dict(image uint8 [B, H, W, 3], label int32 [B], index int32

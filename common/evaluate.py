@@ -50,10 +50,10 @@ from flax import nnx
 
 from common import augment, checkpoint, data
 
-
 # --------------------------------------------------------------------------------------------------
 # kNN
 # --------------------------------------------------------------------------------------------------
+
 
 def extract_features(embed_fn, dataset, batch_size, mesh):
     """Runs `embed_fn` over every example of `dataset` once, in order.
@@ -73,6 +73,7 @@ def _to_host(x):
     """A global array -> one host numpy array, gathered from every process when it spans several."""
     if jax.process_count() > 1 and not x.is_fully_addressable:
         from jax.experimental import multihost_utils
+
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(jax.device_get(x))
 
@@ -91,8 +92,9 @@ def _knn_chunk(train_features, train_labels, test_features, k, temperature, num_
     return jnp.sum(votes, axis=1)
 
 
-def knn_classify(train_features, train_labels, test_features, test_labels, num_classes, k=20,
-                 temperature=0.07, chunk=1024):
+def knn_classify(
+    train_features, train_labels, test_features, test_labels, num_classes, k=20, temperature=0.07, chunk=1024
+):
     """Weighted kNN accuracy in percent: returns {'top1': float, 'top5': float}.
 
     train_features [N, D], train_labels [N], test_features [M, D], test_labels [M]. Features need not
@@ -107,9 +109,9 @@ def knn_classify(train_features, train_labels, test_features, test_labels, num_c
     test_labels = np.asarray(test_labels)
     top1 = top5 = 0
     for start in range(0, len(test), chunk):
-        scores = _knn_chunk(train, train_labels, test[start:start + chunk], k, temperature, num_classes)
+        scores = _knn_chunk(train, train_labels, test[start : start + chunk], k, temperature, num_classes)
         ranked = np.argsort(-np.asarray(scores), axis=1, kind="stable")
-        truth = test_labels[start:start + chunk, None]
+        truth = test_labels[start : start + chunk, None]
         top1 += int(np.sum(ranked[:, :1] == truth))
         top5 += int(np.sum(np.any(ranked[:, :5] == truth, axis=1)))
     n = len(test_labels)
@@ -132,8 +134,15 @@ def knn_scores(body, config, knn_train, knn_test, mesh):
     """The kNN monitor of a training run: {'knn_top1', 'knn_top5'} of `body` (an NNX module in eval
     mode, normalised images -> features) with config.eval's k, temperature and batch size."""
     embed_fn = frozen_embed_fn(body, tuple(config.views.mean), tuple(config.views.std))
-    knn = knn_monitor(embed_fn, knn_train, knn_test, config.eval.batch_size, mesh,
-                      k=config.eval.knn_k, temperature=config.eval.knn_temperature)
+    knn = knn_monitor(
+        embed_fn,
+        knn_train,
+        knn_test,
+        config.eval.batch_size,
+        mesh,
+        k=config.eval.knn_k,
+        temperature=config.eval.knn_temperature,
+    )
     return {"knn_top1": knn["top1"], "knn_top5": knn["top5"]}
 
 
@@ -149,6 +158,7 @@ def knn_monitor(embed_fn, train_dataset, test_dataset, batch_size, mesh, k=20, t
 # Shared pieces: accuracy, the optimiser, preprocessing, a frozen body's embed function
 # --------------------------------------------------------------------------------------------------
 
+
 def topk_accuracy(logits, labels):
     """{'top1', 'top5'} in percent for class scores [N, C] and labels [N] (top-5 is 100 when C <= 5).
 
@@ -156,8 +166,10 @@ def topk_accuracy(logits, labels):
     """
     logits, labels = np.asarray(logits), np.asarray(labels)
     ranked = np.argsort(-logits, axis=1, kind="stable")
-    return {"top1": 100.0 * float(np.mean(ranked[:, 0] == labels)),
-            "top5": 100.0 * float(np.mean(np.any(ranked[:, :5] == labels[:, None], axis=1)))}
+    return {
+        "top1": 100.0 * float(np.mean(ranked[:, 0] == labels)),
+        "top5": 100.0 * float(np.mean(np.any(ranked[:, :5] == labels[:, None], axis=1))),
+    }
 
 
 def sgd_cosine(lr, momentum, weight_decay, total_steps, nesterov=False):
@@ -165,8 +177,10 @@ def sgd_cosine(lr, momentum, weight_decay, total_steps, nesterov=False):
     weight decay is added to the gradient (PyTorch's SGD weight_decay) on kernels only (ndim > 1)."""
     schedule = optax.cosine_decay_schedule(lr, max(1, total_steps))
     is_kernel = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-    return optax.chain(optax.add_decayed_weights(weight_decay, mask=is_kernel),
-                       optax.sgd(schedule, momentum=momentum, nesterov=nesterov))
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay, mask=is_kernel),
+        optax.sgd(schedule, momentum=momentum, nesterov=nesterov),
+    )
 
 
 def preprocess(images, mean, std):
@@ -221,6 +235,7 @@ def batch_size_for(batch_size, num_examples, mesh):
 # Linear probe
 # --------------------------------------------------------------------------------------------------
 
+
 def feature_statistics(features):
     """Per-dimension mean and std [D] (std floored at 1e-6) for the standardisation before the probe."""
     features = np.asarray(features, np.float64)
@@ -230,8 +245,7 @@ def feature_statistics(features):
 def init_linear(num_features, num_classes):
     """The probe's parameters: zero weights and biases (the probe is convex, so zero is fine and
     deterministic)."""
-    return {"w": jnp.zeros((num_features, num_classes), jnp.float32),
-            "b": jnp.zeros((num_classes,), jnp.float32)}
+    return {"w": jnp.zeros((num_features, num_classes), jnp.float32), "b": jnp.zeros((num_classes,), jnp.float32)}
 
 
 def linear_logits(params, features, mean, std):
@@ -258,15 +272,27 @@ def _fit_linear(params, features, labels, mean, std, key, tx, epochs, batch_size
             updates, opt_state = tx.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), None
 
-        order = jax.random.permutation(epoch_key, n)[:steps * batch_size].reshape(steps, batch_size)
+        order = jax.random.permutation(epoch_key, n)[: steps * batch_size].reshape(steps, batch_size)
         return jax.lax.scan(step, carry, order)[0], None
 
     (params, _), _ = jax.lax.scan(epoch, (params, opt_state), jax.random.split(key, epochs))
     return params
 
 
-def linear_probe(train_features, train_labels, test_features, test_labels, num_classes, *, epochs=100,
-                 batch_size=256, lr=0.1, momentum=0.9, weight_decay=0.0, seed=0):
+def linear_probe(
+    train_features,
+    train_labels,
+    test_features,
+    test_labels,
+    num_classes,
+    *,
+    epochs=100,
+    batch_size=256,
+    lr=0.1,
+    momentum=0.9,
+    weight_decay=0.0,
+    seed=0,
+):
     """Linear probe on precomputed features: {'top1', 'top5'} on the test features, in percent.
 
     train_features [N, D], train_labels [N], test_features [M, D], test_labels [M]. Features are
@@ -278,16 +304,39 @@ def linear_probe(train_features, train_labels, test_features, test_labels, num_c
     batch_size = min(batch_size, len(train_features))
     total = epochs * (len(train_features) // batch_size)
     tx = sgd_cosine(lr, momentum, weight_decay, total)
-    params = _fit_linear(init_linear(train_features.shape[1], num_classes), train_features,
-                         jnp.asarray(train_labels, jnp.int32), mean, std, jax.random.key(seed), tx,
-                         epochs, batch_size)
+    params = _fit_linear(
+        init_linear(train_features.shape[1], num_classes),
+        train_features,
+        jnp.asarray(train_labels, jnp.int32),
+        mean,
+        std,
+        jax.random.key(seed),
+        tx,
+        epochs,
+        batch_size,
+    )
     logits = jax.jit(linear_logits)(params, jnp.asarray(test_features, jnp.float32), mean, std)
     return topk_accuracy(logits, test_labels)
 
 
-def linear_probe_augmented(body, mean, std, train_dataset, test_dataset, mesh, *, epochs=10,
-                           batch_size=256, lr=0.1, momentum=0.9, weight_decay=0.0,
-                           crop_scale=(0.08, 1.0), stats_examples=10000, eval_batch_size=1000, seed=0):
+def linear_probe_augmented(
+    body,
+    mean,
+    std,
+    train_dataset,
+    test_dataset,
+    mesh,
+    *,
+    epochs=10,
+    batch_size=256,
+    lr=0.1,
+    momentum=0.9,
+    weight_decay=0.0,
+    crop_scale=(0.08, 1.0),
+    stats_examples=10000,
+    eval_batch_size=1000,
+    seed=0,
+):
     """Linear probe on a frozen body with random-resized-crop + flip augmentation.
 
     body: an NNX module, uint8-free: normalised images [B, H, W, 3] -> features [B, D]; used in eval
@@ -298,8 +347,8 @@ def linear_probe_augmented(body, mean, std, train_dataset, test_dataset, mesh, *
     embed_fn = frozen_embed_fn(body, mean, std)
     stats_set = train_dataset.subset(range(min(stats_examples, train_dataset.num_examples)))
     feat_mean, feat_std = feature_statistics(
-        extract_features(embed_fn, stats_set, batch_size_for(eval_batch_size, stats_set.num_examples,
-                                                               mesh), mesh)[0])
+        extract_features(embed_fn, stats_set, batch_size_for(eval_batch_size, stats_set.num_examples, mesh), mesh)[0]
+    )
     num_classes = train_dataset.num_classes
     frozen = nnx.clone(body)
     frozen.eval()
@@ -313,8 +362,9 @@ def linear_probe_augmented(body, mean, std, train_dataset, test_dataset, mesh, *
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(params, opt_state, body_state, images, labels, key):
-        views = augment.apply_per_image(functools.partial(train_view, crop_scale=crop_scale), key,
-                                        augment.to_float(images))
+        views = augment.apply_per_image(
+            functools.partial(train_view, crop_scale=crop_scale), key, augment.to_float(images)
+        )
         # The body is frozen: no gradient reaches it (it is not differentiated at all).
         features = nnx.merge(graphdef, body_state)(augment.normalize(views, mean, std))
         grads = jax.grad(_linear_loss)(params, features, labels, feat_mean, feat_std)
@@ -326,18 +376,21 @@ def linear_probe_augmented(body, mean, std, train_dataset, test_dataset, mesh, *
     for s, batch in batches:
         if s >= total:
             break
-        params, opt_state = step(params, opt_state, body_state, batch["image"], batch["label"],
-                                 jax.random.fold_in(root, s))
+        params, opt_state = step(
+            params, opt_state, body_state, batch["image"], batch["label"], jax.random.fold_in(root, s)
+        )
         _progress("linear probe", s + 1, total, start)
     batches.close()
     test_f, test_y = extract_features(
-        embed_fn, test_dataset, batch_size_for(eval_batch_size, test_dataset.num_examples, mesh), mesh)
+        embed_fn, test_dataset, batch_size_for(eval_batch_size, test_dataset.num_examples, mesh), mesh
+    )
     return topk_accuracy(jax.jit(linear_logits)(params, test_f, feat_mean, feat_std), test_y)
 
 
 # --------------------------------------------------------------------------------------------------
 # Fine-tuning (and the supervised baselines, which fine-tune a randomly initialised body)
 # --------------------------------------------------------------------------------------------------
+
 
 class Classifier(nnx.Module):
     """body + linear head, trained end to end."""
@@ -351,23 +404,37 @@ class Classifier(nnx.Module):
         return self.head(features)
 
 
-def finetune(body, mean, std, train_dataset, test_dataset, mesh, *, epochs=30, batch_size=256,
-             lr=0.05, momentum=0.9, weight_decay=1e-4, crop_scale=(0.08, 1.0), eval_batch_size=1000,
-             seed=0):
+def finetune(
+    body,
+    mean,
+    std,
+    train_dataset,
+    test_dataset,
+    mesh,
+    *,
+    epochs=30,
+    batch_size=256,
+    lr=0.05,
+    momentum=0.9,
+    weight_decay=1e-4,
+    crop_scale=(0.08, 1.0),
+    eval_batch_size=1000,
+    seed=0,
+):
     """Trains a copy of `body` with a new linear head end to end on `train_dataset` (the labelled
     fraction), body in train mode (batch-norm statistics update), SGD + Nesterov momentum, cosine
     schedule, random-resized-crop + flip. Returns {'top1', 'top5'} on `test_dataset`, in percent."""
     body = nnx.clone(body)
     body.train()
-    num_features = jax.eval_shape(lambda: frozen_embed_fn(body, mean, std)(
-        jnp.zeros((1, *train_dataset.image_shape), jnp.uint8))).shape[-1]
+    num_features = jax.eval_shape(
+        lambda: frozen_embed_fn(body, mean, std)(jnp.zeros((1, *train_dataset.image_shape), jnp.uint8))
+    ).shape[-1]
     model = Classifier(body, num_features, train_dataset.num_classes, nnx.Rngs(seed))
     uses_key = _calls_with_key(body)
     batch_size = batch_size_for(batch_size, train_dataset.num_examples, mesh)
     loader = data.Loader(train_dataset, batch_size, seed, mesh)
     total = max(1, int(epochs * loader.steps_per_epoch))
-    optimizer = nnx.Optimizer(model, sgd_cosine(lr, momentum, weight_decay, total, nesterov=True),
-                              wrt=nnx.Param)
+    optimizer = nnx.Optimizer(model, sgd_cosine(lr, momentum, weight_decay, total, nesterov=True), wrt=nnx.Param)
     graphdef, state = nnx.split({"model": model, "optimizer": optimizer})
     state = checkpoint.replicate(state, mesh)
 
@@ -376,8 +443,9 @@ def finetune(body, mean, std, train_dataset, test_dataset, mesh, *, epochs=30, b
         parts = nnx.merge(graphdef, state)
         model, optimizer = parts["model"], parts["optimizer"]
         k_view, k_drop = jax.random.split(key)
-        views = augment.apply_per_image(functools.partial(train_view, crop_scale=crop_scale), k_view,
-                                        augment.to_float(images))
+        views = augment.apply_per_image(
+            functools.partial(train_view, crop_scale=crop_scale), k_view, augment.to_float(images)
+        )
         x = augment.normalize(views, mean, std)
 
         def loss_fn(model):
@@ -402,9 +470,12 @@ def finetune(body, mean, std, train_dataset, test_dataset, mesh, *, epochs=30, b
     model.eval()
     eval_graphdef, eval_state = nnx.split(model)
     logits_fn = jax.jit(lambda st, images: nnx.merge(eval_graphdef, st)(preprocess(images, mean, std)))
-    logits, labels = extract_features(lambda images: logits_fn(eval_state, images), test_dataset,
-                                      batch_size_for(eval_batch_size, test_dataset.num_examples, mesh),
-                                      mesh)
+    logits, labels = extract_features(
+        lambda images: logits_fn(eval_state, images),
+        test_dataset,
+        batch_size_for(eval_batch_size, test_dataset.num_examples, mesh),
+        mesh,
+    )
     return topk_accuracy(logits, labels)
 
 
@@ -419,22 +490,26 @@ def labelled_fraction(dataset, fraction, seed=0):
 # Raw pixels baseline
 # --------------------------------------------------------------------------------------------------
 
+
 def pixel_features(dataset, mesh, batch_size=1000):
     """(uint8 images / 255 flattened, float32 [N, H * W * 3], labels int32 [N])."""
     flatten = jax.jit(lambda images: augment.to_float(images).reshape(images.shape[0], -1))
-    return extract_features(flatten, dataset, batch_size_for(batch_size, dataset.num_examples, mesh),
-                            mesh)
+    return extract_features(flatten, dataset, batch_size_for(batch_size, dataset.num_examples, mesh), mesh)
 
 
-def raw_pixels(train_dataset, test_dataset, mesh, *, k=20, temperature=0.07, epochs=100,
-               batch_size=256, lr=0.1, seed=0):
+def raw_pixels(
+    train_dataset, test_dataset, mesh, *, k=20, temperature=0.07, epochs=100, batch_size=256, lr=0.1, seed=0
+):
     """kNN and linear probe on raw pixels: {'knn': {...}, 'linear': {...}} in percent."""
     train_f, train_y = pixel_features(train_dataset, mesh)
     test_f, test_y = pixel_features(test_dataset, mesh)
     num_classes = train_dataset.num_classes
-    return {"knn": knn_classify(train_f, train_y, test_f, test_y, num_classes, k=k, temperature=temperature),
-            "linear": linear_probe(train_f, train_y, test_f, test_y, num_classes, epochs=epochs,
-                                   batch_size=batch_size, lr=lr, seed=seed)}
+    return {
+        "knn": knn_classify(train_f, train_y, test_f, test_y, num_classes, k=k, temperature=temperature),
+        "linear": linear_probe(
+            train_f, train_y, test_f, test_y, num_classes, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed
+        ),
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -479,8 +554,10 @@ def load_body(workdir, steps_per_epoch, restore=True):
         state, step = ckpt.restore_or(state, partial=True)
         ckpt.close()
         if step == 0:
-            raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints; train the run first "
-                                    f"(python {method}/train.py --workdir {workdir}).")
+            raise FileNotFoundError(
+                f"No checkpoint in {workdir}/checkpoints; train the run first "
+                f"(python {method}/train.py --workdir {workdir})."
+            )
     return config, method, module.get_body(graphdef, state), step
 
 
@@ -489,8 +566,10 @@ def normalization(config):
     try:
         return tuple(float(m) for m in config.views.mean), tuple(float(s) for s in config.views.std)
     except AttributeError:
-        raise ValueError("The run's config has no views.mean / views.std; evaluation needs the "
-                         "normalisation the body was trained with.") from None
+        raise ValueError(
+            "The run's config has no views.mean / views.std; evaluation needs the "
+            "normalisation the body was trained with."
+        ) from None
 
 
 def crop_scale_of(config):
@@ -521,12 +600,26 @@ def output_name(protocol, fraction):
 def machine():
     """Where the evaluation ran, in words (device kind x count, host CPU count)."""
     device = jax.devices()[0]
-    return (f"{jax.device_count()} x {device.device_kind} ({device.platform}), "
-            f"{os.cpu_count()} CPU cores, {platform.machine()}")
+    return (
+        f"{jax.device_count()} x {device.device_kind} ({device.platform}), "
+        f"{os.cpu_count()} CPU cores, {platform.machine()}"
+    )
 
 
-def evaluate_run(workdir, protocol, *, label_fraction=1.0, epochs=None, precompute=False,
-                 batch_size=256, lr=None, train_examples=0, test_examples=0, seed=0, output=None):
+def evaluate_run(
+    workdir,
+    protocol,
+    *,
+    label_fraction=1.0,
+    epochs=None,
+    precompute=False,
+    batch_size=256,
+    lr=None,
+    train_examples=0,
+    test_examples=0,
+    seed=0,
+    output=None,
+):
     """Runs one protocol on the run in `workdir`, writes the JSON, and returns it as a dict."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}.")
@@ -540,8 +633,9 @@ def evaluate_run(workdir, protocol, *, label_fraction=1.0, epochs=None, precompu
     if protocol == "pixels":  # needs no body
         body, step = None, 0
     else:
-        config, method, body, step = load_body(workdir, max(1, train.num_examples // config.data.batch_size),
-                                               restore=protocol != "supervised")
+        config, method, body, step = load_body(
+            workdir, max(1, train.num_examples // config.data.batch_size), restore=protocol != "supervised"
+        )
     mean, std = normalization(config)
     if train_examples:
         train = train.subset(range(min(train_examples, train.num_examples)))
@@ -552,14 +646,25 @@ def evaluate_run(workdir, protocol, *, label_fraction=1.0, epochs=None, precompu
     epochs = default_epochs(protocol, label_fraction, precompute) if epochs is None else epochs
     # Fields every method's config shares (STYLE: shared concepts carry the same names).
     eval_batch = int(config.eval.batch_size)
-    result = {"method": method, "protocol": protocol, "step": int(step),
-              "body": "raw pixels" if protocol == "pixels" else str(config.model.name),
-              "train_examples": train.num_examples, "test_examples": test.num_examples}
+    result = {
+        "method": method,
+        "protocol": protocol,
+        "step": int(step),
+        "body": "raw pixels" if protocol == "pixels" else str(config.model.name),
+        "train_examples": train.num_examples,
+        "test_examples": test.num_examples,
+    }
     if protocol == "knn":
         k, t = int(config.eval.knn_k), float(config.eval.knn_temperature)
-        scores = knn_monitor(frozen_embed_fn(body, mean, std), train, test,
-                             batch_size_for(eval_batch, min(train.num_examples, test.num_examples), mesh),
-                             mesh, k=k, temperature=t)
+        scores = knn_monitor(
+            frozen_embed_fn(body, mean, std),
+            train,
+            test,
+            batch_size_for(eval_batch, min(train.num_examples, test.num_examples), mesh),
+            mesh,
+            k=k,
+            temperature=t,
+        )
         result.update(k=k, temperature=t)
     elif protocol == "linear":
         lr = 0.1 if lr is None else lr
@@ -568,28 +673,75 @@ def evaluate_run(workdir, protocol, *, label_fraction=1.0, epochs=None, precompu
             b = batch_size_for(eval_batch, min(train.num_examples, test.num_examples), mesh)
             train_f, train_y = extract_features(embed_fn, train, b, mesh)
             test_f, test_y = extract_features(embed_fn, test, b, mesh)
-            scores = linear_probe(train_f, train_y, test_f, test_y, train.num_classes, epochs=epochs,
-                                  batch_size=batch_size, lr=lr, seed=seed)
+            scores = linear_probe(
+                train_f,
+                train_y,
+                test_f,
+                test_y,
+                train.num_classes,
+                epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                seed=seed,
+            )
         else:
-            scores = linear_probe_augmented(body, mean, std, train, test, mesh, epochs=epochs,
-                                            batch_size=batch_size, lr=lr, crop_scale=crop_scale_of(config),
-                                            eval_batch_size=eval_batch, seed=seed)
-        result.update(epochs=epochs, lr=lr, batch_size=batch_size,
-                      features="precomputed, no augmentation" if precompute
-                      else f"on the fly, random resized crop {list(crop_scale_of(config))} + flip")
+            scores = linear_probe_augmented(
+                body,
+                mean,
+                std,
+                train,
+                test,
+                mesh,
+                epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                crop_scale=crop_scale_of(config),
+                eval_batch_size=eval_batch,
+                seed=seed,
+            )
+        result.update(
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            features="precomputed, no augmentation"
+            if precompute
+            else f"on the fly, random resized crop {list(crop_scale_of(config))} + flip",
+        )
     elif protocol in ("finetune", "supervised"):
         lr = 0.05 if lr is None else lr
         labelled = labelled_fraction(train, label_fraction, seed)
-        scores = finetune(body, mean, std, labelled, test, mesh, epochs=epochs, batch_size=batch_size,
-                          lr=lr, crop_scale=crop_scale_of(config), eval_batch_size=eval_batch, seed=seed)
-        result.update(label_fraction=label_fraction, labelled_examples=labelled.num_examples,
-                      epochs=epochs, lr=lr, batch_size=batch_size,
-                      init="random (supervised baseline)" if protocol == "supervised" else f"checkpoint step {step}")
+        scores = finetune(
+            body,
+            mean,
+            std,
+            labelled,
+            test,
+            mesh,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            crop_scale=crop_scale_of(config),
+            eval_batch_size=eval_batch,
+            seed=seed,
+        )
+        result.update(
+            label_fraction=label_fraction,
+            labelled_examples=labelled.num_examples,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            init="random (supervised baseline)" if protocol == "supervised" else f"checkpoint step {step}",
+        )
     else:  # pixels
-        pixels = raw_pixels(train, test, mesh, epochs=epochs, batch_size=batch_size,
-                            lr=0.1 if lr is None else lr, seed=seed)
-        scores = {"top1": pixels["linear"]["top1"], "top5": pixels["linear"]["top5"],
-                  "knn_top1": pixels["knn"]["top1"], "knn_top5": pixels["knn"]["top5"]}
+        pixels = raw_pixels(
+            train, test, mesh, epochs=epochs, batch_size=batch_size, lr=0.1 if lr is None else lr, seed=seed
+        )
+        scores = {
+            "top1": pixels["linear"]["top1"],
+            "top5": pixels["linear"]["top5"],
+            "knn_top1": pixels["knn"]["top1"],
+            "knn_top5": pixels["knn"]["top5"],
+        }
         result.update(epochs=epochs, note="top1/top5: linear probe on pixels; knn_*: kNN on pixels")
     result.update(scores)
     result.update(wall_time_s=round(time.time() - start, 1), machine=machine())
@@ -598,9 +750,13 @@ def evaluate_run(workdir, protocol, *, label_fraction=1.0, epochs=None, precompu
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w") as f:
             json.dump(result, f, indent=2)
-    print(f"{method} {protocol}" + (f" {100 * label_fraction:g}% labels" if protocol in ("finetune", "supervised") else "")
-          + f": top-1 {result['top1']:.2f}%, top-5 {result['top5']:.2f}%"
-          + (f" (kNN top-1 {result['knn_top1']:.2f}%)" if protocol == "pixels" else "") + f"; wrote {path}")
+    print(
+        f"{method} {protocol}"
+        + (f" {100 * label_fraction:g}% labels" if protocol in ("finetune", "supervised") else "")
+        + f": top-1 {result['top1']:.2f}%, top-5 {result['top5']:.2f}%"
+        + (f" (kNN top-1 {result['knn_top1']:.2f}%)" if protocol == "pixels" else "")
+        + f"; wrote {path}"
+    )
     return result
 
 
@@ -610,8 +766,11 @@ def main(argv=None):
     parser.add_argument("--protocol", required=True, choices=PROTOCOLS)
     parser.add_argument("--label_fraction", type=float, default=1.0, help="finetune/supervised: 0.01, 0.1 or 1.0.")
     parser.add_argument("--epochs", type=int, default=None, help="Default: see default_epochs().")
-    parser.add_argument("--precompute", action="store_true",
-                        help="linear: train on features extracted once without augmentation (fast on CPU).")
+    parser.add_argument(
+        "--precompute",
+        action="store_true",
+        help="linear: train on features extracted once without augmentation (fast on CPU).",
+    )
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=None, help="Default 0.1 (linear, pixels), 0.05 (finetune).")
     parser.add_argument("--train_examples", type=int, default=0, help="Use the first N training examples (0: all).")
@@ -619,10 +778,19 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="JSON path (default W/eval_<protocol>[_<pct>pct].json).")
     args = parser.parse_args(argv)
-    return evaluate_run(args.workdir, args.protocol, label_fraction=args.label_fraction, epochs=args.epochs,
-                        precompute=args.precompute, batch_size=args.batch_size, lr=args.lr,
-                        train_examples=args.train_examples, test_examples=args.test_examples,
-                        seed=args.seed, output=args.output)
+    return evaluate_run(
+        args.workdir,
+        args.protocol,
+        label_fraction=args.label_fraction,
+        epochs=args.epochs,
+        precompute=args.precompute,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        train_examples=args.train_examples,
+        test_examples=args.test_examples,
+        seed=args.seed,
+        output=args.output,
+    )
 
 
 if __name__ == "__main__":

@@ -61,12 +61,14 @@ def log(message):
 
 
 def _format_scores(scores, init=None):
-    return ", ".join(f"{k} {v:.2f}%" + (f" (init {init[k]:.2f}%)" if init and k in init else "")
-                     for k, v in scores.items())
+    return ", ".join(
+        f"{k} {v:.2f}%" + (f" (init {init[k]:.2f}%)" if init and k in init else "") for k, v in scores.items()
+    )
 
 
-def train(config, workdir, create_state, get_body, *, epochs, train_data=None, scores=None,
-          initialize=None, results=None):
+def train(
+    config, workdir, create_state, get_body, *, epochs, train_data=None, scores=None, initialize=None, results=None
+):
     """Trains `create_state`'s state for `epochs` epochs of `train_data` and evaluates it.
 
     train_data: the training set (default: config.data's train split).
@@ -95,12 +97,16 @@ def train(config, workdir, create_state, get_body, *, epochs, train_data=None, s
         state = checkpoint.replicate(state, mesh)
         ckpt = checkpoint.Checkpointer(workdir, config=config, handle_sigterm=True)
         state, start_step = ckpt.restore_or(state)
-        log(f"{name}: {config.model.name} on {train_data.name}:{train_data.split} ({train_data.num_examples} "
+        log(
+            f"{name}: {config.model.name} on {train_data.name}:{train_data.split} ({train_data.num_examples} "
             f"images), {jax.device_count()} x {jax.devices()[0].platform} in {jax.process_count()} process(es), "
             f"{total_steps} steps of batch {config.data.batch_size} ({epochs:g} epochs)"
-            + (f", resuming at step {start_step}" if start_step else "") + f"; workdir {workdir}")
+            + (f", resuming at step {start_step}" if start_step else "")
+            + f"; workdir {workdir}"
+        )
 
         from clu import metric_writers  # TensorBoard events in the workdir (console lines are ours)
+
         writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
         results_path = os.path.join(workdir, "results.json")
         if start_step == 0 or not os.path.exists(results_path):  # what the initial network scores
@@ -137,8 +143,10 @@ def train(config, workdir, create_state, get_body, *, epochs, train_data=None, s
                     rate = (step - last_step) / max(now - last_time, 1e-9)
                     last_time, last_step = now, step
                     writer.write_scalars(step, {**metrics, "steps_per_sec": rate})
-                    log(f"step {step}/{total_steps}  loss {metrics['loss']:.4f}  {rate:.2f} steps/s  "
-                        f"ETA {time.strftime('%H:%M:%S', time.gmtime((total_steps - step) / rate))}")
+                    log(
+                        f"step {step}/{total_steps}  loss {metrics['loss']:.4f}  {rate:.2f} steps/s  "
+                        f"ETA {time.strftime('%H:%M:%S', time.gmtime((total_steps - step) / rate))}"
+                    )
                 if config.eval.knn_every_steps and step % config.eval.knn_every_steps == 0 and step < total_steps:
                     monitor = scores(graphdef, state, knn_train, knn_test, mesh)
                     writer.write_scalars(step, monitor)
@@ -170,12 +178,13 @@ def cli(main):
     """`python M/train.py --config M/config.py[:preset] [--workdir W] [--config.F=V ...]`: parses the
     flags and calls main(config, workdir). Library INFO logs stay hidden unless --verbosity=1 or more;
     a bad config or input ends with one line naming it (--verbosity=1 shows the traceback)."""
-    from absl import app, flags, logging
+    from absl import app, flags
     from ml_collections import config_flags
 
     name, _ = method_of(main)
-    config = config_flags.DEFINE_config_file("config", None, f"A config file, e.g. {name}/config.py:smoke.",
-                                             lock_config=True)
+    config = config_flags.DEFINE_config_file(
+        "config", None, f"A config file, e.g. {name}/config.py:smoke.", lock_config=True
+    )
     workdir = flags.DEFINE_string("workdir", f"runs/{name}", "Checkpoints, logs and results; rerun to resume.")
 
     def run(argv):
@@ -196,8 +205,10 @@ def cli(main):
         if "--verbosity=1" in sys.argv or "-v=1" in sys.argv:
             raise
         hint = str(e).strip("'\"").replace("\\n", " ").replace("\n", " ").replace("\\'", "")
-        sys.exit(f"{name}: a --config.<field>=<value> override names no field of the config ({hint}); "
-                 f"the fields are listed in {name}/config.py.")
+        sys.exit(
+            f"{name}: a --config.<field>=<value> override names no field of the config ({hint}); "
+            f"the fields are listed in {name}/config.py."
+        )
 
 
 def quiet():

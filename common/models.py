@@ -37,9 +37,15 @@ def _conv(in_features, out_features, kernel_size, strides, padding, rngs):
     """A bias-free conv with PyTorch's explicit symmetric padding (not 'SAME', which pads strided
     convs asymmetrically and so shifts the sampling grid relative to torchvision)."""
     return nnx.Conv(
-        in_features, out_features, (kernel_size, kernel_size), (strides, strides),
-        padding=((padding, padding), (padding, padding)), use_bias=False,
-        kernel_init=_conv_init, rngs=rngs)
+        in_features,
+        out_features,
+        (kernel_size, kernel_size),
+        (strides, strides),
+        padding=((padding, padding), (padding, padding)),
+        use_bias=False,
+        kernel_init=_conv_init,
+        rngs=rngs,
+    )
 
 
 def _batch_norm(num_features, momentum, rngs, zero_scale=False):
@@ -50,9 +56,12 @@ def _batch_norm(num_features, momentum, rngs, zero_scale=False):
     the biased batch variance (a factor n/(n-1), negligible for real batches).
     """
     return nnx.BatchNorm(
-        num_features, momentum=momentum, epsilon=1e-5,
+        num_features,
+        momentum=momentum,
+        epsilon=1e-5,
         scale_init=jax.nn.initializers.zeros if zero_scale else jax.nn.initializers.ones,
-        rngs=rngs)
+        rngs=rngs,
+    )
 
 
 class BasicBlock(nnx.Module):
@@ -132,8 +141,18 @@ class ResNet(nnx.Module):
     Output: [B, num_features], num_features = 8 * width * block.expansion.
     """
 
-    def __init__(self, stage_sizes, block, *, width=64, stem="imagenet", bn_momentum=0.9,
-                 in_channels=3, zero_init_residual=False, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        stage_sizes,
+        block,
+        *,
+        width=64,
+        stem="imagenet",
+        bn_momentum=0.9,
+        in_channels=3,
+        zero_init_residual=False,
+        rngs: nnx.Rngs,
+    ):
         if stem not in ("imagenet", "cifar", "small"):
             raise ValueError(f"stem must be 'imagenet', 'cifar' or 'small', got {stem!r}")
         self.max_pool = stem == "imagenet"
@@ -149,12 +168,20 @@ class ResNet(nnx.Module):
         stages = []
         in_features = width
         for i, num_blocks in enumerate(stage_sizes):
-            features = width * 2 ** i
+            features = width * 2**i
             blocks = []
             for j in range(num_blocks):
                 strides = 2 if i > 0 and j == 0 else 1
-                blocks.append(block(in_features, features, strides, bn_momentum=bn_momentum,
-                                    zero_init_residual=zero_init_residual, rngs=rngs))
+                blocks.append(
+                    block(
+                        in_features,
+                        features,
+                        strides,
+                        bn_momentum=bn_momentum,
+                        zero_init_residual=zero_init_residual,
+                        rngs=rngs,
+                    )
+                )
                 in_features = features * block.expansion
             stages.append(nnx.List(blocks))
         self.stages = nnx.List(stages)
@@ -202,8 +229,9 @@ _trunc_normal = jax.nn.initializers.truncated_normal(0.02, lower=-2 / 0.02, uppe
 
 
 def _linear(in_features, out_features, rngs):
-    return nnx.Linear(in_features, out_features, kernel_init=_trunc_normal,
-                      bias_init=jax.nn.initializers.zeros, rngs=rngs)
+    return nnx.Linear(
+        in_features, out_features, kernel_init=_trunc_normal, bias_init=jax.nn.initializers.zeros, rngs=rngs
+    )
 
 
 class DropPath(nnx.Module):
@@ -309,26 +337,39 @@ class VisionTransformer(nnx.Module):
       in_channels: input channels.
     """
 
-    def __init__(self, *, patch_size, embed_dim, depth, num_heads, mlp_ratio=4, img_size=224,
-                 drop_path_rate=0.0, in_channels=3, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        *,
+        patch_size,
+        embed_dim,
+        depth,
+        num_heads,
+        mlp_ratio=4,
+        img_size=224,
+        drop_path_rate=0.0,
+        in_channels=3,
+        rngs: nnx.Rngs,
+    ):
         self.patch_size = patch_size
         self.num_features = embed_dim
         # PyTorch's default Conv2d init (DINO leaves the patch conv alone): weight and bias both
         # U(-1/sqrt(fan_in), 1/sqrt(fan_in)); variance_scaling(1/3, fan_in, uniform) is that bound.
         bound = 1.0 / math.sqrt(in_channels * patch_size * patch_size)
         self.patch_embed = nnx.Conv(
-            in_channels, embed_dim, (patch_size, patch_size), (patch_size, patch_size),
+            in_channels,
+            embed_dim,
+            (patch_size, patch_size),
+            (patch_size, patch_size),
             padding="VALID",
             kernel_init=jax.nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
             bias_init=lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound),
-            rngs=rngs)
+            rngs=rngs,
+        )
         self.grid_size = img_size // patch_size
         self.cls_token = nnx.Param(_trunc_normal(rngs.params(), (1, 1, embed_dim)))
-        self.pos_embed = nnx.Param(
-            _trunc_normal(rngs.params(), (1, 1 + self.grid_size ** 2, embed_dim)))
+        self.pos_embed = nnx.Param(_trunc_normal(rngs.params(), (1, 1 + self.grid_size**2, embed_dim)))
         rates = np.linspace(0.0, drop_path_rate, depth)
-        self.blocks = nnx.List([Block(embed_dim, num_heads, mlp_ratio, float(rate), rngs=rngs)
-                                for rate in rates])
+        self.blocks = nnx.List([Block(embed_dim, num_heads, mlp_ratio, float(rate), rngs=rngs) for rate in rates])
         self.norm = nnx.LayerNorm(embed_dim, epsilon=1e-6, rngs=rngs)
 
     def interpolate_pos_encoding(self, grid_h, grid_w):
@@ -374,18 +415,15 @@ class VisionTransformer(nnx.Module):
 
 
 def vit_tiny(patch_size=16, *, depth=12, rngs: nnx.Rngs, **kw):
-    return VisionTransformer(patch_size=patch_size, embed_dim=192, depth=depth, num_heads=3,
-                             rngs=rngs, **kw)
+    return VisionTransformer(patch_size=patch_size, embed_dim=192, depth=depth, num_heads=3, rngs=rngs, **kw)
 
 
 def vit_small(patch_size=16, *, depth=12, rngs: nnx.Rngs, **kw):
-    return VisionTransformer(patch_size=patch_size, embed_dim=384, depth=depth, num_heads=6,
-                             rngs=rngs, **kw)
+    return VisionTransformer(patch_size=patch_size, embed_dim=384, depth=depth, num_heads=6, rngs=rngs, **kw)
 
 
 def vit_base(patch_size=16, *, depth=12, rngs: nnx.Rngs, **kw):
-    return VisionTransformer(patch_size=patch_size, embed_dim=768, depth=depth, num_heads=12,
-                             rngs=rngs, **kw)
+    return VisionTransformer(patch_size=patch_size, embed_dim=768, depth=depth, num_heads=12, rngs=rngs, **kw)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -395,8 +433,9 @@ def vit_base(patch_size=16, *, depth=12, rngs: nnx.Rngs, **kw):
 BODIES = ("resnet_tiny", "resnet18", "resnet34", "resnet50", "vit_tiny", "vit_small", "vit_base")
 
 
-def create_body(name, *, rngs: nnx.Rngs, stem="imagenet", patch_size=16, img_size=224,
-                bn_momentum=0.9, depth=12, drop_path_rate=0.0):
+def create_body(
+    name, *, rngs: nnx.Rngs, stem="imagenet", patch_size=16, img_size=224, bn_momentum=0.9, depth=12, drop_path_rate=0.0
+):
     """The body named in a config. ResNets use `stem` and `bn_momentum`; ViTs `patch_size`,
     `img_size` (the size their position embeddings are learned for), `depth` (number of blocks) and
     `drop_path_rate` (stochastic depth, e.g. DINO's student)."""

@@ -46,7 +46,6 @@ from flax import nnx
 
 from common import augment, checkpoint, loop, models
 
-
 # ------------------------------------------------------------------------------------------------
 # Model
 # ------------------------------------------------------------------------------------------------
@@ -87,8 +86,9 @@ class DINOHead(nnx.Module):
     ResNets) each hidden Linear is followed by batch norm over all crops; the ViT head has none."""
 
     def __init__(self, in_dim, hidden_dim, bottleneck_dim, out_dim, norm_last_layer, rngs, use_bn=False):
-        linear = functools.partial(nnx.Linear, kernel_init=_trunc_normal,
-                                   bias_init=jax.nn.initializers.zeros, rngs=rngs)
+        linear = functools.partial(
+            nnx.Linear, kernel_init=_trunc_normal, bias_init=jax.nn.initializers.zeros, rngs=rngs
+        )
         # PyTorch BatchNorm1d defaults (momentum 0.1 is 0.9 in the NNX convention); always batch
         # statistics: the head runs only in training, the teacher's in train mode too.
         norm = (lambda: nnx.BatchNorm(hidden_dim, momentum=0.9, epsilon=1e-5, rngs=rngs)) if use_bn else (lambda: None)
@@ -113,11 +113,25 @@ class Network(nnx.Module):
         m = config.model
         # ViTs: `depth` blocks (the CPU presets use shallow ViTs) and the student's stochastic depth
         # (paper 0.1); ResNets: the stem and batch norm momentum.
-        self.body = models.create_body(m.name, stem=m.stem, bn_momentum=m.bn_momentum, patch_size=m.patch_size,
-                                       img_size=config.views.crop_size, depth=m.depth,
-                                       drop_path_rate=m.drop_path_rate, rngs=rngs)
-        self.head = DINOHead(self.body.num_features, m.head_hidden_dim, m.head_bottleneck_dim, m.out_dim,
-                             m.norm_last_layer, rngs, m.use_bn_in_head)
+        self.body = models.create_body(
+            m.name,
+            stem=m.stem,
+            bn_momentum=m.bn_momentum,
+            patch_size=m.patch_size,
+            img_size=config.views.crop_size,
+            depth=m.depth,
+            drop_path_rate=m.drop_path_rate,
+            rngs=rngs,
+        )
+        self.head = DINOHead(
+            self.body.num_features,
+            m.head_hidden_dim,
+            m.head_bottleneck_dim,
+            m.out_dim,
+            m.norm_last_layer,
+            rngs,
+            m.use_bn_in_head,
+        )
 
     def __call__(self, crops, key=None):
         """crops: list of crop-major stacks [n, B, S, S, 3], one per resolution -> [sum of n, B, K].
@@ -152,6 +166,7 @@ class Centre(nnx.Variable):
 # ------------------------------------------------------------------------------------------------
 # Views
 # ------------------------------------------------------------------------------------------------
+
 
 def make_view(key, image, crop, cfg):
     """Flip, colour, blur and solarize for crop number `crop` (static: 0, 1 global, >= 2 local) of one
@@ -189,6 +204,7 @@ def make_views(key, images, cfg):
 # Loss
 # ------------------------------------------------------------------------------------------------
 
+
 def dino_loss(student_out, teacher_out, center, student_temp, teacher_temp, center_momentum):
     """Cross-entropy between the centred, sharpened teacher and the student over crop pairs.
 
@@ -208,9 +224,7 @@ def dino_loss(student_out, teacher_out, center, student_temp, teacher_temp, cent
     log_p_student = jax.nn.log_softmax(student_out / student_temp, axis=-1)  # [n_crops, B, K]
     # The teacher is centred with the centre from BEFORE this batch, then sharpened (tau_t < tau_s).
     # Stop-gradient on the teacher (paper Alg. 1, `t.detach()`): it learns only through the EMA.
-    p_teacher = jax.lax.stop_gradient(
-        jax.nn.softmax((teacher_out - center) / teacher_temp, axis=-1)
-    )  # [2, B, K]
+    p_teacher = jax.lax.stop_gradient(jax.nn.softmax((teacher_out - center) / teacher_temp, axis=-1))  # [2, B, K]
     # One cross-entropy term per (teacher crop t, student crop s) pair, each a mean over the batch.
     # A crop is not compared with itself, but the two global crops ARE compared with each other.
     # The loops are over static crop indices (unrolled under jit); element-wise products rather than
@@ -237,19 +251,21 @@ def dino_loss(student_out, teacher_out, center, student_temp, teacher_temp, cent
 # Schedules
 # ------------------------------------------------------------------------------------------------
 
+
 def teacher_temp_schedule(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs):
     """Teacher temperature per EPOCH: linear warmup, then constant. Returns [nepochs] float64.
 
     np.linspace includes its endpoint, so the last warmup epoch already has `teacher_temp`.
     """
-    return np.concatenate((
-        np.linspace(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs),
-        np.ones(nepochs - warmup_teacher_temp_epochs) * teacher_temp,
-    ))
+    return np.concatenate(
+        (
+            np.linspace(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs),
+            np.ones(nepochs - warmup_teacher_temp_epochs) * teacher_temp,
+        )
+    )
 
 
-def cosine_scheduler(base_value, final_value, epochs, niter_per_ep, warmup_epochs=0,
-                     start_warmup_value=0):
+def cosine_scheduler(base_value, final_value, epochs, niter_per_ep, warmup_epochs=0, start_warmup_value=0):
     """One value per ITERATION: linear warmup, then a half cosine from base to final value.
 
     Used for the learning rate, the weight decay and the teacher momentum. Returns
@@ -262,9 +278,7 @@ def cosine_scheduler(base_value, final_value, epochs, niter_per_ep, warmup_epoch
     warmup_iters = warmup_epochs * niter_per_ep
     warmup = np.linspace(start_warmup_value, base_value, warmup_iters)
     iters = np.arange(epochs * niter_per_ep - warmup_iters)
-    cosine = final_value + 0.5 * (base_value - final_value) * (
-        1 + np.cos(np.pi * iters / len(iters))
-    )
+    cosine = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * iters / len(iters)))
     return np.concatenate((warmup, cosine))
 
 
@@ -288,9 +302,16 @@ def step_schedules(config, steps_per_epoch):
     per_epoch = teacher_temp_schedule(m.warmup_teacher_temp, m.teacher_temp, m.warmup_teacher_temp_epochs, epochs)
     teacher_temp = per_epoch[np.arange(total) // steps_per_epoch]  # official: indexed by epoch
     last_layer_frozen = np.arange(total) < int(o.freeze_last_layer * steps_per_epoch)
-    return {name: jnp.asarray(values, jnp.float32) for name, values in (
-        ("lr", lr), ("weight_decay", weight_decay), ("momentum", momentum), ("teacher_temp", teacher_temp),
-        ("last_layer_frozen", last_layer_frozen))}
+    return {
+        name: jnp.asarray(values, jnp.float32)
+        for name, values in (
+            ("lr", lr),
+            ("weight_decay", weight_decay),
+            ("momentum", momentum),
+            ("teacher_temp", teacher_temp),
+            ("last_layer_frozen", last_layer_frozen),
+        )
+    }
 
 
 def make_optimizer(name, schedules):
@@ -305,13 +326,20 @@ def make_optimizer(name, schedules):
         return optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=wd, mask=is_kernel)
     if name == "sgd":
         return optax.chain(optax.add_decayed_weights(wd, mask=is_kernel), optax.sgd(lr, momentum=0.9))
-    return optax.lars(lr, weight_decay=wd, weight_decay_mask=is_kernel, trust_ratio_mask=is_kernel,
-                      momentum=0.9, trust_coefficient=0.001)
+    return optax.lars(
+        lr,
+        weight_decay=wd,
+        weight_decay_mask=is_kernel,
+        trust_ratio_mask=is_kernel,
+        momentum=0.9,
+        trust_coefficient=0.001,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
 # State
 # ------------------------------------------------------------------------------------------------
+
 
 def create_state(config, steps_per_epoch):
     """Everything that changes during training, and the step that changes it.
@@ -325,14 +353,14 @@ def create_state(config, steps_per_epoch):
     centre = Centre(jnp.zeros((1, config.model.out_dim)))
     schedules = step_schedules(config, steps_per_epoch)
     optimizer = nnx.Optimizer(student, make_optimizer(config.optim.optimizer, schedules), wrt=nnx.Param)
-    graphdef, state = nnx.split({"student": student, "teacher": teacher, "centre": centre,
-                                 "optimizer": optimizer})
+    graphdef, state = nnx.split({"student": student, "teacher": teacher, "centre": centre, "optimizer": optimizer})
     return graphdef, state, functools.partial(train_step, graphdef, config, schedules)
 
 
 # ------------------------------------------------------------------------------------------------
 # Train step
 # ------------------------------------------------------------------------------------------------
+
 
 def ema_update(teacher, student, m):
     """Teacher update theta_t <- m * theta_t + (1 - m) * theta_s (paper Sec. 3.1), on pytrees.
@@ -345,8 +373,10 @@ def ema_update(teacher, student, m):
 def clip_gradients(grads, clip):
     """Each parameter's gradient scaled down to norm <= clip, one tensor at a time (official
     utils.clip_gradients; not a global norm)."""
+
     def clip_one(g):
         return g * jnp.minimum(1.0, clip / (jnp.sqrt(jnp.sum(g * g)) + 1e-6))
+
     return jax.tree.map(clip_one, grads)
 
 
@@ -366,8 +396,14 @@ def train_step(graphdef, config, schedules, state, batch, key):
 
     def loss_fn(student):
         student_out = student(crops, k_drop if config.model.drop_path_rate > 0 else None)  # [n_crops, B, K]
-        return dino_loss(student_out, teacher_out, center, config.method.student_temp, s["teacher_temp"],
-                         config.method.center_momentum)
+        return dino_loss(
+            student_out,
+            teacher_out,
+            center,
+            config.method.student_temp,
+            s["teacher_temp"],
+            config.method.center_momentum,
+        )
 
     (loss, new_center), grads = nnx.value_and_grad(loss_fn, has_aux=True)(student)
     # The centre's update over the global batch (the official all-reduce follows from sharding).
@@ -384,19 +420,27 @@ def train_step(graphdef, config, schedules, state, batch, key):
     kept = jax.tree.map(jnp.copy, nnx.state(last_layer, nnx.Param))
     grads["head"]["last_layer"] = jax.tree.map(lambda g: jnp.where(frozen, 0.0, g), grads["head"]["last_layer"])
     optimizer.update(student, grads)
-    nnx.update(last_layer, jax.tree.map(lambda new, old: jnp.where(frozen, old, new),
-                                        nnx.state(last_layer, nnx.Param), kept))
+    nnx.update(
+        last_layer, jax.tree.map(lambda new, old: jnp.where(frozen, old, new), nnx.state(last_layer, nnx.Param), kept)
+    )
     # theta_t <- lambda theta_t + (1 - lambda) theta_s with the updated student (Sec. 3.1).
     nnx.update(teacher, ema_update(nnx.state(teacher, nnx.Param), nnx.state(student, nnx.Param), s["momentum"]))
     finite = checkpoint.all_finite(loss, nnx.state(parts, nnx.Param))  # student and teacher parameters
-    metrics = {"loss": loss, "lr": s["lr"], "weight_decay": s["weight_decay"], "momentum": s["momentum"],
-               "teacher_temp": s["teacher_temp"], "finite": finite}
+    metrics = {
+        "loss": loss,
+        "lr": s["lr"],
+        "weight_decay": s["weight_decay"],
+        "momentum": s["momentum"],
+        "teacher_temp": s["teacher_temp"],
+        "finite": finite,
+    }
     return nnx.state(parts), metrics
 
 
 # ------------------------------------------------------------------------------------------------
 # Evaluation
 # ------------------------------------------------------------------------------------------------
+
 
 def get_body(graphdef, state):
     """The representation f(.) that evaluation uses, as a fresh module in eval mode (a copy: switching
@@ -411,6 +455,7 @@ def get_body(graphdef, state):
 # Main
 # ------------------------------------------------------------------------------------------------
 
+
 def check_config(config):
     """Fails fast, before any data loading or compiling, on values the method cannot run with."""
     problems = []
@@ -424,8 +469,10 @@ def check_config(config):
     if o.epochs <= 0 or o.warmup_epochs < 0 or o.freeze_last_layer < 0 or o.clip_grad < 0:
         problems.append("optim.epochs must be > 0; warmup_epochs, freeze_last_layer and clip_grad >= 0")
     elif m.warmup_teacher_temp_epochs > math.ceil(o.epochs):
-        problems.append(f"method.warmup_teacher_temp_epochs={m.warmup_teacher_temp_epochs} is longer than "
-                        f"the run ({math.ceil(o.epochs)} epochs)")
+        problems.append(
+            f"method.warmup_teacher_temp_epochs={m.warmup_teacher_temp_epochs} is longer than "
+            f"the run ({math.ceil(o.epochs)} epochs)"
+        )
     if o.optimizer not in ("adamw", "sgd", "lars"):
         problems.append(f"optim.optimizer={o.optimizer!r} is not one of 'adamw', 'sgd', 'lars'")
     if v.local_crops_number < 0 or len(v.blur_p) != 3:
@@ -433,8 +480,9 @@ def check_config(config):
     if config.model.name.startswith("vit"):
         for name in ("crop_size", "local_crop_size"):
             if v[name] % config.model.patch_size:
-                problems.append(f"views.{name}={v[name]} is not a multiple of model.patch_size="
-                                f"{config.model.patch_size}")
+                problems.append(
+                    f"views.{name}={v[name]} is not a multiple of model.patch_size={config.model.patch_size}"
+                )
     elif config.model.drop_path_rate > 0:
         problems.append("model.drop_path_rate > 0 needs a ViT body")
     if problems:

@@ -57,7 +57,7 @@ def main(workdir, output, num_images=4):
     p = body.patch_size
     h, w = images.shape[1] // p * p, images.shape[2] // p * p
     top, left = (images.shape[1] - h) // 2, (images.shape[2] - w) // 2
-    images = images[:, top:top + h, left:left + w]
+    images = images[:, top : top + h, left : left + w]
     maps = np.asarray(attention_maps(body, images, tuple(config.views.mean), tuple(config.views.std)))
 
     heads = maps.shape[1]
@@ -82,8 +82,9 @@ def main(workdir, output, num_images=4):
 if __name__ == "__main__":
     from absl import app, flags
 
-    _WORKDIR = flags.DEFINE_string("workdir", f"runs/{pathlib.Path(__file__).resolve().parent.name}",
-                                   "Workdir of a DINO run with a ViT body.")
+    _WORKDIR = flags.DEFINE_string(
+        "workdir", f"runs/{pathlib.Path(__file__).resolve().parent.name}", "Workdir of a DINO run with a ViT body."
+    )
     _OUTPUT = flags.DEFINE_string("output", "", "PNG to write ('' = <workdir>/attention.png).")
     _NUM_IMAGES = flags.DEFINE_integer("num_images", 4, "Images of the evaluation split to show.")
 

@@ -47,19 +47,23 @@ from flax import nnx
 
 from common import augment, checkpoint, loop, models
 
-
 # ------------------------------------------------------------------------------------------------
 # Model
 # ------------------------------------------------------------------------------------------------
+
 
 class Encoder(nnx.Module):
     """The body f(.) and the official fc head: v2's MLP (Linear-ReLU-Linear, with biases, `--mlp`)
     or v1's single Linear. [B, S, S, 3] -> [B, proj_dim], not normalised."""
 
     def __init__(self, config, rngs):
-        self.body = models.create_body(config.model.name, stem=config.model.stem,
-                                       img_size=config.views.crop_size,
-                                       bn_momentum=config.model.bn_momentum, rngs=rngs)
+        self.body = models.create_body(
+            config.model.name,
+            stem=config.model.stem,
+            img_size=config.views.crop_size,
+            bn_momentum=config.model.bn_momentum,
+            rngs=rngs,
+        )
         width = self.body.num_features
         if config.model.mlp:
             self.fc1 = nnx.Linear(width, config.model.proj_hidden_dim, rngs=rngs)
@@ -119,6 +123,7 @@ def shuffled_keys(encoder_k, x, key, groups):
 # Views
 # ------------------------------------------------------------------------------------------------
 
+
 def make_view(key, image, cfg):
     """One MoCo view of one float image [H, W, 3] in [0, 1], torchvision semantics (main_moco.py).
 
@@ -150,6 +155,7 @@ def make_views(key, images, cfg):
 # ------------------------------------------------------------------------------------------------
 # Loss
 # ------------------------------------------------------------------------------------------------
+
 
 def l2_normalize(x, axis=-1, epsilon=1e-12):
     """x / max(||x||, eps) along `axis`, as torch's F.normalize. [..., D] -> [..., D]."""
@@ -207,14 +213,13 @@ def momentum_update(params_k, params_q, m):
 
     The official forward runs it before computing the keys of the current batch.
     """
-    return jax.tree.map(
-        lambda theta_k, theta_q: theta_k * m + theta_q * (1 - m), params_k, params_q
-    )
+    return jax.tree.map(lambda theta_k, theta_q: theta_k * m + theta_q * (1 - m), params_k, params_q)
 
 
 # ------------------------------------------------------------------------------------------------
 # Schedules
 # ------------------------------------------------------------------------------------------------
+
 
 def learning_rate_schedule(cfg, batch_size, steps_per_epoch):
     """lr * B / 256 (the official 0.03 is for batch 256), then v2's cosine decay to 0 (`--cos`), or
@@ -229,13 +234,13 @@ def learning_rate_schedule(cfg, batch_size, steps_per_epoch):
 def make_optimizer(cfg, schedule):
     """torch.optim.SGD: weight decay added to the gradient before the momentum, on every parameter
     of the query encoder (biases and batch norm included, as the official code)."""
-    return optax.chain(optax.add_decayed_weights(cfg.weight_decay),
-                       optax.sgd(schedule, momentum=cfg.momentum))
+    return optax.chain(optax.add_decayed_weights(cfg.weight_decay), optax.sgd(schedule, momentum=cfg.momentum))
 
 
 # ------------------------------------------------------------------------------------------------
 # State
 # ------------------------------------------------------------------------------------------------
+
 
 def create_state(config, steps_per_epoch):
     """Everything that changes during training, and the step that changes it.
@@ -255,15 +260,22 @@ def create_state(config, steps_per_epoch):
     schedule = learning_rate_schedule(config.optim, config.data.batch_size, steps_per_epoch)
     # Only the query encoder is optimised: the key encoder moves by the momentum update alone.
     optimizer = nnx.Optimizer(encoder_q, make_optimizer(config.optim, schedule), wrt=nnx.Param)
-    graphdef, state = nnx.split({"encoder_q": encoder_q, "encoder_k": key_encoder(encoder_q),
-                                 "queue": Queue(l2_normalize(queue)),
-                                 "queue_ptr": Queue(jnp.zeros((), jnp.int32)), "optimizer": optimizer})
+    graphdef, state = nnx.split(
+        {
+            "encoder_q": encoder_q,
+            "encoder_k": key_encoder(encoder_q),
+            "queue": Queue(l2_normalize(queue)),
+            "queue_ptr": Queue(jnp.zeros((), jnp.int32)),
+            "optimizer": optimizer,
+        }
+    )
     return graphdef, state, functools.partial(train_step, graphdef, config, schedule)
 
 
 # ------------------------------------------------------------------------------------------------
 # Train step
 # ------------------------------------------------------------------------------------------------
+
 
 def train_step(graphdef, config, schedule, state, batch, key):
     """One step on the global batch; jitted with `graphdef, config, schedule` bound.
@@ -302,6 +314,7 @@ def train_step(graphdef, config, schedule, state, batch, key):
 # Evaluation
 # ------------------------------------------------------------------------------------------------
 
+
 def get_body(graphdef, state):
     """The representation f(.) that evaluation uses: the query encoder's body, as a fresh module in eval
     mode (a copy: switching it to eval leaves the training graph untouched)."""
@@ -314,16 +327,21 @@ def get_body(graphdef, state):
 # Main
 # ------------------------------------------------------------------------------------------------
 
+
 def check_config(config):
     """Fails fast, before any data loading or compiling, on values the method cannot run with."""
     problems = []
     batch, groups, queue = config.data.batch_size, config.method.bn_groups, config.method.queue_size
     if groups < 1 or batch % groups or batch // groups < 2:
-        problems.append(f"data.batch_size={batch} must split into method.bn_groups={groups} groups of "
-                        "at least 2 images (batch norm needs 2)")
+        problems.append(
+            f"data.batch_size={batch} must split into method.bn_groups={groups} groups of "
+            "at least 2 images (batch norm needs 2)"
+        )
     if queue < batch or queue % batch:
-        problems.append(f"method.queue_size={queue} must be a multiple of data.batch_size={batch}, "
-                        "so each enqueue fits without wrapping (as the official code asserts)")
+        problems.append(
+            f"method.queue_size={queue} must be a multiple of data.batch_size={batch}, "
+            "so each enqueue fits without wrapping (as the official code asserts)"
+        )
     if config.method.temperature <= 0:
         problems.append(f"method.temperature={config.method.temperature} must be > 0")
     if not 0.0 <= config.method.momentum <= 1.0:

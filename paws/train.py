@@ -48,10 +48,10 @@ from flax import nnx
 
 from common import augment, checkpoint, data, evaluate, loop, models
 
-
 # ------------------------------------------------------------------------------------------------
 # Model
 # ------------------------------------------------------------------------------------------------
+
 
 class ProjectionHead(nnx.Module):
     """The official encoder.fc: Linear-BN-ReLU-Linear-BN-ReLU-Linear, hidden width = body width."""
@@ -86,15 +86,14 @@ class PAWS(nnx.Module):
     (z = h without a prediction head, as the official code's CIFAR-10 setting)."""
 
     def __init__(self, config, rngs):
-        self.body = models.create_body(config.model.name, stem=config.model.stem,
-                                       img_size=config.views.crop_size,
-                                       bn_momentum=config.model.bn_momentum, rngs=rngs)
-        self.head = ProjectionHead(self.body.num_features, config.model.proj_hidden_dim,
-                                   config.model.proj_dim, config.model.bn_momentum, rngs)
+        m = config.model
+        self.body = models.create_body(
+            m.name, stem=m.stem, img_size=config.views.crop_size, bn_momentum=m.bn_momentum, rngs=rngs
+        )
+        self.head = ProjectionHead(self.body.num_features, m.proj_hidden_dim, m.proj_dim, m.bn_momentum, rngs)
         self.pred = None
-        if config.model.pred_hidden_dim:
-            self.pred = PredictionHead(config.model.proj_dim, config.model.pred_hidden_dim,
-                                       config.model.bn_momentum, rngs)
+        if m.pred_hidden_dim:
+            self.pred = PredictionHead(m.proj_dim, m.pred_hidden_dim, m.bn_momentum, rngs)
 
     def __call__(self, x):
         h = self.head(self.body(x))
@@ -117,7 +116,8 @@ class LabelledSet(nnx.Module):
 # Views
 # ------------------------------------------------------------------------------------------------
 
-def augment_view(key, image, crop, cfg):
+
+def make_view(key, image, crop, cfg):
     """Flip and colour distortion of one crop [S, S, 3] in [0, 1], as the official torchvision code:
     RandomApply(ColorJitter(0.8s, 0.8s, 0.8s, 0.2s), 0.8), then (ImageNet) grayscale and blur, or
     (CIFAR-10) solarize with a threshold uniform in [0, 1]."""
@@ -143,7 +143,7 @@ def make_views(key, images, cfg):
         sizes.append(cfg.local_crop_size)
         scales.append(cfg.local_crop_scale)
         counts.append(cfg.local_crops_number)
-    view = functools.partial(augment_view, cfg=cfg)
+    view = functools.partial(make_view, cfg=cfg)
     stacks = augment.multi_crop(key, augment.to_float(images), sizes, scales, counts, view, cfg.crop_ratio)
     return stacks[0], (stacks[1] if cfg.local_crops_number else None)
 
@@ -151,9 +151,10 @@ def make_views(key, images, cfg):
 def make_support_views(key, images, cfg):
     """Labelled views: `supervised_views` large crops of each support image, as the unlabelled
     global views. uint8 [S, H, W, 3] -> [supervised_views * S, S', S', 3], view-major."""
-    view = functools.partial(augment_view, cfg=cfg)
-    (crops,) = augment.multi_crop(key, augment.to_float(images), [cfg.crop_size], [cfg.crop_scale],
-                                  [cfg.supervised_views], view, cfg.crop_ratio)
+    view = functools.partial(make_view, cfg=cfg)
+    (crops,) = augment.multi_crop(
+        key, augment.to_float(images), [cfg.crop_size], [cfg.crop_scale], [cfg.supervised_views], view, cfg.crop_ratio
+    )
     return crops.reshape(-1, *crops.shape[2:])
 
 
@@ -187,6 +188,7 @@ def labels_matrix(classes_per_batch, s_per_class, smoothing):
 # ------------------------------------------------------------------------------------------------
 # Loss
 # ------------------------------------------------------------------------------------------------
+
 
 def l2_normalize(x, axis=-1, epsilon=1e-12):
     """x / max(||x||, eps): torch.nn.functional.normalize, as the official snn uses it."""
@@ -295,6 +297,7 @@ def paws_loss(
 # Schedules
 # ------------------------------------------------------------------------------------------------
 
+
 def learning_rate_schedule(cfg, steps_per_epoch):
     """The official WarmupCosineSchedule: linear from start_lr to lr over the warmup, then cosine
     to final_lr at the last step (rates are absolute, as in the official configs)."""
@@ -306,14 +309,15 @@ def learning_rate_schedule(cfg, steps_per_epoch):
 def make_optimizer(cfg, schedule):
     """LARS; weight decay and trust-ratio adaptation skip biases and batch-norm parameters (ndim 1)."""
     is_kernel = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-    return optax.lars(schedule, weight_decay=cfg.weight_decay, weight_decay_mask=is_kernel,
-                      trust_coefficient=cfg.trust_coefficient, trust_ratio_mask=is_kernel,
-                      momentum=cfg.momentum)
+    decay = dict(weight_decay=cfg.weight_decay, weight_decay_mask=is_kernel)
+    trust = dict(trust_coefficient=cfg.trust_coefficient, trust_ratio_mask=is_kernel)
+    return optax.lars(schedule, **decay, **trust, momentum=cfg.momentum)
 
 
 # ------------------------------------------------------------------------------------------------
 # State
 # ------------------------------------------------------------------------------------------------
+
 
 def labelled_indices(config, train_data):
     """The labelled fraction: a class-balanced function of the seed, [C, n] indices (row = class)."""
@@ -332,7 +336,8 @@ def state_inputs(config, train_data):
             f"A support batch of {config.method.classes_per_batch} classes x {config.method.s_per_class} "
             f"images needs that many in the labelled fraction ({indices.shape[0]} classes x "
             f"{indices.shape[1]}); lower method.classes_per_batch / method.s_per_class or raise "
-            "data.label_fraction.")
+            "data.label_fraction."
+        )
     images = train_data.get(indices.ravel())["image"]
     return {"labelled": {"images": images.reshape(*indices.shape, *images.shape[1:]), "indices": indices}}
 
@@ -359,6 +364,7 @@ def create_state(config, steps_per_epoch, labelled=None):
 # Train step
 # ------------------------------------------------------------------------------------------------
 
+
 def train_step(graphdef, config, schedule, state, batch, key):
     """One step on the global batch; jitted with `graphdef, config, schedule` bound."""
     parts = nnx.merge(graphdef, state)
@@ -370,8 +376,8 @@ def train_step(graphdef, config, schedule, state, batch, key):
     x_s = make_support_views(k_support_views, support_images, config.views)  # [V * S, ...]
     x_g, x_l = make_views(k_views, batch["image"], config.views)  # [2, B, ...], [local, B, ...]
     b, num_support = x_g.shape[1], x_s.shape[0]
-    y_s = jnp.tile(labels_matrix(m.classes_per_batch, m.s_per_class, m.label_smoothing),
-                   (config.views.supervised_views, 1))  # [V * S, c]
+    y_s = labels_matrix(m.classes_per_batch, m.s_per_class, m.label_smoothing)  # [S, c]
+    y_s = jnp.tile(y_s, (config.views.supervised_views, 1))  # [V * S, c]
 
     def loss_fn(model):
         # As the official forward: supports and the two large views in one pass (one set of
@@ -384,22 +390,24 @@ def train_step(graphdef, config, schedule, state, batch, key):
         # Stop-gradient on every target (official .detach()); the swap makes row i of the
         # targets the OTHER large view of anchor row i.
         h = jax.lax.stop_gradient(h)
-        target_views = jnp.concatenate([h[num_support + b:], h[num_support:num_support + b]])
-        xent, me_max_reg = paws_loss(anchor_views, z[:num_support], y_s, target_views, h[:num_support], y_s,
-                                     m.tau, m.T, m.me_max, config.views.local_crops_number)
+        target_views = jnp.concatenate([h[num_support + b :], h[num_support : num_support + b]])
+        z_s, h_s = z[:num_support], h[:num_support]  # the supports' anchor and target embeddings
+        local = config.views.local_crops_number
+        xent, me_max_reg = paws_loss(anchor_views, z_s, y_s, target_views, h_s, y_s, m.tau, m.T, m.me_max, local)
         return xent + me_max_reg, (xent, me_max_reg)
 
     (loss, (xent, me_max_reg)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     lr = schedule(optimizer.step[...])
     optimizer.update(model, grads)
-    metrics = {"loss": loss, "xent": xent, "me_max_reg": me_max_reg, "lr": lr,
-               "finite": checkpoint.all_finite(loss, nnx.state(model, nnx.Param))}
+    metrics = {"loss": loss, "xent": xent, "me_max_reg": me_max_reg, "lr": lr}
+    metrics["finite"] = checkpoint.all_finite(loss, nnx.state(model, nnx.Param))
     return nnx.state(parts), metrics
 
 
 # ------------------------------------------------------------------------------------------------
 # Evaluation
 # ------------------------------------------------------------------------------------------------
+
 
 def get_body(graphdef, state):
     """The representation f(.) that evaluation uses, as a fresh module in eval mode (a copy: switching
@@ -424,9 +432,8 @@ def semi_supervised_eval(graphdef, state, config, labelled_data, test_data, mesh
     test_z, test_y = evaluate.extract_features(predict_fn, test_data, config.eval.batch_size, mesh)
     support_z, support_y = evaluate.extract_features(predict_fn, labelled_data, config.eval.batch_size, mesh)
     support_labels = jax.nn.one_hot(support_y, labelled_data.num_classes)
-    classify = jax.jit(snn)
-    probs = np.concatenate([classify(test_z[i:i + chunk], support_z, support_labels, config.method.tau)
-                            for i in range(0, len(test_z), chunk)])
+    classify = jax.jit(lambda z: snn(z, support_z, support_labels, config.method.tau))
+    probs = np.concatenate([classify(test_z[i : i + chunk]) for i in range(0, len(test_z), chunk)])
     return 100.0 * float(np.mean(np.argmax(probs, axis=1) == test_y))
 
 
@@ -440,6 +447,7 @@ def scores(config, labelled_data, graphdef, state, knn_train, knn_test, mesh):
 # Main
 # ------------------------------------------------------------------------------------------------
 
+
 def check_config(config):
     """Fails fast, before any data loading or compiling, on values the method cannot run with."""
     m, v, o = config.method, config.views, config.optim
@@ -449,8 +457,10 @@ def check_config(config):
     if m.tau <= 0 or m.T <= 0:
         problems.append(f"method.tau={m.tau} and method.T={m.T} must be > 0")
     if m.classes_per_batch < 2 or m.s_per_class < 1 or v.supervised_views < 1:
-        problems.append("method.classes_per_batch >= 2, method.s_per_class >= 1 and "
-                        "views.supervised_views >= 1 are needed for a support batch")
+        problems.append(
+            "method.classes_per_batch >= 2, method.s_per_class >= 1 and "
+            "views.supervised_views >= 1 are needed for a support batch"
+        )
     if not 0 <= m.label_smoothing < 1:
         problems.append(f"method.label_smoothing={m.label_smoothing} must lie in [0, 1)")
     if v.local_crops_number < 0:
@@ -466,12 +476,20 @@ def main(config, workdir):
     train_data = data.load(config.data, config.data.train_split)
     inputs = state_inputs(config, train_data)
     indices = inputs["labelled"]["indices"].ravel()  # recorded with the run; snn's supports
-    checkpoint.write_json(os.path.join(workdir, "labelled.json"), {
-        "label_fraction": config.data.label_fraction, "seed": config.seed, "indices": indices.tolist()})
-    return loop.train(config, workdir, functools.partial(create_state, **inputs), get_body,
-                      epochs=config.optim.epochs, train_data=train_data,
-                      scores=functools.partial(scores, config, train_data.subset(indices)),
-                      results={"label_fraction": config.data.label_fraction})
+    fraction = config.data.label_fraction
+    record = {"label_fraction": fraction, "seed": config.seed, "indices": indices.tolist()}
+    checkpoint.write_json(os.path.join(workdir, "labelled.json"), record)
+    snn_scores = functools.partial(scores, config, train_data.subset(indices))
+    return loop.train(
+        config,
+        workdir,
+        functools.partial(create_state, **inputs),
+        get_body,
+        epochs=config.optim.epochs,
+        train_data=train_data,
+        scores=snn_scores,
+        results={"label_fraction": fraction},
+    )
 
 
 if __name__ == "__main__":

@@ -48,10 +48,10 @@ from flax import nnx
 
 from common import augment, checkpoint, data, evaluate, loop, models
 
-
 # ------------------------------------------------------------------------------------------------
 # Model
 # ------------------------------------------------------------------------------------------------
+
 
 class PIRL(nnx.Module):
     """One body for the image and every patch, and the paper's heads (Sec. 3.3, VISSL's config).
@@ -62,10 +62,14 @@ class PIRL(nnx.Module):
     """
 
     def __init__(self, config, rngs):
-        self.body = models.create_body(config.model.name, stem=config.model.stem,
-                                       img_size=config.views.crop_size,
-                                       bn_momentum=config.model.bn_momentum, rngs=rngs)
-        dim, num_patches = config.model.embed_dim, config.views.grid ** 2
+        self.body = models.create_body(
+            config.model.name,
+            stem=config.model.stem,
+            img_size=config.views.crop_size,
+            bn_momentum=config.model.bn_momentum,
+            rngs=rngs,
+        )
+        dim, num_patches = config.model.embed_dim, config.views.grid**2
         self.image_head = nnx.Linear(self.body.num_features, dim, rngs=rngs)
         self.patch_head = nnx.Linear(self.body.num_features, dim, rngs=rngs)
         self.jigsaw_head = nnx.Linear(num_patches * dim, dim, rngs=rngs)
@@ -104,6 +108,7 @@ class MemoryBank(nnx.Module):
 # Views
 # ------------------------------------------------------------------------------------------------
 
+
 def photometric(key, img, cfg):
     """The per-view recipe VISSL applies to the image and to EACH patch: colour jitter, PIL photometric
     ops, grayscale, flip, normalise. [P, P, 3] in [0, 1] -> [P, P, 3]."""
@@ -124,16 +129,17 @@ def make_jigsaw(key, image, cfg):
     random permutation. Returns [grid^2, P, P, 3].
     """
     k_crop, k_jitter, k_perm, k_views = jax.random.split(key, 4)
-    x = augment.random_resized_crop(k_crop, image, cfg.patch_crop_size, scale=cfg.patch_crop_scale,
-                                    ratio=cfg.crop_ratio)
+    x = augment.random_resized_crop(
+        k_crop, image, cfg.patch_crop_size, scale=cfg.patch_crop_scale, ratio=cfg.crop_ratio
+    )
     cell = cfg.patch_crop_size // cfg.grid
     size = cell - cfg.patch_jitter
     rows, cols = jnp.meshgrid(jnp.arange(cfg.grid), jnp.arange(cfg.grid), indexing="ij")
     corners = cell * jnp.stack([rows.ravel(), cols.ravel()], axis=1)  # [n, 2]
     corners = corners + jax.random.randint(k_jitter, corners.shape, 0, cfg.patch_jitter)
     patches = jax.vmap(lambda c: jax.lax.dynamic_slice(x, (c[0], c[1], 0), (size, size, 3)))(corners)
-    patches = patches[jax.random.permutation(k_perm, cfg.grid ** 2)]  # [n, P, P, 3]
-    keys = jax.random.split(k_views, cfg.grid ** 2)
+    patches = patches[jax.random.permutation(k_perm, cfg.grid**2)]  # [n, P, P, 3]
+    keys = jax.random.split(k_views, cfg.grid**2)
     return jax.vmap(functools.partial(photometric, cfg=cfg))(keys, patches)
 
 
@@ -149,13 +155,16 @@ def make_views(key, images, cfg):
     semantics (VISSL), one key per image and view."""
     images = augment.to_float(images)
     k_jigsaw, k_image = jax.random.split(key)
-    return (augment.apply_per_image(functools.partial(make_jigsaw, cfg=cfg), k_jigsaw, images),
-            augment.apply_per_image(functools.partial(make_view, cfg=cfg), k_image, images))
+    return (
+        augment.apply_per_image(functools.partial(make_jigsaw, cfg=cfg), k_jigsaw, images),
+        augment.apply_per_image(functools.partial(make_view, cfg=cfg), k_image, images),
+    )
 
 
 # ------------------------------------------------------------------------------------------------
 # Loss
 # ------------------------------------------------------------------------------------------------
+
 
 def l2_normalize(x, axis=-1, epsilon=1e-12):
     """x / max(||x||, eps): torch.nn.functional.normalize, as the official loss uses it."""
@@ -207,8 +216,9 @@ def nce_loss(scores, Z, n_mem):
     return -(jnp.sum(log_h_positive) + jnp.sum(log_h_negatives)) / scores.shape[0]
 
 
-def pirl_loss(patch_embedding, image_embedding, memory, indices, neg_idx_patch, neg_idx_image, temperature, Z,
-              loss_type):
+def pirl_loss(
+    patch_embedding, image_embedding, memory, indices, neg_idx_patch, neg_idx_image, temperature, Z, loss_type
+):
     """PIRL loss of both branches against the memory bank (official NCELossWithMemory.forward).
 
         L = 0.5 L(m_I, g(v_It)) + 0.5 L(m_I, f(v_I))
@@ -242,7 +252,8 @@ def pirl_loss(patch_embedding, image_embedding, memory, indices, neg_idx_patch, 
         (loss, Z): the scalar loss and the normalisation constant to use from now on.
     """
     patch_embedding, image_embedding, memory, indices, neg_idx_patch, neg_idx_image = map(
-        jnp.asarray, (patch_embedding, image_embedding, memory, indices, neg_idx_patch, neg_idx_image))
+        jnp.asarray, (patch_embedding, image_embedding, memory, indices, neg_idx_patch, neg_idx_image)
+    )
     n_mem = memory.shape[0]
     patch_scores = memory_scores(patch_embedding, memory, neg_idx_patch.at[:, 0].set(indices), temperature)
     image_scores = memory_scores(image_embedding, memory, neg_idx_image.at[:, 0].set(indices), temperature)
@@ -306,8 +317,9 @@ def memory_from_features(config, train_data, graphdef, state, mesh):
     def embed_image(model, images):
         return l2_normalize(model.embed_image(augment.normalize(augment.to_float(images), mean, std)))
 
-    features, _ = evaluate.extract_features(lambda images: embed_image(scratch, images), train_data,
-                                            config.eval.batch_size, mesh)
+    features, _ = evaluate.extract_features(
+        lambda images: embed_image(scratch, images), train_data, config.eval.batch_size, mesh
+    )
     parts["memory"].memory[...] = jnp.asarray(features)
     return nnx.state(parts)
 
@@ -315,6 +327,7 @@ def memory_from_features(config, train_data, graphdef, state, mesh):
 # ------------------------------------------------------------------------------------------------
 # Schedules
 # ------------------------------------------------------------------------------------------------
+
 
 def learning_rate_schedule(cfg, batch_size, steps_per_epoch):
     """lr x B/256 decayed by a cosine to final_lr_fraction of it, no warmup (VISSL: 0.03 per 256
@@ -328,13 +341,15 @@ def make_optimizer(cfg, schedule):
     """PyTorch SGD with momentum: weight decay added to the gradient before the momentum; biases and
     batch-norm parameters (ndim 1) are not decayed (VISSL regularize_bias/regularize_bn False)."""
     is_kernel = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-    return optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask=is_kernel),
-                       optax.sgd(schedule, momentum=cfg.momentum))
+    return optax.chain(
+        optax.add_decayed_weights(cfg.weight_decay, mask=is_kernel), optax.sgd(schedule, momentum=cfg.momentum)
+    )
 
 
 # ------------------------------------------------------------------------------------------------
 # State
 # ------------------------------------------------------------------------------------------------
+
 
 def create_state(config, steps_per_epoch):
     """Everything that changes during training, and the step that changes it.
@@ -356,6 +371,7 @@ def create_state(config, steps_per_epoch):
 # Train step
 # ------------------------------------------------------------------------------------------------
 
+
 def train_step(graphdef, config, schedule, state, batch, key):
     """One step on the global batch; jitted with `graphdef, config, schedule` bound.
 
@@ -376,8 +392,17 @@ def train_step(graphdef, config, schedule, state, batch, key):
     def loss_fn(model):
         patch_embedding = model.embed_jigsaw(patches)  # g(v_It) [B, D]
         image_embedding = model.embed_image(images)  # f(v_I) [B, D]
-        loss, Z_used = pirl_loss(patch_embedding, image_embedding, memory, indices, neg_idx_patch,
-                                 neg_idx_image, config.method.temperature, Z, config.method.loss_type)
+        loss, Z_used = pirl_loss(
+            patch_embedding,
+            image_embedding,
+            memory,
+            indices,
+            neg_idx_patch,
+            neg_idx_image,
+            config.method.temperature,
+            Z,
+            config.method.loss_type,
+        )
         return loss, (Z_used, image_embedding)
 
     (loss, (Z, image_embedding)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
@@ -396,6 +421,7 @@ def train_step(graphdef, config, schedule, state, batch, key):
 # Evaluation
 # ------------------------------------------------------------------------------------------------
 
+
 def get_body(graphdef, state):
     """The representation f(.) that evaluation uses, as a fresh module in eval mode (a copy: switching
     it to eval leaves the training graph untouched)."""
@@ -407,6 +433,7 @@ def get_body(graphdef, state):
 # ------------------------------------------------------------------------------------------------
 # Main
 # ------------------------------------------------------------------------------------------------
+
 
 def check_config(config):
     """Fails fast, before any data loading or compiling, on values the method cannot run with."""
@@ -426,9 +453,11 @@ def check_config(config):
     if config.method.norm_constant == 0:
         problems.append("method.norm_constant must be > 0, or < 0 to estimate Z at the first step")
     if config.views.patch_jitter < 1 or config.views.patch_crop_size // config.views.grid <= config.views.patch_jitter:
-        problems.append(f"views.patch_jitter={config.views.patch_jitter} must be >= 1 and smaller than a grid "
-                        f"cell (views.patch_crop_size // views.grid = "
-                        f"{config.views.patch_crop_size // config.views.grid})")
+        problems.append(
+            f"views.patch_jitter={config.views.patch_jitter} must be >= 1 and smaller than a grid "
+            f"cell (views.patch_crop_size // views.grid = "
+            f"{config.views.patch_crop_size // config.views.grid})"
+        )
     if config.optim.epochs <= 0:
         problems.append("optim.epochs must be > 0")
     if problems:
@@ -439,14 +468,23 @@ def main(config, workdir):
     check_config(config)
     train_data = data.load(config.data, config.data.train_split)
     if train_data.num_examples != config.method.memory_size:  # one bank row per training image
-        raise ValueError(f"Bad config: method.memory_size={config.method.memory_size} must equal the "
-                         f"{train_data.num_examples} training images. Fix it with "
-                         f"--config.method.memory_size={train_data.num_examples}.")
+        raise ValueError(
+            f"Bad config: method.memory_size={config.method.memory_size} must equal the "
+            f"{train_data.num_examples} training images. Fix it with "
+            f"--config.method.memory_size={train_data.num_examples}."
+        )
     initialize = None
     if config.method.memory_init == "features":
         initialize = functools.partial(memory_from_features, config, train_data)
-    return loop.train(config, workdir, create_state, get_body, epochs=config.optim.epochs,
-                      train_data=train_data, initialize=initialize)
+    return loop.train(
+        config,
+        workdir,
+        create_state,
+        get_body,
+        epochs=config.optim.epochs,
+        train_data=train_data,
+        initialize=initialize,
+    )
 
 
 if __name__ == "__main__":

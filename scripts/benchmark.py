@@ -88,8 +88,11 @@ def main(argv):
     iterator.close()
 
     figures = {
-        "method": method, "device": str(jax.devices()[0].device_kind), "devices": jax.device_count(),
-        "batch_size": batch_size, "compile_s": round(compile_s, 2),
+        "method": method,
+        "device": str(jax.devices()[0].device_kind),
+        "devices": jax.device_count(),
+        "batch_size": batch_size,
+        "compile_s": round(compile_s, 2),
         "step_images_per_s": round(batch_size / step_s, 1),
         "augment_images_per_s": round(batch_size / augment_s, 1),
         "loop_images_per_s": round(batch_size / loop_s, 1),

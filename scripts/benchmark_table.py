@@ -34,22 +34,29 @@ FRACTIONS = (0.01, 0.1)
 
 # Published ImageNet-1k results (linear probe on a frozen body unless noted), with where they are from.
 PUBLISHED = {
-    "simclr": ("69.3 (ResNet-50, 1000 ep)",
-               "Chen et al., ICML 2020, arXiv:2002.05709, Table 6"),
-    "moco": ("71.1 (MoCo v2, ResNet-50, 800 ep)",
-             "Chen et al., arXiv:2003.04297, Table 2; facebookresearch/moco README"),
-    "byol": ("74.3 (ResNet-50, 1000 ep)",
-             "Grill et al., NeurIPS 2020, arXiv:2006.07733, Table 1"),
-    "swav": ("75.3 (ResNet-50, multi-crop, 800 ep)",
-             "Caron et al., NeurIPS 2020, arXiv:2006.09882, Table 1; facebookresearch/swav README"),
-    "dino": ("77.0 (ViT-S/16); 75.3 (ResNet-50)",
-             "Caron et al., ICCV 2021, arXiv:2104.14294, Table 2; facebookresearch/dino README"),
-    "pirl": ("63.6 (ResNet-50)",
-             "Misra & van der Maaten, CVPR 2020, arXiv:1912.01991, Table 1"),
-    "simclr2": ("71.7 (ResNet-50 1x, SK0); fine-tuned 1% / 10%: 57.9 / 68.4",
-                "Chen et al., NeurIPS 2020, arXiv:2006.10029, Table 1; google-research/simclr README"),
-    "paws": ("semi-supervised, fine-tuned 1% / 10%: 66.5 / 75.5 (ResNet-50, 300 ep)",
-             "Assran et al., ICCV 2021, arXiv:2104.13963, Table 1; facebookresearch/suncet README"),
+    "simclr": ("69.3 (ResNet-50, 1000 ep)", "Chen et al., ICML 2020, arXiv:2002.05709, Table 6"),
+    "moco": (
+        "71.1 (MoCo v2, ResNet-50, 800 ep)",
+        "Chen et al., arXiv:2003.04297, Table 2; facebookresearch/moco README",
+    ),
+    "byol": ("74.3 (ResNet-50, 1000 ep)", "Grill et al., NeurIPS 2020, arXiv:2006.07733, Table 1"),
+    "swav": (
+        "75.3 (ResNet-50, multi-crop, 800 ep)",
+        "Caron et al., NeurIPS 2020, arXiv:2006.09882, Table 1; facebookresearch/swav README",
+    ),
+    "dino": (
+        "77.0 (ViT-S/16); 75.3 (ResNet-50)",
+        "Caron et al., ICCV 2021, arXiv:2104.14294, Table 2; facebookresearch/dino README",
+    ),
+    "pirl": ("63.6 (ResNet-50)", "Misra & van der Maaten, CVPR 2020, arXiv:1912.01991, Table 1"),
+    "simclr2": (
+        "71.7 (ResNet-50 1x, SK0); fine-tuned 1% / 10%: 57.9 / 68.4",
+        "Chen et al., NeurIPS 2020, arXiv:2006.10029, Table 1; google-research/simclr README",
+    ),
+    "paws": (
+        "semi-supervised, fine-tuned 1% / 10%: 66.5 / 75.5 (ResNet-50, 300 ep)",
+        "Assran et al., ICCV 2021, arXiv:2104.13963, Table 1; facebookresearch/suncet README",
+    ),
 }
 
 
@@ -93,12 +100,13 @@ def machine_description():
     import jax
 
     device = jax.devices()[0]
-    return (f"{jax.device_count()} x {device.device_kind} ({device.platform}), {os.cpu_count()} CPU cores")
+    return f"{jax.device_count()} x {device.device_kind} ({device.platform}), {os.cpu_count()} CPU cores"
 
 
 # --------------------------------------------------------------------------------------------------
 # Running
 # --------------------------------------------------------------------------------------------------
+
 
 def run_everything(methods, args):
     runs = ROOT / args.runs
@@ -144,8 +152,13 @@ def semi_supervised_runs(m, runs):
     runs/paws (the default, 10%) and runs/paws_1pct, each evaluated by soft nearest neighbours.
     """
     if m == "simclr2":
-        return {f: {"finetune": runs / f"simclr2_finetune_{round(100 * f)}pct",
-                    "distill": runs / f"simclr2_distill_{round(100 * f)}pct"} for f in FRACTIONS}
+        return {
+            f: {
+                "finetune": runs / f"simclr2_finetune_{round(100 * f)}pct",
+                "distill": runs / f"simclr2_distill_{round(100 * f)}pct",
+            }
+            for f in FRACTIONS
+        }
     return {f: {"pretrain": runs / ("paws" if f == 0.1 else f"paws_{round(100 * f)}pct")} for f in FRACTIONS}
 
 
@@ -161,10 +174,12 @@ def train(m, workdir, overrides, log, rerun=False):
         os.rename(workdir, f"{workdir}.previous-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "machine.json"), "w") as f:
-        json.dump({"machine": machine_description(),
-                   "started": datetime.datetime.now().isoformat(timespec="seconds")}, f)
-    return call([sys.executable, f"{m}/train.py", "--config", f"{m}/config.py", "--workdir", str(workdir)]
-                + overrides, log)
+        json.dump(
+            {"machine": machine_description(), "started": datetime.datetime.now().isoformat(timespec="seconds")}, f
+        )
+    return call(
+        [sys.executable, f"{m}/train.py", "--config", f"{m}/config.py", "--workdir", str(workdir)] + overrides, log
+    )
 
 
 def run_semi_supervised(m, runs, log, rerun):
@@ -172,10 +187,20 @@ def run_semi_supervised(m, runs, log, rerun):
         label = [f"--config.data.label_fraction={fraction}"]
         if m == "simclr2":  # the paper fine-tunes 60 epochs on 1% of the labels, 30 on 10%
             epochs = [f"--config.finetune.epochs={60 if fraction == 0.01 else 30}"]
-            if train(m, stages["finetune"], ["--config.stage=finetune", f"--config.init_workdir={runs / m}"]
-                     + label + epochs, log, rerun):
-                train(m, stages["distill"], ["--config.stage=distill",
-                                             f"--config.init_workdir={stages['finetune']}"] + label, log, rerun)
+            if train(
+                m,
+                stages["finetune"],
+                ["--config.stage=finetune", f"--config.init_workdir={runs / m}"] + label + epochs,
+                log,
+                rerun,
+            ):
+                train(
+                    m,
+                    stages["distill"],
+                    ["--config.stage=distill", f"--config.init_workdir={stages['finetune']}"] + label,
+                    log,
+                    rerun,
+                )
         elif stages["pretrain"] != runs / m:
             train(m, stages["pretrain"], label, log, rerun)
 
@@ -198,6 +223,7 @@ def eval_name(protocol, fraction):
 # The table
 # --------------------------------------------------------------------------------------------------
 
+
 def pct(value):
     return f"{value:.1f}" if isinstance(value, (int, float)) else "not run"
 
@@ -219,10 +245,14 @@ def method_row(m, runs):
     epochs = config.get("optim", {}).get("epochs", "?")
     machine = (read_json(workdir / "machine.json") or {}).get("machine", "machine not recorded")
     wall = f"{results['wall_time_s'] / 60:.1f} min, {machine}"
-    knn = (f"{results['knn_top1']:.1f} / {results['knn_top5']:.1f} "
-           f"(init {results.get('knn_top1_init', float('nan')):.1f})")
-    subset = [f"{config['eval'][f'knn_{s}_examples']} {s}" for s in ("train", "test")
-              if config.get("eval", {}).get(f"knn_{s}_examples")]
+    knn = (
+        f"{results['knn_top1']:.1f} / {results['knn_top5']:.1f} (init {results.get('knn_top1_init', float('nan')):.1f})"
+    )
+    subset = [
+        f"{config['eval'][f'knn_{s}_examples']} {s}"
+        for s in ("train", "test")
+        if config.get("eval", {}).get(f"knn_{s}_examples")
+    ]
     if subset:
         knn += f" (first {' / '.join(subset)} images)"
     linear = read_json(workdir / "eval_linear.json")
@@ -231,10 +261,14 @@ def method_row(m, runs):
     else:
         fts = [read_json(workdir / eval_name("finetune", f)) for f in FRACTIONS]
         ft = " / ".join(pct(r["top1"]) if r else "—" for r in fts)
-    linear_cell = pair(linear) + (f" ({linear['epochs']} ep, {'precomputed' if linear['features'].startswith('pre') else 'augmented'})"
-                                  if linear else "")
-    return (f"| {m} | {body} | {epochs:g} | {wall} | {knn} | {linear_cell} | {ft} | {results['step']} | "
-            f"{PUBLISHED[m][0]} |")
+    linear_cell = pair(linear) + (
+        f" ({linear['epochs']} ep, {'precomputed' if linear['features'].startswith('pre') else 'augmented'})"
+        if linear
+        else ""
+    )
+    return (
+        f"| {m} | {body} | {epochs:g} | {wall} | {knn} | {linear_cell} | {ft} | {results['step']} | {PUBLISHED[m][0]} |"
+    )
 
 
 def semi_supervised_cell(m, runs):
@@ -254,9 +288,17 @@ def semi_supervised_cell(m, runs):
 def baseline_rows(runs, base):
     rows = []
     pixels = read_json(runs / "baselines" / "eval_pixels.json")
-    rows.append("| Raw pixels, kNN (k=20, T=0.07) | " + (pair(pixels, "knn_top1", "knn_top5") if pixels else "not run") + " |")
-    rows.append("| Raw pixels, linear probe | " + (pair(pixels) + f" ({pixels['epochs']} ep)" if pixels else "not run") + " |")
-    for label, fraction in [("Strong Sup (100% labels)", 1.0), ("Weak Sup (10% labels)", 0.1), ("Weak Sup (1% labels)", 0.01)]:
+    rows.append(
+        "| Raw pixels, kNN (k=20, T=0.07) | " + (pair(pixels, "knn_top1", "knn_top5") if pixels else "not run") + " |"
+    )
+    rows.append(
+        "| Raw pixels, linear probe | " + (pair(pixels) + f" ({pixels['epochs']} ep)" if pixels else "not run") + " |"
+    )
+    for label, fraction in [
+        ("Strong Sup (100% labels)", 1.0),
+        ("Weak Sup (10% labels)", 0.1),
+        ("Weak Sup (1% labels)", 0.01),
+    ]:
         r = read_json(runs / "baselines" / eval_name("supervised", fraction))
         cell = pair(r) + f" ({r['epochs']} ep, {r['labelled_examples']} images, {r['body']})" if r else "not run"
         rows.append(f"| {label} | {cell} |")
@@ -294,14 +336,28 @@ def write_table(methods, args):
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     lines += [method_row(m, runs) for m in methods]
-    lines += ["", "## Baselines", "",
-              (f"Same body and data as `{args.runs}/{base}` (its config.json); the supervised baselines "
-               "use the fine-tuning protocol from a random initialisation." if base else
-               "No complete run yet to take the body and data from."),
-              "", "| baseline | top-1 / top-5 |", "| --- | --- |"]
+    lines += [
+        "",
+        "## Baselines",
+        "",
+        (
+            f"Same body and data as `{args.runs}/{base}` (its config.json); the supervised baselines "
+            "use the fine-tuning protocol from a random initialisation."
+            if base
+            else "No complete run yet to take the body and data from."
+        ),
+        "",
+        "| baseline | top-1 / top-5 |",
+        "| --- | --- |",
+    ]
     lines += baseline_rows(runs, base)
-    lines += ["", "## Published results (sources)", "", "| method | ImageNet-1k top-1 | source |",
-              "| --- | --- | --- |"]
+    lines += [
+        "",
+        "## Published results (sources)",
+        "",
+        "| method | ImageNet-1k top-1 | source |",
+        "| --- | --- | --- |",
+    ]
     lines += [f"| {m} | {PUBLISHED[m][0]} | {PUBLISHED[m][1]} |" for m in methods]
     text = "\n".join(lines) + "\n"
     (ROOT / args.output).write_text(text)
@@ -320,8 +376,12 @@ def main(argv=None):
     parser.add_argument("--skip_baselines", action="store_true", help="Train and evaluate the methods only.")
     parser.add_argument("--precompute", action="store_true", help="Linear probe on precomputed features.")
     parser.add_argument("--linear_epochs", type=int, default=None, help="Default: common.evaluate's.")
-    parser.add_argument("--finetune_epochs", type=int, default=None,
-                        help="Fine-tuning and supervised baselines (default: common.evaluate's per fraction).")
+    parser.add_argument(
+        "--finetune_epochs",
+        type=int,
+        default=None,
+        help="Fine-tuning and supervised baselines (default: common.evaluate's per fraction).",
+    )
     args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]

@@ -23,9 +23,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -40,6 +39,7 @@ SKIPPED_CURVES = ("uptime", "steps_per_sec")
 # Training curves from TensorBoard events
 # --------------------------------------------------------------------------------------------------
 
+
 def read_scalars(workdir):
     """{tag: (steps int [n], values float [n])} of every scalar in the workdir's TensorBoard events.
 
@@ -52,13 +52,14 @@ def read_scalars(workdir):
     events.Reload()
     curves = {}
     for tag in events.Tags()["tensors"]:
-        points = [(e.step, float(np.asarray(tensor_util.make_ndarray(e.tensor_proto)).reshape(-1)[0]))
-                  for e in events.Tensors(tag)]
+        points = [
+            (e.step, float(np.asarray(tensor_util.make_ndarray(e.tensor_proto)).reshape(-1)[0]))
+            for e in events.Tensors(tag)
+        ]
         curves[tag] = points
     for tag in events.Tags()["scalars"]:
         curves[tag] = [(e.step, e.value) for e in events.Scalars(tag)]
-    return {tag: (np.array([s for s, _ in p]), np.array([v for _, v in p]))
-            for tag, p in curves.items() if p}
+    return {tag: (np.array([s for s, _ in p]), np.array([v for _, v in p])) for tag, p in curves.items() if p}
 
 
 def plot_curves(curves, path, title):
@@ -75,7 +76,7 @@ def plot_curves(curves, path, title):
         ax.set_title(tag)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(tags):]:
+    for ax in list(axes.flat)[len(tags) :]:
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
@@ -86,6 +87,7 @@ def plot_curves(curves, path, title):
 # --------------------------------------------------------------------------------------------------
 # t-SNE
 # --------------------------------------------------------------------------------------------------
+
 
 def tsne_affinities(x, perplexity=30.0, tol=1e-5, iters=64):
     """Symmetric joint probabilities P [N, N] of t-SNE: a Gaussian per point whose bandwidth gives
@@ -159,6 +161,7 @@ def plot_tsne(points, labels, path, title):
 # Retrieval
 # --------------------------------------------------------------------------------------------------
 
+
 def nearest(train_f, query_f, k):
     """Indices [Q, k] of the k training features most cosine-similar to each query feature."""
     a = train_f / np.maximum(np.linalg.norm(train_f, axis=1, keepdims=True), 1e-12)
@@ -193,12 +196,14 @@ def plot_retrieval(queries, query_labels, neighbours, neighbour_labels, path, ti
 # Main
 # --------------------------------------------------------------------------------------------------
 
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--tsne_examples", type=int, default=1000, help="First N test images in the t-SNE.")
-    parser.add_argument("--retrieval_train_examples", type=int, default=10000,
-                        help="Search the first N training images (0: all).")
+    parser.add_argument(
+        "--retrieval_train_examples", type=int, default=10000, help="Search the first N training images (0: all)."
+    )
     parser.add_argument("--queries", type=int, default=8)
     parser.add_argument("--neighbours", type=int, default=8)
     parser.add_argument("--only", choices=("curves", "tsne", "retrieval"), default=None)
@@ -220,8 +225,12 @@ def main(argv=None):
         if args.only in (None, "tsne"):
             subset = test.subset(range(min(args.tsne_examples, test.num_examples)))
             features, labels = evaluate.extract_features(embed_fn, subset, batch(subset.num_examples), mesh)
-            plot_tsne(tsne(features), labels, os.path.join(w, "tsne.png"),
-                      f"{method} (step {step}): t-SNE of {len(labels)} test features")
+            plot_tsne(
+                tsne(features),
+                labels,
+                os.path.join(w, "tsne.png"),
+                f"{method} (step {step}): t-SNE of {len(labels)} test features",
+            )
             written.append("tsne.png")
         if args.only in (None, "retrieval"):
             if args.retrieval_train_examples:
@@ -231,9 +240,14 @@ def main(argv=None):
             query_f = np.asarray(embed_fn(jnp.asarray(queries["image"])))
             idx = nearest(train_f, query_f, args.neighbours)
             neighbours = train.get(idx.reshape(-1))["image"].reshape(*idx.shape, *train.image_shape)
-            plot_retrieval(queries["image"], queries["label"], neighbours, train_y[idx],
-                           os.path.join(w, "retrieval.png"),
-                           f"{method} (step {step}): nearest of {train.num_examples} training images")
+            plot_retrieval(
+                queries["image"],
+                queries["label"],
+                neighbours,
+                train_y[idx],
+                os.path.join(w, "retrieval.png"),
+                f"{method} (step {step}): nearest of {train.num_examples} training images",
+            )
             written.append("retrieval.png")
     print(f"wrote {', '.join(written)} into {w}")
 

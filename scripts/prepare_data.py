@@ -19,8 +19,9 @@ from common import data  # pylint: disable=g-import-not-at-top,wrong-import-posi
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data_dir", default="",
-                        help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+    parser.add_argument(
+        "--data_dir", default="", help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)"
+    )
     args = parser.parse_args()
     print(f"{data.DEFAULT_DATASET} is prepared in {data.prepare_default(args.data_dir)}")
 

@@ -34,10 +34,10 @@ from flax import nnx
 
 from common import augment, checkpoint, loop, models
 
-
 # ------------------------------------------------------------------------------------------------
 # Model
 # ------------------------------------------------------------------------------------------------
+
 
 class ProjectionHead(nnx.Module):
     """g(.): Linear-BN-ReLU-Linear-BN, as the official code's non-linear head. The linear layers have no
@@ -55,11 +55,16 @@ class ProjectionHead(nnx.Module):
 
 class SimCLR(nnx.Module):
     def __init__(self, config, rngs):
-        self.body = models.create_body(config.model.name, stem=config.model.stem,
-                                       img_size=config.views.crop_size,
-                                       bn_momentum=config.model.bn_momentum, rngs=rngs)
-        self.head = ProjectionHead(self.body.num_features, config.model.proj_hidden_dim,
-                                   config.model.proj_dim, config.model.bn_momentum, rngs)
+        self.body = models.create_body(
+            config.model.name,
+            stem=config.model.stem,
+            img_size=config.views.crop_size,
+            bn_momentum=config.model.bn_momentum,
+            rngs=rngs,
+        )
+        self.head = ProjectionHead(
+            self.body.num_features, config.model.proj_hidden_dim, config.model.proj_dim, config.model.bn_momentum, rngs
+        )
 
     def __call__(self, x):
         return self.head(self.body(x))
@@ -68,6 +73,7 @@ class SimCLR(nnx.Module):
 # ------------------------------------------------------------------------------------------------
 # Views
 # ------------------------------------------------------------------------------------------------
+
 
 def make_view(key, image, cfg):
     """One SimCLR view of one float image [H, W, 3] in [0, 1] (Appendix A)."""
@@ -94,6 +100,7 @@ def make_views(key, images, cfg):
 # ------------------------------------------------------------------------------------------------
 # Loss
 # ------------------------------------------------------------------------------------------------
+
 
 def l2_normalize(x, axis=-1):
     # tf.math.l2_normalize: x / sqrt(max(sum x^2, 1e-12))
@@ -124,12 +131,13 @@ def nt_xent_loss(z1, z2, temperature):
 # Schedules
 # ------------------------------------------------------------------------------------------------
 
+
 def learning_rate_schedule(cfg, batch_size, steps_per_epoch):
     """Linear warmup to the scaled rate, then cosine decay to 0 (Sec. B.1)."""
     if cfg.lr_scaling == "linear":
         peak = cfg.lr * batch_size / 256
     else:  # 'sqrt': 0.075 * sqrt(B), better for small batches (Appendix B.1)
-        peak = cfg.lr * batch_size ** 0.5
+        peak = cfg.lr * batch_size**0.5
     warmup = max(1, int(cfg.warmup_epochs * steps_per_epoch))
     total = max(warmup + 1, int(cfg.epochs * steps_per_epoch))  # a run of one step still has a schedule
     return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total, end_value=0.0)
@@ -138,14 +146,20 @@ def learning_rate_schedule(cfg, batch_size, steps_per_epoch):
 def make_optimizer(cfg, schedule):
     """LARS; weight decay and trust-ratio adaptation skip biases and batch-norm parameters (ndim 1)."""
     is_kernel = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-    return optax.lars(schedule, weight_decay=cfg.weight_decay, weight_decay_mask=is_kernel,
-                      trust_coefficient=cfg.trust_coefficient, trust_ratio_mask=is_kernel,
-                      momentum=cfg.momentum)
+    return optax.lars(
+        schedule,
+        weight_decay=cfg.weight_decay,
+        weight_decay_mask=is_kernel,
+        trust_coefficient=cfg.trust_coefficient,
+        trust_ratio_mask=is_kernel,
+        momentum=cfg.momentum,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
 # State
 # ------------------------------------------------------------------------------------------------
+
 
 def create_state(config, steps_per_epoch):
     """Everything that changes during training, and the step that changes it.
@@ -163,6 +177,7 @@ def create_state(config, steps_per_epoch):
 # ------------------------------------------------------------------------------------------------
 # Train step
 # ------------------------------------------------------------------------------------------------
+
 
 def train_step(graphdef, config, schedule, state, batch, key):
     """One step on the global batch; jitted with `graphdef, config, schedule` bound."""
@@ -186,6 +201,7 @@ def train_step(graphdef, config, schedule, state, batch, key):
 # Evaluation
 # ------------------------------------------------------------------------------------------------
 
+
 def get_body(graphdef, state):
     """The representation f(.) that evaluation uses, as a fresh module in eval mode (a copy: switching
     it to eval leaves the training graph untouched)."""
@@ -197,6 +213,7 @@ def get_body(graphdef, state):
 # ------------------------------------------------------------------------------------------------
 # Main
 # ------------------------------------------------------------------------------------------------
+
 
 def check_config(config):
     """Fails fast, before any data loading or compiling, on values the method cannot run with."""

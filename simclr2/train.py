@@ -59,6 +59,7 @@ STAGES = ("pretrain", "finetune", "distill")
 # Model
 # ------------------------------------------------------------------------------------------------
 
+
 class HeadLayer(nnx.Module):
     """One layer of the projection head: Linear-BN(-ReLU). As the official code, no linear bias (the
     BN shift replaces it) and the last layer has neither a BN shift nor a ReLU."""
@@ -77,17 +78,22 @@ def projection_head(in_dim, cfg, num_layers, rngs):
     """The first num_layers of the cfg.proj_layers layers of g(.) (Sec. 2: 3 layers), widths in_dim ->
     proj_hidden_dim -> ... -> proj_dim (the official hidden width is in_dim, the body's)."""
     dims = [in_dim] + [cfg.proj_hidden_dim] * (cfg.proj_layers - 1) + [cfg.proj_dim]
-    return nnx.List([HeadLayer(dims[i], dims[i + 1], i == cfg.proj_layers - 1, cfg.bn_momentum, rngs)
-                     for i in range(num_layers)])
+    return nnx.List(
+        [HeadLayer(dims[i], dims[i + 1], i == cfg.proj_layers - 1, cfg.bn_momentum, rngs) for i in range(num_layers)]
+    )
 
 
 class SimCLRv2(nnx.Module):
     """Pretraining network: z = g(f(x)) with the deeper projection head g."""
 
     def __init__(self, config, rngs):
-        self.body = models.create_body(config.model.name, stem=config.model.stem,
-                                       img_size=config.views.crop_size,
-                                       bn_momentum=config.model.bn_momentum, rngs=rngs)
+        self.body = models.create_body(
+            config.model.name,
+            stem=config.model.stem,
+            img_size=config.views.crop_size,
+            bn_momentum=config.model.bn_momentum,
+            rngs=rngs,
+        )
         self.head = projection_head(self.body.num_features, config.model, config.model.proj_layers, rngs)
 
     def __call__(self, x):
@@ -103,13 +109,19 @@ class Classifier(nnx.Module):
     linear classifier. The student has head_layers = 0."""
 
     def __init__(self, config, body_name, head_layers, rngs):
-        self.body = models.create_body(body_name, stem=config.model.stem, img_size=config.views.crop_size,
-                                       bn_momentum=config.model.bn_momentum, rngs=rngs)
+        self.body = models.create_body(
+            body_name,
+            stem=config.model.stem,
+            img_size=config.views.crop_size,
+            bn_momentum=config.model.bn_momentum,
+            rngs=rngs,
+        )
         self.head = projection_head(self.body.num_features, config.model, head_layers, rngs)
         width = self.head[-1].fc.out_features if head_layers else self.body.num_features
         # The official supervised head: a linear layer with bias, kernel ~ N(0, 0.01^2).
-        self.classifier = nnx.Linear(width, config.data.num_classes,
-                                     kernel_init=jax.nn.initializers.normal(0.01), rngs=rngs)
+        self.classifier = nnx.Linear(
+            width, config.data.num_classes, kernel_init=jax.nn.initializers.normal(0.01), rngs=rngs
+        )
 
     def __call__(self, x):
         h = self.body(x)
@@ -121,6 +133,7 @@ class Classifier(nnx.Module):
 # ------------------------------------------------------------------------------------------------
 # Views
 # ------------------------------------------------------------------------------------------------
+
 
 def make_view(key, image, cfg):
     """One SimCLR view of one float image [H, W, 3] in [0, 1] (Appendix A of SimCLR)."""
@@ -162,6 +175,7 @@ def make_crop_flip_views(key, images, cfg):
 # ------------------------------------------------------------------------------------------------
 # Loss
 # ------------------------------------------------------------------------------------------------
+
 
 def l2_normalize(x, axis=-1, epsilon=1e-12):
     # tf.math.l2_normalize: x / sqrt(max(sum x^2, epsilon))
@@ -215,6 +229,7 @@ def distillation_loss(student_logits, teacher_logits, temperature):
 # Schedules
 # ------------------------------------------------------------------------------------------------
 
+
 def stage_optim(config):
     """The optimiser settings of the configured stage (epochs, warmup, rate, decay)."""
     return {"pretrain": config.optim, "finetune": config.finetune, "distill": config.distill}[config.stage]
@@ -226,7 +241,7 @@ def learning_rate_schedule(cfg, batch_size, steps_per_epoch):
     if cfg.lr_scaling == "linear":
         peak = cfg.lr * batch_size / 256
     else:  # 'sqrt': e.g. 0.075 * sqrt(B), better for small batches (SimCLR Appendix B.1)
-        peak = cfg.lr * batch_size ** 0.5
+        peak = cfg.lr * batch_size**0.5
     total = max(1, int(cfg.epochs * steps_per_epoch))
     warmup = min(total - 1, int(cfg.warmup_epochs * steps_per_epoch))
     if warmup == 0:
@@ -239,15 +254,22 @@ def make_optimizer(cfg, weight_decay, schedule):
     trust-ratio adaptation skips them and the supervised classifier, which learns at the plain rate."""
     is_kernel = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
     is_adapted = lambda params: jax.tree_util.tree_map_with_path(
-        lambda path, p: p.ndim > 1 and "classifier" not in jax.tree_util.keystr(path), params)
-    return optax.lars(schedule, weight_decay=weight_decay, weight_decay_mask=is_kernel,
-                      trust_coefficient=cfg.trust_coefficient, trust_ratio_mask=is_adapted,
-                      momentum=cfg.momentum)
+        lambda path, p: p.ndim > 1 and "classifier" not in jax.tree_util.keystr(path), params
+    )
+    return optax.lars(
+        schedule,
+        weight_decay=weight_decay,
+        weight_decay_mask=is_kernel,
+        trust_coefficient=cfg.trust_coefficient,
+        trust_ratio_mask=is_adapted,
+        momentum=cfg.momentum,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
 # State
 # ------------------------------------------------------------------------------------------------
+
 
 def create_state(config, steps_per_epoch, init=None):
     """Everything that changes during training, and the step that changes it.
@@ -281,8 +303,7 @@ def create_state(config, steps_per_epoch, init=None):
         teacher.eval()  # a fixed teacher: batch norm with its running statistics, nothing updated
         parts = {"student": model, "teacher": teacher}
     # The optimizer of the trained network only (the teacher has none).
-    parts["optimizer"] = nnx.Optimizer(model, make_optimizer(config.optim, ocfg.weight_decay, schedule),
-                                       wrt=nnx.Param)
+    parts["optimizer"] = nnx.Optimizer(model, make_optimizer(config.optim, ocfg.weight_decay, schedule), wrt=nnx.Param)
     graphdef, state = nnx.split(parts)
     return graphdef, state, functools.partial(step, graphdef, config, schedule)
 
@@ -290,6 +311,7 @@ def create_state(config, steps_per_epoch, init=None):
 # ------------------------------------------------------------------------------------------------
 # Train step
 # ------------------------------------------------------------------------------------------------
+
 
 def train_step(graphdef, config, schedule, state, batch, key):
     """One pretraining step on the global batch; jitted with `graphdef, config, schedule` bound."""
@@ -323,8 +345,12 @@ def finetune_step(graphdef, config, schedule, state, batch, key):
     (loss, accuracy), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     lr = schedule(optimizer.step[...])
     optimizer.update(model, grads)
-    metrics = {"loss": loss, "accuracy": accuracy, "lr": lr,
-               "finite": checkpoint.all_finite(loss, nnx.state(model, nnx.Param))}
+    metrics = {
+        "loss": loss,
+        "accuracy": accuracy,
+        "lr": lr,
+        "finite": checkpoint.all_finite(loss, nnx.state(model, nnx.Param)),
+    }
     return nnx.state(parts), metrics
 
 
@@ -350,6 +376,7 @@ def distill_step(graphdef, config, schedule, state, batch, key):
 # Evaluation
 # ------------------------------------------------------------------------------------------------
 
+
 def trained_model(parts):
     """The network the stage trains: the distillation student, else the model."""
     return parts["student"] if "student" in parts else parts["model"]
@@ -369,8 +396,9 @@ def evaluate_stage(config, graphdef, state, knn_train, knn_test, mesh):
     distillation the test top-1 (%) of the classifier in eval mode on whole, unaugmented images."""
     if config.stage == "pretrain":
         return evaluate.knn_scores(get_body(graphdef, state), config, knn_train, knn_test, mesh)
-    classify = evaluate.frozen_embed_fn(trained_model(nnx.merge(graphdef, state)), config.views.mean,
-                                        config.views.std)  # eval-mode copy: images -> logits [B, C]
+    classify = evaluate.frozen_embed_fn(
+        trained_model(nnx.merge(graphdef, state)), config.views.mean, config.views.std
+    )  # eval-mode copy: images -> logits [B, C]
     logits, labels = evaluate.extract_features(classify, knn_test, config.eval.batch_size, mesh)
     return {"top1": evaluate.topk_accuracy(logits, labels)["top1"]}
 
@@ -378,6 +406,7 @@ def evaluate_stage(config, graphdef, state, knn_train, knn_test, mesh):
 # ------------------------------------------------------------------------------------------------
 # Main
 # ------------------------------------------------------------------------------------------------
+
 
 def check_config(config):
     """Fails fast, before any data loading or compiling, on values the method cannot run with."""
@@ -409,12 +438,14 @@ def main(config, workdir):
     check_config(config)
     train_data = data.load(config.data, config.data.train_split)
     if train_data.num_classes != config.data.num_classes:
-        raise ValueError(f"data.num_classes={config.data.num_classes}, but {train_data!r} has "
-                         f"{train_data.num_classes} classes.")
+        raise ValueError(
+            f"data.num_classes={config.data.num_classes}, but {train_data!r} has {train_data.num_classes} classes."
+        )
     results = {"stage": config.stage}
     if config.stage == "finetune":  # the class-balanced labelled fraction, a pure function of the seed
-        labelled = data.balanced_subset(train_data.labels(), config.data.label_fraction,
-                                        config.data.num_classes, config.seed)
+        labelled = data.balanced_subset(
+            train_data.labels(), config.data.label_fraction, config.data.num_classes, config.seed
+        )
         if jax.process_index() == 0:
             os.makedirs(workdir, exist_ok=True)
             np.save(os.path.join(workdir, "labelled_indices.npy"), labelled)
@@ -424,11 +455,21 @@ def main(config, workdir):
         with open(os.path.join(config.init_workdir, "results.json")) as f:
             results["label_fraction"] = json.load(f)["label_fraction"]
     # The earlier stage's trained model: the pretrained network to fine-tune, or the teacher.
-    init = checkpoint.load_part(config.init_workdir, "model") if config.stage != "pretrain" and config.init_workdir \
+    init = (
+        checkpoint.load_part(config.init_workdir, "model")
+        if config.stage != "pretrain" and config.init_workdir
         else None
-    return loop.train(config, workdir, functools.partial(create_state, init=init), get_body,
-                      epochs=stage_optim(config).epochs, train_data=train_data,
-                      scores=functools.partial(evaluate_stage, config), results=results)
+    )
+    return loop.train(
+        config,
+        workdir,
+        functools.partial(create_state, init=init),
+        get_body,
+        epochs=stage_optim(config).epochs,
+        train_data=train_data,
+        scores=functools.partial(evaluate_stage, config),
+        results=results,
+    )
 
 
 if __name__ == "__main__":

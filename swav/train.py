@@ -43,10 +43,10 @@ from flax import nnx
 
 from common import augment, checkpoint, loop, models
 
-
 # ------------------------------------------------------------------------------------------------
 # Model
 # ------------------------------------------------------------------------------------------------
+
 
 class ProjectionHead(nnx.Module):
     """Linear-BN-ReLU-Linear, as the official `projection_head` (hidden_mlp, then feat_dim)."""
@@ -72,13 +72,17 @@ class SwAV(nnx.Module):
     one prototype per column)."""
 
     def __init__(self, config, rngs):
-        self.body = models.create_body(config.model.name, stem=config.model.stem,
-                                       img_size=config.views.crop_size,
-                                       bn_momentum=config.model.bn_momentum, rngs=rngs)
-        self.head = ProjectionHead(self.body.num_features, config.model.proj_hidden_dim,
-                                   config.model.proj_dim, config.model.bn_momentum, rngs)
-        self.prototypes = nnx.Linear(config.model.proj_dim, config.model.num_prototypes, use_bias=False,
-                                     rngs=rngs)
+        self.body = models.create_body(
+            config.model.name,
+            stem=config.model.stem,
+            img_size=config.views.crop_size,
+            bn_momentum=config.model.bn_momentum,
+            rngs=rngs,
+        )
+        self.head = ProjectionHead(
+            self.body.num_features, config.model.proj_hidden_dim, config.model.proj_dim, config.model.bn_momentum, rngs
+        )
+        self.prototypes = nnx.Linear(config.model.proj_dim, config.model.num_prototypes, use_bias=False, rngs=rngs)
 
     def __call__(self, crops):
         """crops: one crop-major stack [n_g, B, S_g, S_g, 3] per crop size.
@@ -97,6 +101,7 @@ class SwAV(nnx.Module):
 # ------------------------------------------------------------------------------------------------
 # Views
 # ------------------------------------------------------------------------------------------------
+
 
 def make_view(key, image, index, cfg):
     """Flip, colour distortion and blur of one crop [S, S, 3] in [0, 1] (official MultiCropDataset: the
@@ -118,13 +123,21 @@ def make_views(key, images, cfg):
     if cfg.local_crops_number:
         groups.append((cfg.local_crop_size, tuple(cfg.local_crop_scale), cfg.local_crops_number))
     sizes, scales, counts = zip(*groups)
-    return augment.multi_crop(key, augment.to_float(images), sizes, scales, counts,
-                              view_fn=functools.partial(make_view, cfg=cfg), ratio=tuple(cfg.crop_ratio))
+    return augment.multi_crop(
+        key,
+        augment.to_float(images),
+        sizes,
+        scales,
+        counts,
+        view_fn=functools.partial(make_view, cfg=cfg),
+        ratio=tuple(cfg.crop_ratio),
+    )
 
 
 # ------------------------------------------------------------------------------------------------
 # Loss
 # ------------------------------------------------------------------------------------------------
+
 
 def l2_normalize(x, axis=-1, epsilon=1e-12):
     # torch.nn.functional.normalize: x / max(||x||, eps)
@@ -205,9 +218,9 @@ def swav_loss(scores, temperature, epsilon, n_iters, crops_for_assign, queue_sco
         to_assign = jnp.concatenate([queue_scores, to_assign], axis=1)  # [A, L + B, K]
     # Stop-gradient: the codes are targets, computed under torch.no_grad in the official code;
     # gradients reach the prototypes and the encoder only through the predictions p_v.
-    q = jax.vmap(lambda s: sinkhorn(s, epsilon, n_iters))(
-        jax.lax.stop_gradient(to_assign)
-    )[:, -batch_size:]  # [A, B, K]
+    q = jax.vmap(lambda s: sinkhorn(s, epsilon, n_iters))(jax.lax.stop_gradient(to_assign))[
+        :, -batch_size:
+    ]  # [A, B, K]
     log_p = jax.nn.log_softmax(scores / temperature, axis=-1)  # [n_crops, B, K]
     cross_entropy = -jnp.einsum("abk,vbk->av", q, log_p) / batch_size  # [A, n_crops]
     # A crop never predicts its own code.
@@ -234,6 +247,7 @@ def queue_is_full(queue):
 # Schedules
 # ------------------------------------------------------------------------------------------------
 
+
 def learning_rate_schedule(cfg, steps_per_epoch):
     """Linear warmup from start_lr to lr, then cosine decay to final_lr (official lr_schedule).
 
@@ -243,19 +257,22 @@ def learning_rate_schedule(cfg, steps_per_epoch):
     warmup = max(1, min(total - 1, int(cfg.warmup_epochs * steps_per_epoch)))
     # A run of one step still has a schedule (optax needs decay steps beyond the warmup); longer runs
     # have warmup < total, so this max changes none of their rates.
-    return optax.warmup_cosine_decay_schedule(cfg.start_lr, cfg.lr, warmup, max(total, warmup + 1),
-                                              end_value=cfg.final_lr)
+    return optax.warmup_cosine_decay_schedule(
+        cfg.start_lr, cfg.lr, warmup, max(total, warmup + 1), end_value=cfg.final_lr
+    )
 
 
 def make_optimizer(cfg, schedule):
     """LARS on every parameter, as the official SGD wrapped in apex LARC (which excludes none)."""
-    return optax.lars(schedule, weight_decay=cfg.weight_decay, trust_coefficient=cfg.trust_coefficient,
-                      momentum=cfg.momentum)
+    return optax.lars(
+        schedule, weight_decay=cfg.weight_decay, trust_coefficient=cfg.trust_coefficient, momentum=cfg.momentum
+    )
 
 
 # ------------------------------------------------------------------------------------------------
 # State
 # ------------------------------------------------------------------------------------------------
+
 
 def create_state(config, steps_per_epoch):
     """Everything that changes during training, and the step that changes it.
@@ -280,14 +297,20 @@ def create_state(config, steps_per_epoch):
 # Train step
 # ------------------------------------------------------------------------------------------------
 
+
 def train_step(graphdef, config, schedule, queue_start_step, state, batch, key):
     """One step on the global batch; jitted with `graphdef, config, schedule, queue_start_step` bound."""
     parts = nnx.merge(graphdef, state)
     model, optimizer, queue = parts["model"], parts["optimizer"], parts.get("queue")
     crops = make_views(key, batch["image"], config.views)
     m = config.method
-    loss_at = functools.partial(swav_loss, temperature=m.temperature, epsilon=m.epsilon,
-                                n_iters=m.sinkhorn_iterations, crops_for_assign=tuple(m.crops_for_assign))
+    loss_at = functools.partial(
+        swav_loss,
+        temperature=m.temperature,
+        epsilon=m.epsilon,
+        n_iters=m.sinkhorn_iterations,
+        crops_for_assign=tuple(m.crops_for_assign),
+    )
     # Prototypes back on the unit sphere before the forward pass, so that the scores are cosines
     # (official: in place under torch.no_grad at the start of every iteration).
     model.prototypes.kernel[...] = l2_normalize(model.prototypes.kernel[...], axis=0)
@@ -299,8 +322,7 @@ def train_step(graphdef, config, schedule, queue_start_step, state, batch, key):
         if queue is None:
             return loss_at(scores), z
         queue_scores = queued @ model.prototypes.kernel[...]  # [A, L, K], current prototypes
-        loss = jax.lax.cond(queue_in_use, lambda: loss_at(scores, queue_scores=queue_scores),
-                            lambda: loss_at(scores))
+        loss = jax.lax.cond(queue_in_use, lambda: loss_at(scores, queue_scores=queue_scores), lambda: loss_at(scores))
         return loss, z
 
     (loss, z), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
@@ -325,6 +347,7 @@ def train_step(graphdef, config, schedule, queue_start_step, state, batch, key):
 # Evaluation
 # ------------------------------------------------------------------------------------------------
 
+
 def get_body(graphdef, state):
     """The representation f(.) that evaluation uses, as a fresh module in eval mode (a copy: switching
     it to eval leaves the training graph untouched)."""
@@ -336,6 +359,7 @@ def get_body(graphdef, state):
 # ------------------------------------------------------------------------------------------------
 # Main
 # ------------------------------------------------------------------------------------------------
+
 
 def check_config(config):
     """Fails fast, before any data loading or compiling, on values the method cannot run with."""
@@ -351,8 +375,10 @@ def check_config(config):
     if m.sinkhorn_iterations < 1:
         problems.append(f"method.sinkhorn_iterations={m.sinkhorn_iterations} must be >= 1")
     if m.queue_length < 0 or m.queue_length % config.data.batch_size:
-        problems.append(f"method.queue_length={m.queue_length} must be a multiple of data.batch_size="
-                        f"{config.data.batch_size} (0 = no queue)")
+        problems.append(
+            f"method.queue_length={m.queue_length} must be a multiple of data.batch_size="
+            f"{config.data.batch_size} (0 = no queue)"
+        )
     if config.optim.epochs <= 0 or config.optim.warmup_epochs < 0:
         problems.append("optim.epochs must be > 0 and optim.warmup_epochs >= 0")
     if problems:

@@ -93,6 +93,7 @@ def restore(workdir, step=None):
 def final_params(workdir):
     """(step, every array of the latest checkpoint in workdir flattened to one float64 vector)."""
     import orbax.checkpoint as ocp
+
     manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
     step = manager.latest_step()
     manager.close()
@@ -103,9 +104,17 @@ def final_params(workdir):
 def run_devices(method, devices, steps=2):
     """The method's train step run `steps` times on a fixed batch on `devices` simulated CPU devices:
     {'devices': n, 'losses': [...], 'params': {part name: flat list of every array of that part}}."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0")
-    out = subprocess.run([sys.executable, str(ROOT / "tests" / "multidevice_step.py"), method, str(steps)],
-                         env=env, capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0",
+    )
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "multidevice_step.py"), method, str(steps)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-4000:]
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -35,8 +35,10 @@ def main(method, steps):
     for step in range(steps):
         state, metrics = step_fn(state, loader.get(step), jax.random.fold_in(key, step))
         losses.append(float(metrics["loss"]))
-    parts = {name: np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(part)]).tolist()
-             for name, part in nnx.to_pure_dict(jax.device_get(state)).items()}
+    parts = {
+        name: np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(part)]).tolist()
+        for name, part in nnx.to_pure_dict(jax.device_get(state)).items()
+    }
     print(json.dumps({"devices": jax.device_count(), "losses": losses, "params": parts}))
 
 

@@ -96,9 +96,7 @@ def test_hyperparameters_match_cases_json():
     assert (tv["blur_kernel_size"], tv["blur_sigma"]) == ([7, 7], [1.0, 1.0])
     assert tv["crop_up"] == {"top": 10, "left": 6, "height": 40, "width": 48, "size": [64, 64]}
     assert (tf["brightness_delta"], tf["contrast_factor"], tf["saturation_factor"]) == (0.2, 1.4, 1.6)
-    assert (tf["hue_delta_a"], tf["hue_delta_b"], tf["blur_kernel_size"], tf["blur_sigma"]) == (
-        0.1, -0.15, 6, 1.0,
-    )
+    assert (tf["hue_delta_a"], tf["hue_delta_b"], tf["blur_kernel_size"], tf["blur_sigma"]) == (0.1, -0.15, 6, 1.0)
 
 
 def test_simclr_to_grayscale_is_random_grayscale_p1():

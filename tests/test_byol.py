@@ -47,9 +47,7 @@ def test_byol_loss_matches_official(case):
 def test_byol_loss_jit_and_stop_gradient():
     case = _cases("byol_loss")[0]
     inputs = _loss_inputs(_load(case))
-    np.testing.assert_allclose(
-        jax.jit(byol.byol_loss)(*inputs), byol.byol_loss(*inputs), rtol=1e-6, atol=1e-6
-    )
+    np.testing.assert_allclose(jax.jit(byol.byol_loss)(*inputs), byol.byol_loss(*inputs), rtol=1e-6, atol=1e-6)
     grads = jax.grad(byol.byol_loss, argnums=(0, 1, 2, 3))(*inputs)
     # Online predictions get a gradient, target projections exactly none (paper's sg).
     assert float(jnp.abs(grads[0]).sum()) > 0 and float(jnp.abs(grads[1]).sum()) > 0
@@ -58,7 +56,7 @@ def test_byol_loss_jit_and_stop_gradient():
 
 
 def test_target_ema_decay_matches_official():
-    case, = _cases("byol_target_ema_schedule")
+    (case,) = _cases("byol_target_ema_schedule")
     z = _load(case)
     steps = jnp.asarray(z["steps"], jnp.int32)
     hyper = case["hyper"]
@@ -69,7 +67,7 @@ def test_target_ema_decay_matches_official():
 
 
 def test_learning_rate_schedule_matches_official():
-    case, = _cases("byol_learning_rate_schedule")
+    (case,) = _cases("byol_learning_rate_schedule")
     z = _load(case)
     steps = jnp.asarray(z["steps"], jnp.int32)
     hyper = case["hyper"]
@@ -87,11 +85,10 @@ def test_learning_rate_schedule_without_warmup():
 
 
 def test_ema_update_matches_official():
-    case, = _cases("byol_target_update")
+    (case,) = _cases("byol_target_update")
     z = _load(case)
     # tau as the official code took it at this step.
-    tau = byol.target_ema_decay(case["hyper"]["step"], case["hyper"]["base_ema"],
-                                case["hyper"]["max_steps"])
+    tau = byol.target_ema_decay(case["hyper"]["step"], case["hyper"]["base_ema"], case["hyper"]["max_steps"])
     np.testing.assert_allclose(tau, z["tau"], rtol=0, atol=1e-7)
     target = {"w": jnp.asarray(z["target_w"]), "b": jnp.asarray(z["target_b"])}
     online = {"w": jnp.asarray(z["online_w"]), "b": jnp.asarray(z["online_b"])}
@@ -101,12 +98,12 @@ def test_ema_update_matches_official():
     _assert_close(new_target["b"], z["new_target_b"], tol)
 
 
-
 def test_lars_applies_momentum_before_the_learning_rate():
     # The official optimizers.lars, written out: u = g + wd w (kernels only); u *= eta ||w|| / ||u||
     # (kernels only); mu = m mu + u; update = -lr(k) mu. Biases (ndim 1) skip decay and trust ratio.
     import ml_collections
     import optax
+
     cfg = ml_collections.ConfigDict(dict(weight_decay=1e-2, trust_coefficient=1e-3, momentum=0.9))
     schedule = lambda k: 0.5 + 0.1 * k  # a changing rate tells the two momentum placements apart
     tx = byol.make_optimizer(cfg, schedule)
@@ -123,16 +120,27 @@ def test_lars_applies_momentum_before_the_learning_rate():
         np.testing.assert_allclose(updates["b"], -schedule(k) * mu["b"], rtol=1e-5)
         params = optax.apply_updates(params, updates)
 
+
 # ------------------------------------------------------------------------------------------------
 # Views, and the EMA target in the shared smoke run
 # ------------------------------------------------------------------------------------------------
+
 
 def _plain_views_config(**views):
     """Smoke config whose crop is the whole image, with every random op off unless set in `views`."""
     config = helpers.smoke_config("byol")
     config.unlock()
-    config.views.update(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, color_p=0.0, gray_p=0.0,
-                        blur_p=(0.0, 0.0), solarize_p=(0.0, 0.0), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    config.views.update(
+        crop_scale=(1.0, 1.0),
+        crop_ratio=(1.0, 1.0),
+        flip_p=0.0,
+        color_p=0.0,
+        gray_p=0.0,
+        blur_p=(0.0, 0.0),
+        solarize_p=(0.0, 0.0),
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+    )
     config.views.update(views)
     return config
 
@@ -169,8 +177,7 @@ def test_colour_transform_brightness_is_additive():
 def _weights(tree):
     """{path: array} of the nnx.Param leaves (batch-norm running 'mean' and 'var' left out)."""
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(path): np.asarray(x) for path, x in leaves
-            if path[-1].key not in ("mean", "var")}
+    return {jax.tree_util.keystr(path): np.asarray(x) for path, x in leaves if path[-1].key not in ("mean", "var")}
 
 
 def test_target_is_the_ema_of_the_online_weights(smoke_runs):
@@ -183,8 +190,10 @@ def test_target_is_the_ema_of_the_online_weights(smoke_runs):
     assert int(before["optimizer"]["step"]) == 3 and int(after["optimizer"]["step"]) == 4
     base_ema = helpers.smoke_config("byol").method.base_ema
     tau = 1 - (1 - base_ema) * (np.cos(np.pi * 3 / 4) + 1) / 2
-    xi_3, xi_4, theta_3, theta_4 = (_weights(t) for t in (before["target"], after["target"],
-                                                           before["online"]["encoder"], after["online"]["encoder"]))
+    xi_3, xi_4, theta_3, theta_4 = (
+        _weights(t)
+        for t in (before["target"], after["target"], before["online"]["encoder"], after["online"]["encoder"])
+    )
     assert xi_4.keys() == theta_4.keys() and len(xi_4) > 10
     for name in xi_4:
         np.testing.assert_allclose(xi_4[name], tau * xi_3[name] + (1 - tau) * theta_4[name], rtol=1e-5, atol=1e-7)

@@ -101,8 +101,9 @@ def test_eight_devices_equal_one(method):
     tolerance = DEVICE_TOLERANCE.get(method, {})
     for part in one["params"]:
         rtol, atol = tolerance.get(part, tolerance.get("*", (1e-4, 1e-5)))
-        np.testing.assert_allclose(eight["params"][part], one["params"][part], rtol=rtol, atol=atol,
-                                   err_msg=f"state part {part!r}")
+        np.testing.assert_allclose(
+            eight["params"][part], one["params"][part], rtol=rtol, atol=atol, err_msg=f"state part {part!r}"
+        )
 
 
 # Overrides under which an early step is finite (and saved) and a later one is not: eight steps with
@@ -117,8 +118,7 @@ DIVERGE = {
     "pirl": _EIGHT_STEPS,
     "paws": {**_EIGHT_STEPS, "optim.warmup_epochs": 2 * 16 / 60000, "optim.start_lr": 0.0},
     # Fine-tuning from scratch, the cheapest stage to compile: 600 labelled images, 37 batches of 16.
-    "simclr2": {"stage": "finetune", "finetune.epochs": 8 / 37, "finetune.warmup_epochs": 2 / 37,
-                "finetune.lr": 1e30},
+    "simclr2": {"stage": "finetune", "finetune.epochs": 8 / 37, "finetune.warmup_epochs": 2 / 37, "finetune.lr": 1e30},
 }
 
 
@@ -179,8 +179,7 @@ BAD_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("method,field,value,message", BAD_CONFIGS,
-                         ids=[f"{m}-{f}={v}" for m, f, v, _ in BAD_CONFIGS])
+@pytest.mark.parametrize("method,field,value,message", BAD_CONFIGS, ids=[f"{m}-{f}={v}" for m, f, v, _ in BAD_CONFIGS])
 def test_bad_config_fails_before_any_work(method, field, value, message, tmp_path):
     module = importlib.import_module(f"{method}.train")
     config = helpers.smoke_config(method, **{field: value})
@@ -197,25 +196,32 @@ def test_a_copied_folder_is_a_method_of_its_own(tmp_path):
     # cp -r simclr mysimclr in a monorepo root, with no edit: it trains, records its own name and
     # module, and common.evaluate imports the fork's code, not the original's.
     shutil.copytree(helpers.ROOT / "common", tmp_path / "common")
-    shutil.copytree(helpers.ROOT / "simclr", tmp_path / "mysimclr",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(helpers.ROOT / "simclr", tmp_path / "mysimclr", ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "WORKSPACE").write_text((helpers.ROOT / "WORKSPACE").read_text())
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(tmp_path)
     workdir = tmp_path / "runs" / "mysimclr"
-    train = subprocess.run([sys.executable, "mysimclr/train.py", "--config", "mysimclr/config.py:smoke",
-                            f"--workdir={workdir}"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                           timeout=600)
+    train = subprocess.run(
+        [sys.executable, "mysimclr/train.py", "--config", "mysimclr/config.py:smoke", f"--workdir={workdir}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert train.returncode == 0, train.stderr[-3000:]
     saved = json.loads((workdir / "results.json").read_text())
     assert (saved["method"], saved["module"], saved["step"]) == ("mysimclr", "mysimclr.train", 4)
     assert train.stdout.startswith("mysimclr: ")  # the console's first line names the method
 
-    probe = ("import sys; from common import evaluate; evaluate.evaluate_run(sys.argv[1], 'knn', "
-             "train_examples=200, test_examples=100); "
-             "print(sorted(m for m in sys.modules if m.endswith('.train')))")
-    evaluated = subprocess.run([sys.executable, "-c", probe, str(workdir)], cwd=tmp_path, env=env,
-                               capture_output=True, text=True, timeout=600)
+    probe = (
+        "import sys; from common import evaluate; evaluate.evaluate_run(sys.argv[1], 'knn', "
+        "train_examples=200, test_examples=100); "
+        "print(sorted(m for m in sys.modules if m.endswith('.train')))"
+    )
+    evaluated = subprocess.run(
+        [sys.executable, "-c", probe, str(workdir)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert evaluated.stdout.strip().splitlines()[-1] == "['mysimclr.train']"
     knn = json.loads((workdir / "eval_knn.json").read_text())

@@ -10,11 +10,11 @@ import subprocess
 import sys
 import textwrap
 
-import jax
 import ml_collections
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from PIL import Image
 
 from common import data
@@ -69,8 +69,7 @@ def test_prepared_default_matches_raw_idx_files(data_dir):
         np.testing.assert_array_equal(batch["index"], picks)
         assert batch["label"].dtype == np.int32 and batch["index"].dtype == np.int32
     # The labels of the raw file, read without decoding images: 1,000 per class in the test split.
-    np.testing.assert_array_equal(
-        test.labels(), raw_idx("t10k-labels-idx1-ubyte.gz", 8))
+    np.testing.assert_array_equal(test.labels(), raw_idx("t10k-labels-idx1-ubyte.gz", 8))
 
 
 def test_prepare_is_idempotent(data_dir):
@@ -79,8 +78,7 @@ def test_prepare_is_idempotent(data_dir):
     assert data.prepare_default(data_dir) == folder
     after = {f: os.stat(os.path.join(folder, f)).st_mtime_ns for f in os.listdir(folder)}
     assert before == after
-    assert any(f.endswith(tuple(f"{i:05d}" for i in range(10))) and "array_record" in f
-               for f in before), before
+    assert any(f.endswith(tuple(f"{i:05d}" for i in range(10))) and "array_record" in f for f in before), before
 
 
 def test_image_size_resizes_the_default(data_dir):
@@ -102,8 +100,7 @@ def test_missing_debian_files_say_how_to_install(tmp_path, monkeypatch):
 
 
 def test_import_is_cheap():
-    code = ("import sys, common.data; "
-            "assert not {'tensorflow', 'tensorflow_datasets'} & set(sys.modules)")
+    code = "import sys, common.data; assert not {'tensorflow', 'tensorflow_datasets'} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True)
 
 
@@ -182,8 +179,7 @@ def test_eight_devices_give_the_one_device_batch(data_dir, test_split, tmp_path)
             data.check_batch_size(12, mesh)
         np.savez({str(tmp_path / "batch.npz")!r}, **{{k: np.asarray(v) for k, v in batch.items()}})
     """)
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
     subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, check=True)
     eight = np.load(tmp_path / "batch.npz")
     one = data.Loader(test_split.subset(np.arange(64)), 16, seed=5, mesh=data.make_mesh()).get(6)
@@ -305,7 +301,7 @@ def test_folder_errors_name_the_problem(tmp_path):
     truncated = tmp_path / "truncated"
     write_png(truncated / "t.png", np.random.default_rng(0).integers(0, 255, (64, 64, 3)))
     content = (truncated / "t.png").read_bytes()
-    (truncated / "t.png").write_bytes(content[:len(content) // 2])
+    (truncated / "t.png").write_bytes(content[: len(content) // 2])
     ds = data.load(config(folder=str(truncated)), "train")
     with pytest.raises(ValueError, match="t.png"):
         ds.get([0])
@@ -324,11 +320,9 @@ def test_tfds_errors_name_the_problem_and_the_fix(tmp_path, monkeypatch, data_di
 
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_download)
     empty = str(tmp_path)
-    with pytest.raises(ValueError,
-                       match="no data set named 'fashion_mnist_locl'.*fashion_mnist_local"):
+    with pytest.raises(ValueError, match="no data set named 'fashion_mnist_locl'.*fashion_mnist_local"):
         data.load(config(name="fashion_mnist_locl", data_dir=empty), "train")
-    with pytest.raises(FileNotFoundError,
-                       match="tfds build cifar10 --file_format=array_record --data_dir="):
+    with pytest.raises(FileNotFoundError, match="tfds build cifar10 --file_format=array_record --data_dir="):
         data.load(config(name="cifar10", data_dir=empty), "train")
     with pytest.raises(FileNotFoundError, match="python scripts/prepare_data.py"):
         data.load(config(data_dir=empty), "train")
@@ -346,9 +340,12 @@ def tfrecord_dir(tmp_path_factory):
         VERSION = tfds.core.Version("1.0.0")
 
         def _info(self):
-            return self.dataset_info_from_configs(disable_shuffling=True, features=
-                tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(4, 6, 3)),
-                                            "label": tfds.features.ClassLabel(num_classes=3)}))
+            return self.dataset_info_from_configs(
+                disable_shuffling=True,
+                features=tfds.features.FeaturesDict(
+                    {"image": tfds.features.Image(shape=(4, 6, 3)), "label": tfds.features.ClassLabel(num_classes=3)}
+                ),
+            )
 
         def _split_generators(self, dl_manager):
             return {"train": self._generate_examples()}
@@ -370,8 +367,7 @@ def test_small_tfrecord_data_set_is_loaded_into_memory(tfrecord_dir, monkeypatch
     np.testing.assert_array_equal(batch["label"], [2, 0, 1])
 
     monkeypatch.setattr(data, "MAX_IN_MEMORY_BYTES", 100)
-    with pytest.raises(ValueError,
-                       match="tfds build tiny_tfrecord_for_test --file_format=array_record"):
+    with pytest.raises(ValueError, match="tfds build tiny_tfrecord_for_test --file_format=array_record"):
         data.load(config(name="tiny_tfrecord_for_test", data_dir=tfrecord_dir), "train")
 
 

@@ -22,7 +22,7 @@ LOSS_CASES = [c for c in CASES if c["case"].startswith("dino_loss")]
 
 
 def _case(name):
-    case, = [c for c in CASES if c["case"] == name]
+    (case,) = [c for c in CASES if c["case"] == name]
     return case, np.load(REFERENCE / case["file"])
 
 
@@ -49,7 +49,7 @@ def test_dino_loss_matches_official(case):
 
 def test_dino_loss_jit_and_stop_gradient():
     # The multi-crop case: 2 global + 4 local crops.
-    case, = [c for c in LOSS_CASES if c["hyper"]["n_local"] > 0]
+    (case,) = [c for c in LOSS_CASES if c["hyper"]["n_local"] > 0]
     _, args = _loss_args(case)
     # Temperatures and momentum traced too, as when tau_t comes from the per-epoch schedule.
     loss_jit, center_jit = jax.jit(dino.dino_loss)(*args)
@@ -101,15 +101,24 @@ def test_ema_update_matches_official():
 # Pieces of the method
 # ------------------------------------------------------------------------------------------------
 
+
 def test_step_schedules_equal_the_official_per_epoch_schedules():
     # 3 whole epochs of 5 steps: the per-step arrays must be the official arrays (built per epoch).
     config = helpers.smoke_config("dino")
     config.unlock()
     config.data.batch_size = 512
-    config.optim.update(epochs=3.0, warmup_epochs=1.0, lr=5e-4, final_lr=1e-6, weight_decay=0.04,
-                        weight_decay_end=0.4, freeze_last_layer=1.0)
-    config.method.update(warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=2,
-                         momentum_teacher=0.996)
+    config.optim.update(
+        epochs=3.0,
+        warmup_epochs=1.0,
+        lr=5e-4,
+        final_lr=1e-6,
+        weight_decay=0.04,
+        weight_decay_end=0.4,
+        freeze_last_layer=1.0,
+    )
+    config.method.update(
+        warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=2, momentum_teacher=0.996
+    )
     s = dino.step_schedules(config, steps_per_epoch=5)
     np.testing.assert_allclose(s["lr"], dino.cosine_scheduler(1e-3, 1e-6, 3, 5, warmup_epochs=1), rtol=1e-6)
     np.testing.assert_allclose(s["weight_decay"], dino.cosine_scheduler(0.04, 0.4, 3, 5), rtol=1e-6)
@@ -155,8 +164,10 @@ def test_sgd_is_pytorch_sgd_with_coupled_decay_of_kernels_only():
     schedules = {"lr": jnp.array([0.1, 0.05]), "weight_decay": jnp.array([0.01, 0.02])}
     tx = dino.make_optimizer("sgd", schedules)
     params = {"w": jnp.array([[1.0, -2.0]]), "b": jnp.array([0.5, 0.5])}
-    grads = [{"w": jnp.array([[0.3, 0.1]]), "b": jnp.array([0.2, -0.4])},
-             {"w": jnp.array([[-0.1, 0.2]]), "b": jnp.array([0.1, 0.1])}]
+    grads = [
+        {"w": jnp.array([[0.3, 0.1]]), "b": jnp.array([0.2, -0.4])},
+        {"w": jnp.array([[-0.1, 0.2]]), "b": jnp.array([0.1, 0.1])},
+    ]
     opt_state, p = tx.init(params), dict(params)
     want, buf = {k: np.asarray(v) for k, v in params.items()}, {k: 0.0 for k in params}
     for t, g in enumerate(grads):
@@ -215,6 +226,7 @@ def test_train_step_centre_frozen_last_layer_and_teacher_ema():
 # ------------------------------------------------------------------------------------------------
 # The shared smoke runs (tests/conftest.py): ViT body, AdamW, no batch norm in the head
 # ------------------------------------------------------------------------------------------------
+
 
 def test_smoke_run_teacher_is_the_ema_of_the_student(smoke_runs):
     # Step 4's teacher from step 3's teacher and step 4's (updated) student, with lambda at step 3.

@@ -16,10 +16,10 @@ from flax import nnx
 
 from common import data, evaluate
 
-
 # --------------------------------------------------------------------------------------------------
 # kNN and accuracy against plain numpy
 # --------------------------------------------------------------------------------------------------
+
 
 def knn_bruteforce(train_f, train_y, test_f, test_y, num_classes, k, temperature):
     """DINO's weighted kNN written out with loops over test examples."""
@@ -53,10 +53,14 @@ def test_knn_matches_bruteforce(seed, k, temperature):
 
 
 def test_topk_accuracy_by_hand():
-    logits = np.array([[0.1, 0.9, 0.0, 0.0, 0.0, 0.0, 0.0],   # predicts 1, label 1: top-1 hit
-                       [0.9, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0],   # label 1 is second: top-5 hit only
-                       [0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1],   # label 6 is last: miss
-                       [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])  # ties go to the lowest index: 0 hits
+    logits = np.array(
+        [
+            [0.1, 0.9, 0.0, 0.0, 0.0, 0.0, 0.0],  # predicts 1, label 1: top-1 hit
+            [0.9, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0],  # label 1 is second: top-5 hit only
+            [0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1],  # label 6 is last: miss
+            [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        ]
+    )  # ties go to the lowest index: 0 hits
     got = evaluate.topk_accuracy(logits, np.array([1, 1, 6, 0]))
     assert got == {"top1": 50.0, "top5": 75.0}
 
@@ -64,6 +68,7 @@ def test_topk_accuracy_by_hand():
 # --------------------------------------------------------------------------------------------------
 # Linear probe and kNN on synthetic features
 # --------------------------------------------------------------------------------------------------
+
 
 def clusters(rng, n, num_classes, dim, spread):
     labels = rng.integers(0, num_classes, n)
@@ -108,6 +113,7 @@ def test_random_labels_stay_near_chance():
 # Protocols on a tiny body and tiny images
 # --------------------------------------------------------------------------------------------------
 
+
 class TinyBody(nnx.Module):
     """conv 3x3 -> BN -> ReLU -> global mean pool: [B, H, W, 3] -> [B, 8]."""
 
@@ -127,8 +133,9 @@ def brightness_dataset(n, seed, split):
     images = np.array([40, 128, 215])[labels][:, None, None, None] + rng.normal(0, 8, (n, 8, 8, 3))
     images = np.clip(images, 0, 255).astype(np.uint8)
     labels = labels.astype(np.int32)
-    return data.Dataset("bright", split, n, 3, (8, 8, 3), read=lambda i: (images[i], labels[i]),
-                        read_labels=lambda i: labels[i])
+    return data.Dataset(
+        "bright", split, n, 3, (8, 8, 3), read=lambda i: (images[i], labels[i]), read_labels=lambda i: labels[i]
+    )
 
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -139,9 +146,18 @@ def test_linear_probe_augmented_on_a_frozen_body_reaches_100_and_leaves_it_uncha
     body.eval()
     before = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(body)))
     mesh = data.make_mesh()
-    scores = evaluate.linear_probe_augmented(body, MEAN, STD, brightness_dataset(256, 0, "train"),
-                                             brightness_dataset(96, 1, "test"), mesh, epochs=4, batch_size=32,
-                                             crop_scale=(0.3, 1.0), eval_batch_size=32)
+    scores = evaluate.linear_probe_augmented(
+        body,
+        MEAN,
+        STD,
+        brightness_dataset(256, 0, "train"),
+        brightness_dataset(96, 1, "test"),
+        mesh,
+        epochs=4,
+        batch_size=32,
+        crop_scale=(0.3, 1.0),
+        eval_batch_size=32,
+    )
     assert scores["top1"] == 100.0
     after = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(body)))
     jax.tree.map(np.testing.assert_array_equal, before, after)
@@ -154,10 +170,20 @@ def test_finetune_on_a_labelled_fraction_reaches_100_percent():
     assert labelled.num_examples == 60
     np.testing.assert_array_equal(np.bincount(labelled.labels()), [20, 20, 20])
     test = brightness_dataset(90, 1, "test")
-    scores = evaluate.finetune(TinyBody(nnx.Rngs(0)), MEAN, STD, labelled, test, mesh, epochs=15,
-                               batch_size=20, lr=0.1, crop_scale=(0.3, 1.0), eval_batch_size=30)
+    scores = evaluate.finetune(
+        TinyBody(nnx.Rngs(0)),
+        MEAN,
+        STD,
+        labelled,
+        test,
+        mesh,
+        epochs=15,
+        batch_size=20,
+        lr=0.1,
+        crop_scale=(0.3, 1.0),
+        eval_batch_size=30,
+    )
     assert scores["top1"] == 100.0
-
 
 
 def pattern_dataset(n, seed, split):
@@ -169,14 +195,16 @@ def pattern_dataset(n, seed, split):
     patterns = np.stack([r % 2, c % 2, (r + c) % 2]) * 160.0 + 40.0  # [3, 8, 8]
     images = patterns[labels][..., None] + rng.normal(0, 20, (n, 8, 8, 3))
     images = np.clip(images, 0, 255).astype(np.uint8)
-    return data.Dataset("patterns", split, n, 3, (8, 8, 3), read=lambda i: (images[i], labels[i]),
-                        read_labels=lambda i: labels[i])
+    return data.Dataset(
+        "patterns", split, n, 3, (8, 8, 3), read=lambda i: (images[i], labels[i]), read_labels=lambda i: labels[i]
+    )
 
 
 def test_raw_pixels_separate_patterns():
     mesh = data.make_mesh()
-    got = evaluate.raw_pixels(pattern_dataset(200, 0, "train"), pattern_dataset(60, 1, "test"), mesh,
-                              epochs=5, batch_size=50)
+    got = evaluate.raw_pixels(
+        pattern_dataset(200, 0, "train"), pattern_dataset(60, 1, "test"), mesh, epochs=5, batch_size=50
+    )
     assert got["knn"]["top1"] == 100.0 and got["linear"]["top1"] == 100.0
     feats, _ = evaluate.pixel_features(pattern_dataset(4, 0, "train"), mesh, batch_size=2)
     images = pattern_dataset(4, 0, "train").get(np.arange(4))["image"]
@@ -187,10 +215,11 @@ def test_raw_pixels_separate_patterns():
 # The command line on a SimCLR smoke run
 # --------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def simclr_run(tmp_path_factory):
-    from tests import helpers
     from simclr import train as simclr
+    from tests import helpers
 
     workdir = str(tmp_path_factory.mktemp("simclr_smoke"))
     simclr.main(helpers.smoke_config("simclr"), workdir)
@@ -201,15 +230,30 @@ def test_cli_knn_reproduces_the_runs_own_monitor(simclr_run):
     # The smoke preset's monitor uses the first 200 train and 100 test images, k=20, T=0.07: the same
     # restored body, rebuilt from the workdir alone, must give exactly the run's final numbers.
     results = json.loads(open(f"{simclr_run}/results.json").read())
-    got = evaluate.main(["--workdir", simclr_run, "--protocol", "knn", "--train_examples", "200",
-                         "--test_examples", "100"])
+    got = evaluate.main(
+        ["--workdir", simclr_run, "--protocol", "knn", "--train_examples", "200", "--test_examples", "100"]
+    )
     assert (got["top1"], got["top5"]) == (results["knn_top1"], results["knn_top5"])
     assert got["step"] == results["step"] == 4
 
 
 def test_cli_linear_writes_json(simclr_run):
-    got = evaluate.main(["--workdir", simclr_run, "--protocol", "linear", "--epochs", "1",
-                         "--train_examples", "512", "--test_examples", "200", "--batch_size", "64"])
+    got = evaluate.main(
+        [
+            "--workdir",
+            simclr_run,
+            "--protocol",
+            "linear",
+            "--epochs",
+            "1",
+            "--train_examples",
+            "512",
+            "--test_examples",
+            "200",
+            "--batch_size",
+            "64",
+        ]
+    )
     saved = json.loads(open(f"{simclr_run}/eval_linear.json").read())
     assert saved == got
     assert saved["method"] == "simclr" and saved["epochs"] == 1 and saved["test_examples"] == 200
@@ -221,6 +265,7 @@ def test_cli_linear_writes_json(simclr_run):
 # --------------------------------------------------------------------------------------------------
 # scripts/plots.py (t-SNE) and scripts/benchmark_table.py (the table from JSON files)
 # --------------------------------------------------------------------------------------------------
+
 
 def load_script(name):
     import importlib.util
@@ -251,33 +296,63 @@ def test_benchmark_table_reads_the_json_files_and_says_what_has_not_run(tmp_path
     table = load_script("benchmark_table")
     (tmp_path / "simclr").mkdir()
     (tmp_path / "baselines").mkdir()
-    (tmp_path / "simclr" / "results.json").write_text(json.dumps(
-        {"method": "simclr", "knn_top1": 81.25, "knn_top5": 99.5, "step": 468, "wall_time_s": 180.0,
-         "knn_top1_init": 77.5, "knn_top5_init": 98.0}))
-    (tmp_path / "simclr" / "config.json").write_text(json.dumps(
-        {"model": {"name": "resnet_tiny", "stem": "small"}, "optim": {"epochs": 2.0},
-         "eval": {"knn_train_examples": 0, "knn_test_examples": 0}}))
-    (tmp_path / "simclr" / "eval_linear.json").write_text(json.dumps(
-        {"top1": 83.75, "top5": 99.25, "epochs": 10, "features": "on the fly, ..."}))
-    (tmp_path / "baselines" / "eval_pixels.json").write_text(json.dumps(
-        {"top1": 84.0, "top5": 99.0, "knn_top1": 84.6, "knn_top5": 98.5, "epochs": 100}))
+    (tmp_path / "simclr" / "results.json").write_text(
+        json.dumps(
+            {
+                "method": "simclr",
+                "knn_top1": 81.25,
+                "knn_top5": 99.5,
+                "step": 468,
+                "wall_time_s": 180.0,
+                "knn_top1_init": 77.5,
+                "knn_top5_init": 98.0,
+            }
+        )
+    )
+    (tmp_path / "simclr" / "config.json").write_text(
+        json.dumps(
+            {
+                "model": {"name": "resnet_tiny", "stem": "small"},
+                "optim": {"epochs": 2.0},
+                "eval": {"knn_train_examples": 0, "knn_test_examples": 0},
+            }
+        )
+    )
+    (tmp_path / "simclr" / "eval_linear.json").write_text(
+        json.dumps({"top1": 83.75, "top5": 99.25, "epochs": 10, "features": "on the fly, ..."})
+    )
+    (tmp_path / "baselines" / "eval_pixels.json").write_text(
+        json.dumps({"top1": 84.0, "top5": 99.0, "knn_top1": 84.6, "knn_top5": 98.5, "epochs": 100})
+    )
     # A semi-supervised method: its own 10% run is read, its 1% run says it has not run.
     (tmp_path / "paws").mkdir()
-    (tmp_path / "paws" / "results.json").write_text(json.dumps(
-        {"method": "paws", "knn_top1": 80.0, "knn_top5": 99.0, "snn_top1": 75.55, "step": 468,
-         "wall_time_s": 300.0, "knn_top1_init": 77.5}))
-    (tmp_path / "paws" / "config.json").write_text(json.dumps({"model": {"name": "resnet_tiny"}, "optim": {"epochs": 2.0}}))
+    (tmp_path / "paws" / "results.json").write_text(
+        json.dumps(
+            {
+                "method": "paws",
+                "knn_top1": 80.0,
+                "knn_top5": 99.0,
+                "snn_top1": 75.55,
+                "step": 468,
+                "wall_time_s": 300.0,
+                "knn_top1_init": 77.5,
+            }
+        )
+    )
+    (tmp_path / "paws" / "config.json").write_text(
+        json.dumps({"model": {"name": "resnet_tiny"}, "optim": {"epochs": 2.0}})
+    )
     out = tmp_path / "B.md"
     text = table.write_table(["simclr", "byol", "paws"], table.argparse.Namespace(runs=str(tmp_path), output=str(out)))
-    paws_row = next(l for l in text.splitlines() if l.startswith("| paws |"))
+    paws_row = next(row for row in text.splitlines() if row.startswith("| paws |"))
     assert "soft nearest neighbours: not run / 75.5 (5.0 min)" in paws_row
     assert out.read_text() == text
-    simclr_row = next(l for l in text.splitlines() if l.startswith("| simclr | resnet_tiny"))
+    simclr_row = next(row for row in text.splitlines() if row.startswith("| simclr | resnet_tiny"))
     assert "81.2 / 99.5 (init 77.5)" in simclr_row and "83.8 / 99.2 (10 ep, augmented)" in simclr_row
     assert "3.0 min" in simclr_row and "69.3" in simclr_row
     assert "| Raw pixels, kNN (k=20, T=0.07) | 84.6 / 98.5 |" in text
     assert "| Strong Sup (100% labels) | not run |" in text
-    byol_row = next(l for l in text.splitlines() if l.startswith("| byol |"))
+    byol_row = next(row for row in text.splitlines() if row.startswith("| byol |"))
     assert "not run" in byol_row and "74.3" in byol_row
 
 
@@ -292,6 +367,6 @@ def test_benchmark_table_train_skips_finished_runs_and_rerun_keeps_the_old_one(t
     assert table.train("simclr", str(workdir), [], "log") and calls == []  # finished: not retrained
     assert table.train("simclr", str(workdir), ["--config.seed=1"], "log", rerun=True)
     assert calls[0][-3:] == ["--workdir", str(workdir), "--config.seed=1"]
-    previous, = tmp_path.glob("simclr.previous-*")  # the old run is kept beside, not resumed or deleted
+    (previous,) = tmp_path.glob("simclr.previous-*")  # the old run is kept beside, not resumed or deleted
     assert json.loads((previous / "results.json").read_text())["step"] == 468
     assert json.loads((workdir / "machine.json").read_text())["machine"] == "test machine"

@@ -4,8 +4,6 @@ run, unlabelled and 16-bit images, the exit status of pre-emption and divergence
 prefetch thread at exit. (The simclr method stands for all: the loop and the checkpointer are shared.)"""
 
 import json
-import os
-import pathlib
 import shutil
 import signal
 import subprocess
@@ -23,22 +21,33 @@ from tests import helpers
 
 
 def cli(workdir, *overrides, method="simclr"):
-    return [sys.executable, f"{method}/train.py", f"--config={method}/config.py:smoke", f"--workdir={workdir}",
-            *overrides]
+    return [
+        sys.executable,
+        f"{method}/train.py",
+        f"--config={method}/config.py:smoke",
+        f"--workdir={workdir}",
+        *overrides,
+    ]
 
 
 def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path):
     # 12 steps, a checkpoint after every step; kills land 0-150 ms after a progress line, which the
     # loop prints just before it writes that step's checkpoint, so some land inside the write.
     overrides = ["--config.optim.epochs=0.0032", "--config.checkpoint_every_steps=1"]  # 12 steps of 16
-    straight = subprocess.run(cli(tmp_path / "straight", *overrides), cwd=helpers.ROOT, capture_output=True,
-                              text=True, timeout=600)
+    straight = subprocess.run(
+        cli(tmp_path / "straight", *overrides), cwd=helpers.ROOT, capture_output=True, text=True, timeout=600
+    )
     assert straight.returncode == 0, straight.stderr[-3000:]
     rng = np.random.default_rng(0)
     killed_at = []
     for target in (3, 6, 9):  # kill after the progress line of this step (or later), then resume
-        proc = subprocess.Popen(cli(tmp_path / "killed", *overrides), cwd=helpers.ROOT, stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True)
+        proc = subprocess.Popen(
+            cli(tmp_path / "killed", *overrides),
+            cwd=helpers.ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         for line in proc.stdout:
             if line.startswith("step ") and "/12" in line and int(line.split()[1].split("/")[0]) >= target:
                 time.sleep(rng.uniform(0.0, 0.15))
@@ -47,8 +56,9 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
                 break
         proc.wait(timeout=60)
         assert proc.returncode == -signal.SIGKILL
-    resumed = subprocess.run(cli(tmp_path / "killed", *overrides), cwd=helpers.ROOT, capture_output=True,
-                             text=True, timeout=600)
+    resumed = subprocess.run(
+        cli(tmp_path / "killed", *overrides), cwd=helpers.ROOT, capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert len(killed_at) == 3
     step_a, a = helpers.final_params(str(tmp_path / "straight"))
@@ -57,8 +67,9 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
     np.testing.assert_array_equal(a, b)
     res_a = json.loads((tmp_path / "straight" / "results.json").read_text())
     res_b = json.loads((tmp_path / "killed" / "results.json").read_text())
-    assert {k: v for k, v in res_a.items() if k != "wall_time_s"} == {k: v for k, v in res_b.items()
-                                                                      if k != "wall_time_s"}
+    assert {k: v for k, v in res_a.items() if k != "wall_time_s"} == {
+        k: v for k, v in res_b.items() if k != "wall_time_s"
+    }
 
 
 def _damage(path, how):
@@ -72,13 +83,13 @@ def _damage(path, how):
 
 
 @pytest.mark.parametrize("how", ["flip", "truncate"])
-def test_a_damaged_checkpoint_is_set_aside_and_the_run_resumes_from_the_older_one(how, smoke_runs, tmp_path,
-                                                                                 capsys):
+def test_a_damaged_checkpoint_is_set_aside_and_the_run_resumes_from_the_older_one(how, smoke_runs, tmp_path, capsys):
     runs = smoke_runs("simclr")
     workdir = tmp_path / "run"
     shutil.copytree(runs.straight, workdir)
-    largest = max((p for p in (workdir / "checkpoints" / "4").rglob("*") if p.is_file()),
-                  key=lambda p: p.stat().st_size)
+    largest = max(
+        (p for p in (workdir / "checkpoints" / "4").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size
+    )
     _damage(largest, how)
     config = helpers.smoke_config("simclr", checkpoint_every_steps=1)
     results = simclr.main(config, str(workdir))
@@ -102,14 +113,15 @@ def test_a_workdir_from_another_config_is_refused_with_the_fields_that_differ(sm
     workdir = tmp_path / "run"
     shutil.copytree(smoke_runs("simclr").straight, workdir)
     config = helpers.smoke_config("simclr", **{"model.proj_dim": 32})
-    with pytest.raises(ValueError, match=r"\(model.proj_dim 8 in the checkpoint, 32 in the config\). Use a new --workdir"):
+    with pytest.raises(
+        ValueError, match=r"\(model.proj_dim 8 in the checkpoint, 32 in the config\). Use a new --workdir"
+    ):
         simclr.main(config, str(workdir))
 
 
 def test_cli_errors_are_one_line(tmp_path):
     (tmp_path / "file").write_text("")
-    for args, message in [(["--config.optim.lrr=0.1"], 'Did you mean "lr"'),
-                          ([], "is a file, not a folder")]:
+    for args, message in [(["--config.optim.lrr=0.1"], 'Did you mean "lr"'), ([], "is a file, not a folder")]:
         workdir = tmp_path / "file" if not args else tmp_path / "w"
         out = subprocess.run(cli(workdir, *args), cwd=helpers.ROOT, capture_output=True, text=True, timeout=300)
         assert out.returncode == 1
@@ -119,17 +131,28 @@ def test_cli_errors_are_one_line(tmp_path):
 
 def test_exit_status_after_preemption_is_0_and_after_divergence_1(tmp_path):
     overrides = ["--config.optim.epochs=0.0032", "--config.checkpoint_every_steps=1"]
-    proc = subprocess.Popen(cli(tmp_path / "pre", *overrides), cwd=helpers.ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cli(tmp_path / "pre", *overrides), cwd=helpers.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     for line in proc.stdout:
         if line.startswith("step 2/"):
             proc.send_signal(signal.SIGTERM)
             break
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0 and "Pre-empted: saved step" in out, err[-2000:]
-    diverged = subprocess.run(cli(tmp_path / "div", "--config.optim.epochs=0.0021333", "--config.optim.lr=1e30",
-                                  "--config.optim.warmup_epochs=0.00053333", "--config.checkpoint_every_steps=1"),
-                              cwd=helpers.ROOT, capture_output=True, text=True, timeout=300)
+    diverged = subprocess.run(
+        cli(
+            tmp_path / "div",
+            "--config.optim.epochs=0.0021333",
+            "--config.optim.lr=1e30",
+            "--config.optim.warmup_epochs=0.00053333",
+            "--config.checkpoint_every_steps=1",
+        ),
+        cwd=helpers.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert diverged.returncode == 1, diverged.stderr[-2000:]
     assert "Non-finite loss or parameters at step" in diverged.stderr.strip().splitlines()[-1]
 
@@ -163,9 +186,18 @@ def _write_images(folder, n, mode="L", bits=8):
 
 def test_an_unlabelled_folder_trains_and_says_that_knn_is_skipped(tmp_path, capsys):
     _write_images(tmp_path / "images", 48)
-    config = helpers.smoke_config("simclr", **{"data.name": "", "data.folder": str(tmp_path / "images"), "optim.epochs": 1.0,
-                                               "data.image_size": 12, "views.crop_size": 12,
-                                               "eval.knn_train_examples": 0, "eval.knn_test_examples": 0})
+    config = helpers.smoke_config(
+        "simclr",
+        **{
+            "data.name": "",
+            "data.folder": str(tmp_path / "images"),
+            "optim.epochs": 1.0,
+            "data.image_size": 12,
+            "views.crop_size": 12,
+            "eval.knn_train_examples": 0,
+            "eval.knn_test_examples": 0,
+        },
+    )
     results = simclr.main(config, str(tmp_path / "run"))
     assert "has no labels: kNN skipped" in capsys.readouterr().out
     assert results["step"] == 3 and not any(k.startswith("knn") for k in results)
@@ -173,8 +205,9 @@ def test_an_unlabelled_folder_trains_and_says_that_knn_is_skipped(tmp_path, caps
 
 def test_16_bit_images_are_scaled_to_8_bits(tmp_path):
     _write_images(tmp_path / "images", 2, bits=16)
-    dataset = data.load(helpers.smoke_config("simclr", **{"data.folder": str(tmp_path / "images"),
-                                                          "data.image_size": 12}).data, "train")
+    dataset = data.load(
+        helpers.smoke_config("simclr", **{"data.folder": str(tmp_path / "images"), "data.image_size": 12}).data, "train"
+    )
     got = dataset.get(np.arange(2))["image"]  # uint8 [2, 12, 12, 3]
     want = [np.asarray(Image.open(tmp_path / "images" / f"{i}.png"), np.float64) * 255 / 65535 for i in range(2)]
     np.testing.assert_array_equal(got[..., 0], np.round(np.stack(want)).astype(np.uint8))

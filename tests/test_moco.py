@@ -50,7 +50,7 @@ def test_update_queue_matches_official(case):
     assert int(new_ptr) == int(z["new_queue_ptr"])
     # Rows outside [ptr, ptr + N) are untouched (the N16 case wraps the pointer back to 0).
     n = z["k"].shape[0]
-    untouched = np.r_[0:ptr, ptr + n:z["queue"].shape[0]]
+    untouched = np.r_[0:ptr, ptr + n : z["queue"].shape[0]]
     np.testing.assert_array_equal(np.asarray(new_queue)[untouched], z["queue"][untouched])
 
 
@@ -66,7 +66,8 @@ def test_moco_loss_jit_and_stop_gradient():
     np.testing.assert_allclose(
         jax.jit(moco.moco_loss)(q, k, queue, temperature),
         moco.moco_loss(q, k, queue, temperature),
-        rtol=1e-6, atol=1e-6,
+        rtol=1e-6,
+        atol=1e-6,
     )
     grads = jax.grad(moco.moco_loss, argnums=(0, 1, 2))(q, k, queue, temperature)
     grad_q, grad_k, grad_queue = grads
@@ -77,7 +78,7 @@ def test_moco_loss_jit_and_stop_gradient():
 
 
 def test_momentum_update_matches_official():
-    case, = [c for c in CASES if c["case"] == "moco_momentum_update"]
+    (case,) = [c for c in CASES if c["case"] == "moco_momentum_update"]
     z = _load(case)
     params_k = {"w": jnp.asarray(z["param_k_w"]), "b": jnp.asarray(z["param_k_b"])}
     params_q = {"w": jnp.asarray(z["param_q_w"]), "b": jnp.asarray(z["param_q_b"])}
@@ -90,6 +91,7 @@ def test_momentum_update_matches_official():
 # ------------------------------------------------------------------------------------------------
 # The method: ghost (shuffling) batch norm, views, the train step, main
 # ------------------------------------------------------------------------------------------------
+
 
 def _encoder():
     return moco.Encoder(helpers.smoke_config("moco"), nnx.Rngs(0))
@@ -135,10 +137,20 @@ def test_shuffled_keys_use_batch_norm_groups_of_the_shuffled_batch_and_keep_the_
 
 @pytest.mark.parametrize("aug_plus", [True, False])
 def test_views_with_identity_settings_are_the_normalised_image(aug_plus):
-    config = helpers.smoke_config("moco", **{"views.aug_plus": aug_plus, "views.crop_size": 28,
-                                             "views.crop_scale": (1.0, 1.0), "views.crop_ratio": (1.0, 1.0),
-                                             "views.color_jitter": (0.0, 0.0, 0.0, 0.0), "views.color_p": 1.0,
-                                             "views.gray_p": 1.0, "views.blur_p": 0.0, "views.flip_p": 1.0})
+    config = helpers.smoke_config(
+        "moco",
+        **{
+            "views.aug_plus": aug_plus,
+            "views.crop_size": 28,
+            "views.crop_scale": (1.0, 1.0),
+            "views.crop_ratio": (1.0, 1.0),
+            "views.color_jitter": (0.0, 0.0, 0.0, 0.0),
+            "views.color_p": 1.0,
+            "views.gray_p": 1.0,
+            "views.blur_p": 0.0,
+            "views.flip_p": 1.0,
+        },
+    )
     images = np.asarray(jax.random.randint(jax.random.key(4), (2, 28, 28, 3), 0, 256), np.uint8)
     gray = images.astype(np.float32) / 255 @ np.array([0.2989, 0.587, 0.114], np.float32)
     want = (np.repeat(gray[..., None], 3, -1)[:, :, ::-1] - 0.2860) / 0.3530  # grayscale, flipped
@@ -210,16 +222,19 @@ def test_smoke_checkpoints_hold_the_queue_its_pointer_and_the_momentum_encoder(s
     assert not np.allclose(queue4[48:], queue3[48:])
     np.testing.assert_allclose(np.linalg.norm(queue4, axis=1), 1.0, rtol=1e-5)
     params = lambda m: nnx.state(m, nnx.Param)
-    want_k4 = moco.momentum_update(params(parts3["encoder_k"]), params(parts3["encoder_q"]),
-                                   helpers.smoke_config("moco").method.momentum)
+    want_k4 = moco.momentum_update(
+        params(parts3["encoder_k"]), params(parts3["encoder_q"]), helpers.smoke_config("moco").method.momentum
+    )
     for got, want in zip(jax.tree.leaves(params(parts4["encoder_k"])), jax.tree.leaves(want_k4)):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
 def test_presets_pass_the_config_check_and_v1_differs_in_the_official_flags():
     from moco import config as moco_config
-    presets = {name: moco_config.get_config(name)
-               for name in ("default", "smoke", "cifar10", "imagenet", "imagenet_v1")}
+
+    presets = {
+        name: moco_config.get_config(name) for name in ("default", "smoke", "cifar10", "imagenet", "imagenet_v1")
+    }
     for config in presets.values():
         moco.check_config(config)
     v1, v2 = presets["imagenet_v1"], presets["imagenet"]

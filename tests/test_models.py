@@ -17,13 +17,18 @@ REFERENCE = json.loads((pathlib.Path(__file__).parent / "reference" / "models.js
 
 # --- parameter counts (abstract models: no memory, no compute) ---------------------------------------
 
-@pytest.mark.parametrize("build, key, features", [
-    (lambda: models.resnet18(stem="imagenet", rngs=nnx.Rngs(0)), "resnet18_no_fc", 512),
-    (lambda: models.resnet50(stem="imagenet", rngs=nnx.Rngs(0)), "resnet50_no_fc", 2048),
-    (lambda: models.resnet18(stem="cifar", rngs=nnx.Rngs(0)), "cifar_resnet18_solo_learn_no_fc", 512),
-    (lambda: models.vit_small(16, rngs=nnx.Rngs(0)), "dino_vit_small_patch16_backbone", 384),
-    (lambda: models.vit_base(16, rngs=nnx.Rngs(0)), "dino_vit_base_patch16_backbone", 768),
-], ids=["resnet18", "resnet50", "resnet18_cifar", "vit_small16", "vit_base16"])
+
+@pytest.mark.parametrize(
+    "build, key, features",
+    [
+        (lambda: models.resnet18(stem="imagenet", rngs=nnx.Rngs(0)), "resnet18_no_fc", 512),
+        (lambda: models.resnet50(stem="imagenet", rngs=nnx.Rngs(0)), "resnet50_no_fc", 2048),
+        (lambda: models.resnet18(stem="cifar", rngs=nnx.Rngs(0)), "cifar_resnet18_solo_learn_no_fc", 512),
+        (lambda: models.vit_small(16, rngs=nnx.Rngs(0)), "dino_vit_small_patch16_backbone", 384),
+        (lambda: models.vit_base(16, rngs=nnx.Rngs(0)), "dino_vit_base_patch16_backbone", 768),
+    ],
+    ids=["resnet18", "resnet50", "resnet18_cifar", "vit_small16", "vit_base16"],
+)
 def test_param_count_matches_official(build, key, features):
     model = nnx.eval_shape(build)
     assert models.count_params(model) == REFERENCE[key]
@@ -50,9 +55,14 @@ def _basic_stage_params(c_in, c):
 
 
 def test_create_body():
-    resnet_tiny_cifar = (9 * 3 * 16 + 2 * 16 + _basic_stage_params(16, 16)
-                         + _basic_stage_params(16, 32) + _basic_stage_params(32, 64)
-                         + _basic_stage_params(64, 128))
+    resnet_tiny_cifar = (
+        9 * 3 * 16
+        + 2 * 16
+        + _basic_stage_params(16, 16)
+        + _basic_stage_params(16, 32)
+        + _basic_stage_params(32, 64)
+        + _basic_stage_params(64, 128)
+    )
     for name, cls, kw, features, params in [
         ("resnet_tiny", models.ResNet, dict(stem="cifar"), 128, resnet_tiny_cifar),
         # torchvision resnet34 (21,797,672) without its fc (512 * 1000 + 1000).
@@ -68,6 +78,7 @@ def test_create_body():
 
 
 # --- ResNet -------------------------------------------------------------------------------------------
+
 
 def _images(shape, seed=0):
     return jax.random.uniform(jax.random.key(seed), shape)
@@ -98,8 +109,7 @@ def test_stems_downsample_as_torchvision(resnet):
     x = _images((2, 16, 16, 3))
     feature_map = nnx.jit(lambda m, x: m.forward_features(x))(resnet, x)
     assert feature_map.shape == (2, 2, 2, 128)
-    np.testing.assert_allclose(_forward(resnet, x), feature_map.mean(axis=(1, 2)), rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(_forward(resnet, x), feature_map.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
     # The ImageNet stem (7x7/2 conv, 3x3/2 max-pool) and three stride-2 stages: 64 -> 2.
     imagenet = nnx.eval_shape(lambda: models.resnet_tiny(stem="imagenet", rngs=nnx.Rngs(0)))
     out = nnx.eval_shape(lambda m, x: m.forward_features(x), imagenet, _images((2, 64, 64, 3)))
@@ -115,13 +125,17 @@ def test_train_mode_updates_running_mean_by_momentum(resnet):
     x = _images((2, 16, 16, 3))
     _forward(resnet, x)
     # The stem BN's input, computed independently of the module: a 3x3 conv with padding 1.
-    y = jax.lax.conv_general_dilated(x, resnet.conv1.kernel[...], (1, 1), ((1, 1), (1, 1)),
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                     precision=jax.lax.Precision.HIGHEST)
+    y = jax.lax.conv_general_dilated(
+        x,
+        resnet.conv1.kernel[...],
+        (1, 1),
+        ((1, 1), (1, 1)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=jax.lax.Precision.HIGHEST,
+    )
     # Running stats start at mean 0, var 1; NNX momentum 0.9 == PyTorch momentum 0.1.
     np.testing.assert_allclose(resnet.bn1.mean[...], 0.1 * y.mean(axis=(0, 1, 2)), atol=1e-5)
-    np.testing.assert_allclose(resnet.bn1.var[...], 0.9 + 0.1 * y.var(axis=(0, 1, 2)),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(resnet.bn1.var[...], 0.9 + 0.1 * y.var(axis=(0, 1, 2)), rtol=1e-4, atol=1e-5)
 
 
 def test_eval_mode_uses_running_statistics(resnet):
@@ -164,6 +178,7 @@ def test_bottleneck_zero_init_residual_is_identity_branch():
 
 
 # --- Vision Transformer ---------------------------------------------------------------------------------
+
 
 def _tiny_vit(**kw):
     return models.vit_tiny(8, img_size=32, depth=2, rngs=nnx.Rngs(0), **kw)
@@ -211,12 +226,10 @@ def test_bicubic_matrix_matches_pytorch_kernel():
     # 0..3 lie at distances 1.75, 0.75, 0.25, 1.25. Keys' kernel with a = -0.75 (PyTorch's bicubic)
     # at those distances:
     m = models._bicubic_matrix(8, 16, 2.0)
-    np.testing.assert_allclose(m[4], [-0.03515625, 0.26171875, 0.87890625, -0.10546875, 0, 0, 0, 0],
-                               atol=1e-7)
+    np.testing.assert_allclose(m[4], [-0.03515625, 0.26171875, 0.87890625, -0.10546875, 0, 0, 0, 0], atol=1e-7)
     np.testing.assert_allclose(m.sum(1), 1.0, atol=1e-6)
     # Output 0 samples input -0.25: indices -2..1 clamp to 0, so input 0 takes three weights.
-    np.testing.assert_allclose(m[0, :3], [-0.03515625 + 0.26171875 + 0.87890625, -0.10546875, 0.0],
-                               atol=1e-7)
+    np.testing.assert_allclose(m[0, :3], [-0.03515625 + 0.26171875 + 0.87890625, -0.10546875, 0.0], atol=1e-7)
     np.testing.assert_allclose(models._bicubic_matrix(5, 5, 1.0), np.eye(5), atol=1e-7)
 
 
@@ -244,5 +257,4 @@ def test_drop_path_needs_key_and_is_off_in_eval(vit):
     # In eval mode the key is ignored: the output is the deterministic one of the fixture, whose
     # drop-path rate is 0 (a ViT has no other train/eval difference).
     model.eval()
-    np.testing.assert_allclose(forward(model, x, jax.random.key(1)), _forward(vit, x),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(forward(model, x, jax.random.key(1)), _forward(vit, x), rtol=1e-5, atol=1e-5)

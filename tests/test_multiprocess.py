@@ -33,13 +33,25 @@ def launch(method, workdir, num_processes, extra=(), timeout=600):
     port = free_port()
     procs = []
     for i in range(num_processes):
-        env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                   JAX_NUM_PROCESSES=str(num_processes), JAX_PROCESS_ID=str(i))
+        env = dict(
+            os.environ,
+            JAX_PLATFORMS="cpu",
+            JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+            JAX_NUM_PROCESSES=str(num_processes),
+            JAX_PROCESS_ID=str(i),
+        )
         env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "")
-        cmd = [sys.executable, f"{method}/train.py", f"--config={method}/config.py:smoke",
-               f"--workdir={workdir}", "--config.checkpoint_every_steps=1", *extra]
-        procs.append(subprocess.Popen(cmd, cwd=helpers.ROOT, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
+        cmd = [
+            sys.executable,
+            f"{method}/train.py",
+            f"--config={method}/config.py:smoke",
+            f"--workdir={workdir}",
+            "--config.checkpoint_every_steps=1",
+            *extra,
+        ]
+        procs.append(
+            subprocess.Popen(cmd, cwd=helpers.ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
     outputs = []
     try:
         for p in procs:
@@ -68,7 +80,7 @@ def test_two_processes_equal_one(method, smoke_runs, tmp_path):
     for rc, out, err in outputs:
         assert rc == 0, err[-3000:]
     (_, out0, _), (_, out1, _) = outputs
-    assert f"2 x cpu in 2 process(es)" in out0
+    assert "2 x cpu in 2 process(es)" in out0
     # Logs and results are written once, by process 0 (gloo announces its connections by itself).
     assert [line for line in out1.splitlines() if not line.startswith("[Gloo]")] == []
 
@@ -88,5 +100,6 @@ def test_two_processes_equal_one(method, smoke_runs, tmp_path):
             assert double_results[key] == value, key
     single_losses, double_losses = losses(one.straight), losses(tmp_path / "two")
     assert sorted(double_losses) == sorted(single_losses) == [1, 2, 3, 4]
-    np.testing.assert_allclose([double_losses[s] for s in range(1, 5)], [single_losses[s] for s in range(1, 5)],
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        [double_losses[s] for s in range(1, 5)], [single_losses[s] for s in range(1, 5)], rtol=1e-5, atol=1e-5
+    )

@@ -18,9 +18,7 @@ from paws import train as paws
 from tests import helpers
 
 REFERENCE = pathlib.Path(__file__).parent / "reference"
-CASES = [
-    c for c in json.loads((REFERENCE / "cases.json").read_text())["cases"] if c["method"] == "paws"
-]
+CASES = [c for c in json.loads((REFERENCE / "cases.json").read_text())["cases"] if c["method"] == "paws"]
 INPUTS = (
     "anchor_views",
     "anchor_supports",
@@ -46,9 +44,7 @@ def assert_close(got, want, tol):
 
 def loss_args(case, z):
     hyper = case["hyper"]
-    return [jnp.asarray(z[k]) for k in INPUTS] + [
-        hyper["tau"], hyper["T"], hyper["me_max"], hyper["multicrop"]
-    ]
+    return [jnp.asarray(z[k]) for k in INPUTS] + [hyper["tau"], hyper["T"], hyper["me_max"], hyper["multicrop"]]
 
 
 def test_cases_found():
@@ -59,13 +55,17 @@ def test_cases_found():
 def test_snn_and_sharpen_match_official(case):
     z, hyper, tol = load(case), case["hyper"], case["tolerance"]["probs"]
     anchor_probs = snn(
-        jnp.asarray(z["anchor_views"]), jnp.asarray(z["anchor_supports"]),
-        jnp.asarray(z["anchor_support_labels"]), hyper["tau"],
+        jnp.asarray(z["anchor_views"]),
+        jnp.asarray(z["anchor_supports"]),
+        jnp.asarray(z["anchor_support_labels"]),
+        hyper["tau"],
     )
     assert_close(anchor_probs, z["anchor_probs"], tol)
     target_probs = snn(
-        jnp.asarray(z["target_views"]), jnp.asarray(z["target_supports"]),
-        jnp.asarray(z["target_support_labels"]), hyper["tau"],
+        jnp.asarray(z["target_views"]),
+        jnp.asarray(z["target_supports"]),
+        jnp.asarray(z["target_support_labels"]),
+        hyper["tau"],
     )
     assert_close(target_probs, z["target_probs"], tol)
     sharpened = sharpen(jnp.asarray(z["target_probs"], jnp.float32), hyper["T"])
@@ -103,14 +103,10 @@ def test_no_gradient_through_targets():
     args = loss_args(case, z)
 
     def total(anchor_views, target_views, target_supports):
-        loss, me_max_reg = paws_loss(
-            anchor_views, args[1], args[2], target_views, target_supports, *args[5:]
-        )
+        loss, me_max_reg = paws_loss(anchor_views, args[1], args[2], target_views, target_supports, *args[5:])
         return loss + me_max_reg
 
-    g_anchor, g_target, g_target_supports = jax.jit(jax.grad(total, argnums=(0, 1, 2)))(
-        args[0], args[3], args[4]
-    )
+    g_anchor, g_target, g_target_supports = jax.jit(jax.grad(total, argnums=(0, 1, 2)))(args[0], args[3], args[4])
     assert np.all(np.asarray(g_target) == 0.0) and np.all(np.asarray(g_target_supports) == 0.0)
     assert np.abs(np.asarray(g_anchor)).max() > 1e-3
 
@@ -118,6 +114,7 @@ def test_no_gradient_through_targets():
 # ------------------------------------------------------------------------------------------------
 # The method around the loss: supports, labels, schedule, step, what a run records
 # ------------------------------------------------------------------------------------------------
+
 
 def test_support_batch_is_class_balanced_in_the_official_layout():
     # Pool of 5 classes x 4 images whose pixels encode (class, image): 10 * class + image.
@@ -150,8 +147,7 @@ def test_learning_rate_warms_up_from_start_lr_then_decays_to_final_lr():
     config = helpers.smoke_config("paws")
     o = config.optim  # 4 steps, 1 of warmup
     schedule = paws.learning_rate_schedule(o, steps_per_epoch=60000 // 16)
-    np.testing.assert_allclose([schedule(0), schedule(1), schedule(4)], [o.start_lr, o.lr, o.final_lr],
-                               rtol=1e-6)
+    np.testing.assert_allclose([schedule(0), schedule(1), schedule(4)], [o.start_lr, o.lr, o.final_lr], rtol=1e-6)
 
 
 def manual_paws_loss(graphdef, config, state, batch, key):
@@ -166,11 +162,22 @@ def manual_paws_loss(graphdef, config, state, batch, key):
     b, n_s = x_g.shape[1], supports.shape[0]
     h, z = model(jnp.concatenate([supports, x_g[0], x_g[1]]))
     _, z_l = model(jnp.concatenate(list(x_l)))
-    target_views = jnp.concatenate([h[n_s + b:], h[n_s:n_s + b]])  # official swap
-    labels = jnp.tile(paws.labels_matrix(m.classes_per_batch, m.s_per_class, m.label_smoothing),
-                      (v.supervised_views, 1))
-    loss, reg = paws.paws_loss(jnp.concatenate([z[n_s:], z_l]), z[:n_s], labels, target_views,
-                               h[:n_s], labels, m.tau, m.T, m.me_max, v.local_crops_number)
+    target_views = jnp.concatenate([h[n_s + b :], h[n_s : n_s + b]])  # official swap
+    labels = jnp.tile(
+        paws.labels_matrix(m.classes_per_batch, m.s_per_class, m.label_smoothing), (v.supervised_views, 1)
+    )
+    loss, reg = paws.paws_loss(
+        jnp.concatenate([z[n_s:], z_l]),
+        z[:n_s],
+        labels,
+        target_views,
+        h[:n_s],
+        labels,
+        m.tau,
+        m.T,
+        m.me_max,
+        v.local_crops_number,
+    )
     return loss, reg
 
 
@@ -179,11 +186,9 @@ def test_train_step_objective_and_update():
     mesh = data.make_mesh()
     train = data.load(config.data, "train")
     loader = data.Loader(train, config.data.batch_size, config.seed, mesh)
-    graphdef, state, step_fn = paws.create_state(config, loader.steps_per_epoch,
-                                                 **paws.state_inputs(config, train))
+    graphdef, state, step_fn = paws.create_state(config, loader.steps_per_epoch, **paws.state_inputs(config, train))
     batch, key = loader.get(0), jax.random.key(7)
-    want_loss, want_reg = map(float, jax.jit(functools.partial(manual_paws_loss, graphdef, config))(
-        state, batch, key))
+    want_loss, want_reg = map(float, jax.jit(functools.partial(manual_paws_loss, graphdef, config))(state, batch, key))
     before = jax.tree.map(np.asarray, nnx.state(nnx.merge(graphdef, state)["model"], nnx.Param))
     new_state, metrics = jax.jit(step_fn)(state, batch, key)
     np.testing.assert_allclose(float(metrics["xent"]), want_loss, rtol=1e-4)
@@ -201,8 +206,9 @@ def test_train_step_objective_and_update():
     train_labels = train.labels()
     want = data.balanced_subset(train_labels, config.data.label_fraction, 10, config.seed)
     np.testing.assert_array_equal(np.sort(np.asarray(labelled.indices[...]).ravel()), want)
-    np.testing.assert_array_equal(train_labels[np.asarray(labelled.indices[...])],
-                                  np.repeat(np.arange(10)[:, None], len(want) // 10, axis=1))
+    np.testing.assert_array_equal(
+        train_labels[np.asarray(labelled.indices[...])], np.repeat(np.arange(10)[:, None], len(want) // 10, axis=1)
+    )
 
 
 def test_smoke_run_records_its_labelled_fraction_and_snn_beats_chance(smoke_runs):

@@ -17,9 +17,7 @@ from pirl import train as pirl
 from tests import helpers
 
 REFERENCE = pathlib.Path(__file__).parent / "reference"
-CASES = [
-    c for c in json.loads((REFERENCE / "cases.json").read_text())["cases"] if c["method"] == "pirl"
-]
+CASES = [c for c in json.loads((REFERENCE / "cases.json").read_text())["cases"] if c["method"] == "pirl"]
 INPUTS = ("patch_embedding", "image_embedding", "memory", "indices", "neg_idx_patch", "neg_idx_image")
 # Reference checks run jitted (one compilation, faster than op-by-op); test_eager_equals_jit
 # checks that the eager call gives the same value.
@@ -37,9 +35,7 @@ def assert_close(got, want, tol):
 
 def loss_args(case, z):
     hyper = case["hyper"]
-    return [jnp.asarray(z[k]) for k in INPUTS] + [
-        hyper["temperature"], hyper["norm_constant"], hyper["loss_type"]
-    ]
+    return [jnp.asarray(z[k]) for k in INPUTS] + [hyper["temperature"], hyper["norm_constant"], hyper["loss_type"]]
 
 
 def test_cases_found():
@@ -54,7 +50,9 @@ def test_pirl_loss_and_memory_match_official(case):
     assert_close(loss, z["loss"], tol["loss"])
     assert_close(Z, z["Z"], tol["Z"])
     new_memory = update_memory(
-        jnp.asarray(z["memory"]), jnp.asarray(z["indices"]), jnp.asarray(z["image_embedding"]),
+        jnp.asarray(z["memory"]),
+        jnp.asarray(z["indices"]),
+        jnp.asarray(z["image_embedding"]),
         case["hyper"]["memory_momentum"],
     )
     assert_close(new_memory, z["new_memory"], tol["new_memory"])
@@ -115,22 +113,37 @@ def test_gradients():
 # Views
 # ------------------------------------------------------------------------------------------------
 
+
 def test_jigsaw_patches_are_jittered_grid_cells_in_a_random_order():
     # Geometry alone: a full-image crop of the same size (an identity resize), no photometric change.
     cfg = helpers.smoke_config("pirl").views
     cfg.unlock()
-    cfg.update(patch_crop_size=24, patch_crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), grid=3,
-               patch_jitter=3, color_jitter=(0.0, 0.0, 0.0, 0.0), photometric_p=0.0, gray_p=0.0,
-               flip_p=0.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    cfg.update(
+        patch_crop_size=24,
+        patch_crop_scale=(1.0, 1.0),
+        crop_ratio=(1.0, 1.0),
+        grid=3,
+        patch_jitter=3,
+        color_jitter=(0.0, 0.0, 0.0, 0.0),
+        photometric_p=0.0,
+        gray_p=0.0,
+        flip_p=0.0,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+    )
     image = np.random.default_rng(0).uniform(size=(24, 24, 3)).astype(np.float32)
     patches = np.asarray(jax.jit(lambda k: pirl.make_jigsaw(k, image, cfg))(jax.random.key(3)))
     assert patches.shape == (9, 5, 5, 3)  # cells of 8, patches of 8 - 3
     cells = []
     for patch in patches:  # find where each patch was cut: exactly one cell, an offset in [0, jitter)
-        found = [(top, left) for top in range(20) for left in range(20)
-                 if np.allclose(image[top:top + 5, left:left + 5], patch, atol=1e-5)]
+        found = [
+            (top, left)
+            for top in range(20)
+            for left in range(20)
+            if np.allclose(image[top : top + 5, left : left + 5], patch, atol=1e-5)
+        ]
         assert len(found) == 1
-        (top, left), = found
+        ((top, left),) = found
         assert top % 8 < 3 and left % 8 < 3
         cells.append(3 * (top // 8) + left // 8)
     assert sorted(cells) == list(range(9)) and cells != list(range(9))  # every cell once, shuffled
@@ -158,6 +171,7 @@ def test_pil_photometric_ops_match_pil():
 # Train step and main
 # ------------------------------------------------------------------------------------------------
 
+
 def test_smoke_run_moves_only_the_batches_memory_rows_and_keeps_Z(smoke_runs):
     # The memory bank: the rows of the 4 batches moved and stayed unit vectors, every other row is
     # still its initial value; Z was estimated at step 1 and then kept (steps 3 and 4 agree).
@@ -182,8 +196,9 @@ def test_smoke_run_moves_only_the_batches_memory_rows_and_keeps_Z(smoke_runs):
 
 
 def test_memory_from_features_holds_each_images_unit_embedding_in_order():
-    config = helpers.smoke_config("pirl", **{"method.memory_init": "features", "method.memory_size": 40,
-                                             "eval.batch_size": 20})
+    config = helpers.smoke_config(
+        "pirl", **{"method.memory_init": "features", "method.memory_size": 40, "eval.batch_size": 20}
+    )
     dataset = data.synthetic("train", 16, num_examples=40)
     mesh = data.make_mesh()
     graphdef, state, _ = pirl.create_state(config, 40 // 16)

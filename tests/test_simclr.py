@@ -13,8 +13,9 @@ def test_nt_xent_matches_official(case):
     z = np.load(helpers.REFERENCE / case["file"])
     T = case["hyper"]["temperature"]
     helpers.close(simclr.nt_xent_loss(z["z1"], z["z2"], T), z["loss"], case["tolerance"]["loss"])
-    helpers.close(jax.jit(simclr.nt_xent_loss, static_argnums=2)(z["z1"], z["z2"], T), z["loss"],
-                  case["tolerance"]["loss"])
+    helpers.close(
+        jax.jit(simclr.nt_xent_loss, static_argnums=2)(z["z1"], z["z2"], T), z["loss"], case["tolerance"]["loss"]
+    )
 
 
 def test_nt_xent_is_symmetric_and_minimal_for_aligned_views():

@@ -88,6 +88,7 @@ def test_distillation_gradient_reaches_only_the_student():
 # The method: schedules, optimiser, the three chained stages with a resume
 # ------------------------------------------------------------------------------------------------
 
+
 def stage_config(stage, init_workdir=""):
     return helpers.smoke_config("simclr2", stage=stage, init_workdir=init_workdir)
 

@@ -109,6 +109,7 @@ def test_codes_carry_no_gradient():
 # The queue, the prototypes and the train step
 # ------------------------------------------------------------------------------------------------
 
+
 def test_swav_loss_with_queue_matches_official_loop():
     # The official train() with a full queue: Sinkhorn over [queue scores; batch scores], keep the
     # last B rows as codes, then the same swapped prediction. Written out in float64 numpy.
@@ -166,8 +167,14 @@ def test_train_step_normalises_prototypes_freezes_them_and_fills_then_uses_the_q
         model.prototypes.kernel[...] = jnp.asarray(unit(model.prototypes.kernel[...]), jnp.float32)
         z, scores = forward(model, key)
         queue_scores = parts["queue"][...] @ model.prototypes.kernel[...] if with_queue else None
-        loss = swav_loss(scores, m.temperature, m.epsilon, m.sinkhorn_iterations, tuple(m.crops_for_assign),
-                         queue_scores=queue_scores)
+        loss = swav_loss(
+            scores,
+            m.temperature,
+            m.epsilon,
+            m.sinkhorn_iterations,
+            tuple(m.crops_for_assign),
+            queue_scores=queue_scores,
+        )
         return float(loss), np.asarray(z)
 
     state1, metrics1 = step_fn(state0, batch, keys[0])

@@ -17,10 +17,7 @@ import tensorflow_datasets as tfds
 RAW_DIR = "/usr/share/datasets/fashion-mnist"
 
 # Label i of the idx files is CLASS_NAMES[i] (the order of the data set's README).
-CLASS_NAMES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-]
+CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 _FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -55,10 +52,12 @@ class FashionMnistLocal(tfds.core.GeneratorBasedBuilder):
     def _info(self):
         return self.dataset_info_from_configs(
             description=__doc__,
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(28, 28, 1), dtype=np.uint8),
-                "label": tfds.features.ClassLabel(names=CLASS_NAMES),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(28, 28, 1), dtype=np.uint8),
+                    "label": tfds.features.ClassLabel(names=CLASS_NAMES),
+                }
+            ),
             supervised_keys=("image", "label"),
             homepage="https://github.com/zalandoresearch/fashion-mnist",
             license="MIT",
@@ -75,15 +74,15 @@ class FashionMnistLocal(tfds.core.GeneratorBasedBuilder):
                     raise FileNotFoundError(
                         f"{os.path.join(RAW_DIR, name)} not found: the default data set comes from "
                         "the Debian package dataset-fashion-mnist. Install it with "
-                        "`apt-get install dataset-fashion-mnist`.")
+                        "`apt-get install dataset-fashion-mnist`."
+                    )
         return {split: self._generate_examples(*files) for split, files in _FILES.items()}
 
     def _generate_examples(self, images_file, labels_file):
         images = read_idx(os.path.join(RAW_DIR, images_file))  # [N, 28, 28]
         labels = read_idx(os.path.join(RAW_DIR, labels_file))  # [N]
         if len(images) != len(labels):
-            raise ValueError(f"{images_file} has {len(images)} images but {labels_file} has "
-                             f"{len(labels)} labels")
+            raise ValueError(f"{images_file} has {len(images)} images but {labels_file} has {len(labels)} labels")
         # The key is the position in the idx file, so example i of a split is image i of its file.
         for i, (image, label) in enumerate(zip(images, labels)):
             yield i, {"image": image[:, :, None], "label": int(label)}
