@@ -261,6 +261,7 @@ def _import_tfds():
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
     # Registers the builder `fashion_mnist_local` with TFDS.
+    import common.datasets.fashion_mnist_local  # noqa: F401
 
     return tfds
 

@@ -654,6 +654,17 @@ def evaluate_run(
         "train_examples": train.num_examples,
         "test_examples": test.num_examples,
     }
+
+    def trained(lr):  # the arguments the two trained protocols share
+        return dict(
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            crop_scale=crop_scale_of(config),
+            eval_batch_size=eval_batch,
+            seed=seed,
+        )
+
     if protocol == "knn":
         k, t = int(config.eval.knn_k), float(config.eval.knn_temperature)
         scores = knn_monitor(
@@ -685,20 +696,7 @@ def evaluate_run(
                 seed=seed,
             )
         else:
-            scores = linear_probe_augmented(
-                body,
-                mean,
-                std,
-                train,
-                test,
-                mesh,
-                epochs=epochs,
-                batch_size=batch_size,
-                lr=lr,
-                crop_scale=crop_scale_of(config),
-                eval_batch_size=eval_batch,
-                seed=seed,
-            )
+            scores = linear_probe_augmented(body, mean, std, train, test, mesh, **trained(lr))
         result.update(
             epochs=epochs,
             lr=lr,
@@ -710,20 +708,7 @@ def evaluate_run(
     elif protocol in ("finetune", "supervised"):
         lr = 0.05 if lr is None else lr
         labelled = labelled_fraction(train, label_fraction, seed)
-        scores = finetune(
-            body,
-            mean,
-            std,
-            labelled,
-            test,
-            mesh,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            crop_scale=crop_scale_of(config),
-            eval_batch_size=eval_batch,
-            seed=seed,
-        )
+        scores = finetune(body, mean, std, labelled, test, mesh, **trained(lr))
         result.update(
             label_fraction=label_fraction,
             labelled_examples=labelled.num_examples,

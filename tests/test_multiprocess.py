@@ -13,13 +13,18 @@ import socket
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
 from tests import helpers
+from tests.test_contract import DEVICE_TOLERANCE
 
 _CHOSEN = os.environ.get("SSLJAX_MULTIPROCESS_METHODS", "simclr,dino,moco")
 METHODS = helpers.METHODS if _CHOSEN == "all" else _CHOSEN.split(",")
+
+
+MULTIPROCESS_TOLERANCE = {"moco": {"optimizer": (1e-3, 3e-4)}}
 
 
 def free_port():
@@ -84,10 +89,19 @@ def test_two_processes_equal_one(method, smoke_runs, tmp_path):
     # Logs and results are written once, by process 0 (gloo announces its connections by itself).
     assert [line for line in out1.splitlines() if not line.startswith("[Gloo]")] == []
 
-    step_a, single = helpers.final_params(str(one.straight))
-    step_b, double = helpers.final_params(str(tmp_path / "two"))
-    assert step_a == step_b == 4
-    np.testing.assert_allclose(double, single, rtol=1e-4, atol=1e-4)
+    assert helpers.final_params(str(one.straight))[0] == helpers.final_params(str(tmp_path / "two"))[0] == 4
+    single, double = helpers.restore(str(one.straight)), helpers.restore(str(tmp_path / "two"))
+    assert double.keys() == single.keys()
+    # The 8-vs-1 device tolerances of each part (reductions in another order), at least 1e-4; gloo's
+    # all-reduce orders MoCo's momentum buffer (a raw gradient sum) differently again: one of 310k
+    # values moved by 1.09e-4 at 0.0038.
+    tolerance = {**DEVICE_TOLERANCE.get(method, {}), **MULTIPROCESS_TOLERANCE.get(method, {})}
+    for part in single:
+        rtol, atol = (max(t, 1e-4) for t in tolerance.get(part, tolerance.get("*", (1e-4, 1e-4))))
+        flat = lambda tree: np.concatenate([np.ravel(x).astype(np.float64) for x in jax.tree.leaves(tree)])
+        np.testing.assert_allclose(
+            flat(double[part]), flat(single[part]), rtol=rtol, atol=atol, err_msg=f"state part {part!r}"
+        )
     single_results = json.loads((one.straight / "results.json").read_text())
     double_results = json.loads((tmp_path / "two" / "results.json").read_text())
     assert double_results.keys() == single_results.keys()
