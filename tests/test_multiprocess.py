@@ -24,7 +24,10 @@ _CHOSEN = os.environ.get("SSLJAX_MULTIPROCESS_METHODS", "simclr,dino,moco")
 METHODS = helpers.METHODS if _CHOSEN == "all" else _CHOSEN.split(",")
 
 
-MULTIPROCESS_TOLERANCE = {"moco": {"optimizer": (1e-3, 3e-4)}}
+# Wider than the 8-vs-1 tolerances, measured: gloo's all-reduce orders MoCo's momentum buffer (a raw
+# gradient sum) differently again (one of 310k values moved by 1.09e-4 at 0.0038); PAWS' LARS divides
+# by small gradient norms (one of 312k body values moved by 3.9e-4 at 0.17).
+MULTIPROCESS_TOLERANCE = {"moco": {"optimizer": (1e-3, 3e-4)}, "paws": {"*": (1e-4, 5e-4)}}
 
 
 def free_port():
@@ -92,9 +95,7 @@ def test_two_processes_equal_one(method, smoke_runs, tmp_path):
     assert helpers.final_params(str(one.straight))[0] == helpers.final_params(str(tmp_path / "two"))[0] == 4
     single, double = helpers.restore(str(one.straight)), helpers.restore(str(tmp_path / "two"))
     assert double.keys() == single.keys()
-    # The 8-vs-1 device tolerances of each part (reductions in another order), at least 1e-4; gloo's
-    # all-reduce orders MoCo's momentum buffer (a raw gradient sum) differently again: one of 310k
-    # values moved by 1.09e-4 at 0.0038.
+    # The 8-vs-1 device tolerances of each part (reductions in another order), at least 1e-4.
     tolerance = {**DEVICE_TOLERANCE.get(method, {}), **MULTIPROCESS_TOLERANCE.get(method, {})}
     for part in single:
         rtol, atol = (max(t, 1e-4) for t in tolerance.get(part, tolerance.get("*", (1e-4, 1e-4))))
