@@ -5,7 +5,8 @@ head, because each method puts its own projector/predictor/prototypes on top.
 
 * ResNet follows torchvision's v1.5 ResNet (stride on the 3x3 conv of a bottleneck), with an
   ImageNet stem (7x7/2 conv, 3x3/2 max-pool) or a CIFAR stem (3x3/1 conv, no max-pool) and
-  torchvision's initialisation. Batch norm is plain `nnx.BatchNorm` over the batch axis: under
+  torchvision's initialisation (`padding` selects TensorFlow's or Haiku's 'SAME' padding instead, for
+  the TF and Haiku official code). Batch norm (`BatchNorm`) normalises over the batch axis: under
   `jax.jit` on a batch sharded over the device mesh, XLA reduces the statistics across devices, so
   this is global (synchronised) batch norm without extra code.
 * VisionTransformer follows DINO's `vision_transformer.py` (facebookresearch/dino): patch-embedding
@@ -33,30 +34,68 @@ from flax import nnx
 _conv_init = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def _conv(in_features, out_features, kernel_size, strides, padding, rngs):
-    """A bias-free conv with PyTorch's explicit symmetric padding (not 'SAME', which pads strided
-    convs asymmetrically and so shifts the sampling grid relative to torchvision)."""
+def _conv(in_features, out_features, kernel_size, strides, padding, rngs, same=False):
+    """A bias-free conv. By default PyTorch's explicit symmetric padding; `same=True` is TensorFlow's
+    and Haiku's 'SAME' (for a strided conv on an even size it pads one pixel less at the top/left,
+    which shifts the sampling grid by a pixel relative to torchvision)."""
     return nnx.Conv(
         in_features,
         out_features,
         (kernel_size, kernel_size),
         (strides, strides),
-        padding=((padding, padding), (padding, padding)),
+        padding="SAME" if same else ((padding, padding), (padding, padding)),
         use_bias=False,
         kernel_init=_conv_init,
         rngs=rngs,
     )
 
 
-def _batch_norm(num_features, momentum, rngs, zero_scale=False):
-    """BatchNorm with gamma 1 (or 0 for a zero-initialised residual branch) and beta 0.
+class BatchNorm(nnx.BatchNorm):
+    """nnx.BatchNorm with exact float32 statistics and a choice of running-variance convention.
 
-    NNX's momentum is the weight of the OLD running value: running = m * running + (1 - m) * batch,
-    so m = 0.9 here is PyTorch's momentum=0.1. Unlike PyTorch, the running variance is updated with
-    the biased batch variance (a factor n/(n-1), negligible for real batches).
+    * The batch variance is computed in two passes, mean((x - mean)^2), in float32 whatever the
+      input dtype. nnx's default (`use_fast_variance=True`, E[x^2] - E[x]^2) loses float32
+      precision: in a MoCo reference step it put the early layers' step-1 gradients ~10% off.
+    * `unbiased=True` (PyTorch) updates the running variance with the unbiased batch variance,
+      var * n / (n - 1) over the n reduced values; `unbiased=False` (TensorFlow/Keras, Haiku) with the
+      biased one. Training-mode normalisation uses the biased variance in both.
+    * NNX's momentum is the weight of the OLD running value: running = m * running + (1 - m) * batch,
+      so m = 0.9 is PyTorch's momentum=0.1 and TensorFlow's decay 0.9.
     """
-    return nnx.BatchNorm(
+
+    def __init__(self, num_features, *, unbiased=True, **kwargs):
+        super().__init__(num_features, use_fast_variance=False, **kwargs)
+        self.unbiased = unbiased
+
+    def __call__(self, x, use_running_average=None, *, mask=None):
+        assert mask is None, "masked batch norm is not used in this project"
+        use_running_average = self.use_running_average if use_running_average is None else use_running_average
+        axes = tuple(range(x.ndim - 1))  # every axis but the feature axis
+        if use_running_average:
+            mean, var = self.mean[...], self.var[...]
+        else:
+            x32 = x.astype(jnp.float32)
+            mean = jnp.mean(x32, axis=axes)
+            var = jnp.mean(jnp.square(x32 - mean), axis=axes)
+            n = math.prod(x.shape[a] for a in axes)
+            running_var = var * (n / max(n - 1, 1)) if self.unbiased else var
+            m = self.momentum
+            self.mean[...] = jax.lax.stop_gradient(m * self.mean[...] + (1 - m) * mean)
+            self.var[...] = jax.lax.stop_gradient(m * self.var[...] + (1 - m) * running_var)
+        mul = jax.lax.rsqrt(var + self.epsilon)
+        if self.scale is not None:
+            mul = mul * self.scale[...]
+        y = (x.astype(jnp.float32) - mean) * mul
+        if self.bias is not None:
+            y = y + self.bias[...]
+        return y.astype(x.dtype if self.dtype is None else self.dtype)
+
+
+def _batch_norm(num_features, momentum, rngs, zero_scale=False, unbiased=True):
+    """The body's BatchNorm: gamma 1 (or 0 for a zero-initialised residual branch), beta 0, eps 1e-5."""
+    return BatchNorm(
         num_features,
+        unbiased=unbiased,
         momentum=momentum,
         epsilon=1e-5,
         scale_init=jax.nn.initializers.zeros if zero_scale else jax.nn.initializers.ones,
@@ -69,14 +108,17 @@ class BasicBlock(nnx.Module):
 
     expansion = 1
 
-    def __init__(self, in_features, features, strides, *, bn_momentum, zero_init_residual, rngs):
-        self.conv1 = _conv(in_features, features, 3, strides, 1, rngs)
-        self.bn1 = _batch_norm(features, bn_momentum, rngs)
-        self.conv2 = _conv(features, features, 3, 1, 1, rngs)
-        self.bn2 = _batch_norm(features, bn_momentum, rngs, zero_scale=zero_init_residual)
+    def __init__(
+        self, in_features, features, strides, *, bn_momentum, zero_init_residual, rngs, same=False, unbiased=True
+    ):
+        bn = lambda n, zero=False: _batch_norm(n, bn_momentum, rngs, zero, unbiased)
+        self.conv1 = _conv(in_features, features, 3, strides, 1, rngs, same)
+        self.bn1 = bn(features)
+        self.conv2 = _conv(features, features, 3, 1, 1, rngs, same)
+        self.bn2 = bn(features, zero_init_residual)
         if strides != 1 or in_features != features:
-            self.downsample_conv = _conv(in_features, features, 1, strides, 0, rngs)
-            self.downsample_bn = _batch_norm(features, bn_momentum, rngs)
+            self.downsample_conv = _conv(in_features, features, 1, strides, 0, rngs, same)
+            self.downsample_bn = bn(features)
         else:
             self.downsample_conv = None
             self.downsample_bn = None
@@ -99,17 +141,20 @@ class Bottleneck(nnx.Module):
 
     expansion = 4
 
-    def __init__(self, in_features, features, strides, *, bn_momentum, zero_init_residual, rngs):
+    def __init__(
+        self, in_features, features, strides, *, bn_momentum, zero_init_residual, rngs, same=False, unbiased=True
+    ):
         out_features = features * self.expansion
-        self.conv1 = _conv(in_features, features, 1, 1, 0, rngs)
-        self.bn1 = _batch_norm(features, bn_momentum, rngs)
-        self.conv2 = _conv(features, features, 3, strides, 1, rngs)
-        self.bn2 = _batch_norm(features, bn_momentum, rngs)
-        self.conv3 = _conv(features, out_features, 1, 1, 0, rngs)
-        self.bn3 = _batch_norm(out_features, bn_momentum, rngs, zero_scale=zero_init_residual)
+        bn = lambda n, zero=False: _batch_norm(n, bn_momentum, rngs, zero, unbiased)
+        self.conv1 = _conv(in_features, features, 1, 1, 0, rngs, same)
+        self.bn1 = bn(features)
+        self.conv2 = _conv(features, features, 3, strides, 1, rngs, same)
+        self.bn2 = bn(features)
+        self.conv3 = _conv(features, out_features, 1, 1, 0, rngs, same)
+        self.bn3 = bn(out_features, zero_init_residual)
         if strides != 1 or in_features != out_features:
-            self.downsample_conv = _conv(in_features, out_features, 1, strides, 0, rngs)
-            self.downsample_bn = _batch_norm(out_features, bn_momentum, rngs)
+            self.downsample_conv = _conv(in_features, out_features, 1, strides, 0, rngs, same)
+            self.downsample_bn = bn(out_features)
         else:
             self.downsample_conv = None
             self.downsample_bn = None
@@ -137,7 +182,13 @@ class ResNet(nnx.Module):
       bn_momentum: NNX convention, 0.9 == PyTorch's 0.1.
       in_channels: input channels.
       zero_init_residual: start each block's last BN gamma at 0, so every block starts as the
-        identity (Goyal et al. 2017). torchvision's default is False.
+        identity (Goyal et al. 2017). torchvision's default is False; SimCLR's TF ResNet does it.
+      padding: 'torch' (symmetric explicit padding everywhere: torchvision, and the convs of
+        TensorFlow's `conv2d_fixed_padding` in SimCLR), 'tf' (SimCLR: those convs, but the stem
+        max-pool 'SAME') or 'haiku' (BYOL: every conv and the max-pool 'SAME'). 'SAME' pads
+        asymmetrically on even sizes (one pixel less at the top/left), so outputs differ.
+      bn_unbiased: running variance with PyTorch's unbiased batch variance (True) or TensorFlow's
+        and Haiku's biased one (False); see `BatchNorm`.
     Output: [B, num_features], num_features = 8 * width * block.expansion.
     """
 
@@ -151,19 +202,25 @@ class ResNet(nnx.Module):
         bn_momentum=0.9,
         in_channels=3,
         zero_init_residual=False,
+        padding="torch",
+        bn_unbiased=True,
         rngs: nnx.Rngs,
     ):
         if stem not in ("imagenet", "cifar", "small"):
             raise ValueError(f"stem must be 'imagenet', 'cifar' or 'small', got {stem!r}")
+        if padding not in ("torch", "tf", "haiku"):
+            raise ValueError(f"padding must be 'torch', 'tf' or 'haiku', got {padding!r}")
+        same = padding == "haiku"
         self.max_pool = stem == "imagenet"
+        self.pool_same = padding in ("tf", "haiku")
         if stem == "imagenet":
-            self.conv1 = _conv(in_channels, width, 7, 2, 3, rngs)
+            self.conv1 = _conv(in_channels, width, 7, 2, 3, rngs, same)
         elif stem == "cifar":
             # Padding 1 keeps 32x32 (solo-learn pads by 2, giving 34x34; the parameters are the same).
-            self.conv1 = _conv(in_channels, width, 3, 1, 1, rngs)
+            self.conv1 = _conv(in_channels, width, 3, 1, 1, rngs, same)
         else:
-            self.conv1 = _conv(in_channels, width, 3, 2, 1, rngs)
-        self.bn1 = _batch_norm(width, bn_momentum, rngs)
+            self.conv1 = _conv(in_channels, width, 3, 2, 1, rngs, same)
+        self.bn1 = _batch_norm(width, bn_momentum, rngs, unbiased=bn_unbiased)
 
         stages = []
         in_features = width
@@ -180,6 +237,8 @@ class ResNet(nnx.Module):
                         bn_momentum=bn_momentum,
                         zero_init_residual=zero_init_residual,
                         rngs=rngs,
+                        same=same,
+                        unbiased=bn_unbiased,
                     )
                 )
                 in_features = features * block.expansion
@@ -192,7 +251,8 @@ class ResNet(nnx.Module):
         x = nnx.relu(self.bn1(self.conv1(x)))
         if self.max_pool:
             # reduce_window pads with -inf, like PyTorch's MaxPool2d(3, 2, padding=1).
-            x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+            pad = "SAME" if self.pool_same else ((1, 1), (1, 1))
+            x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=pad)
         for stage in self.stages:
             for block in stage:
                 x = block(x)
@@ -434,26 +494,51 @@ BODIES = ("resnet_tiny", "resnet18", "resnet34", "resnet50", "vit_tiny", "vit_sm
 
 
 def create_body(
-    name, *, rngs: nnx.Rngs, stem="imagenet", patch_size=16, img_size=224, bn_momentum=0.9, depth=12, drop_path_rate=0.0
+    name,
+    *,
+    rngs: nnx.Rngs,
+    stem="imagenet",
+    patch_size=16,
+    img_size=224,
+    bn_momentum=0.9,
+    depth=12,
+    drop_path_rate=0.0,
+    **resnet_options,
 ):
-    """The body named in a config. ResNets use `stem` and `bn_momentum`; ViTs `patch_size`,
-    `img_size` (the size their position embeddings are learned for), `depth` (number of blocks) and
+    """The body named in a config. ResNets use `stem`, `bn_momentum` and any `ResNet` option in
+    `resnet_options` (zero_init_residual, padding, bn_unbiased; width and stage_sizes for
+    resnet_tiny); ViTs `patch_size`, `img_size` (the size their position embeddings are learned for:
+    DINO always builds them for 224, whatever the crop size), `depth` (number of blocks) and
     `drop_path_rate` (stochastic depth, e.g. DINO's student)."""
-    if name == "resnet_tiny":
-        return resnet_tiny(stem=stem, bn_momentum=bn_momentum, rngs=rngs)
-    elif name == "resnet18":
-        return resnet18(stem=stem, bn_momentum=bn_momentum, rngs=rngs)
-    elif name == "resnet34":
-        return resnet34(stem=stem, bn_momentum=bn_momentum, rngs=rngs)
-    elif name == "resnet50":
-        return resnet50(stem=stem, bn_momentum=bn_momentum, rngs=rngs)
-    elif name == "vit_tiny":
-        return vit_tiny(patch_size, depth=depth, img_size=img_size, drop_path_rate=drop_path_rate, rngs=rngs)
-    elif name == "vit_small":
-        return vit_small(patch_size, depth=depth, img_size=img_size, drop_path_rate=drop_path_rate, rngs=rngs)
-    elif name == "vit_base":
-        return vit_base(patch_size, depth=depth, img_size=img_size, drop_path_rate=drop_path_rate, rngs=rngs)
+    resnets = {"resnet_tiny": resnet_tiny, "resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
+    vits = {"vit_tiny": vit_tiny, "vit_small": vit_small, "vit_base": vit_base}
+    if name in resnets:
+        return resnets[name](stem=stem, bn_momentum=bn_momentum, rngs=rngs, **resnet_options)
+    if name in vits:
+        return vits[name](patch_size, depth=depth, img_size=img_size, drop_path_rate=drop_path_rate, rngs=rngs)
     raise ValueError(f"unknown body {name!r}; choose one of {', '.join(BODIES)}")
+
+
+def grouped_forward(module, x, groups, *args):
+    """module(x, *args) with batch-norm statistics per group of B / groups contiguous rows (ghost BN).
+
+    Each group is normalised as if it were alone on its own GPU: the official per-GPU (or per-group
+    SyncBN) batch norm, whatever the device count here. The running statistics become the mean of the
+    groups' updates (PyTorch's DDP would keep rank 0's; the mean is the lower-variance estimate and
+    only matters for evaluation). groups == 1 is one plain call. x: [B, ...] -> module's output
+    with the groups concatenated back in order. Under jit only (the groups are vmapped).
+    """
+    if groups == 1:
+        return module(x, *args)
+    graphdef, state = nnx.split(module)
+
+    def forward(state, x):  # one group: [B / groups, ...]
+        module = nnx.merge(graphdef, state)
+        return module(x, *args), nnx.state(module, nnx.BatchStat)
+
+    out, stats = jax.vmap(forward, in_axes=(None, 0))(state, x.reshape(groups, -1, *x.shape[1:]))
+    nnx.update(module, jax.tree.map(lambda s: jnp.mean(s, axis=0), stats))
+    return jax.tree.map(lambda o: o.reshape(x.shape[0], *o.shape[2:]), out)
 
 
 def count_params(module):
