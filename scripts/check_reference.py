@@ -3,7 +3,7 @@
     python scripts/check_reference.py tests/reference/moco_loss_N8_D16_K32.npz tests/reference/steps/*.npz
 
 Each case file has an entry in the `cases.json` beside it (matched by its "file" field). The entry's
-method (or, for the `convert/` folder, the folder) picks a runner module `scripts/reference/<name>.py`
+method picks a runner module (for the `convert/` folder and for checkpoint files, `convert`) `scripts/reference/<name>.py`
 whose `run(entry, arrays, path)` computes the project's outputs for the case's inputs and returns
 comparisons `(name, ours, expected, rtol, atol)`; this script prints, per array, the worst absolute and
 relative difference and pass/fail at the recorded tolerance, where an array passes when
@@ -55,7 +55,8 @@ def entry_for(path):
 def runner_for(path, entry):
     """The runner module for a case: its folder's (convert/) or its method's."""
     folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
-    name = "convert" if folder == "convert" else str(entry.get("method", "")).split(",")[0].split(" ")[0]
+    container = not path.endswith(".npz") or str(entry.get("kind", "")).startswith("checkpoint")
+    name = "convert" if folder == "convert" or container else str(entry.get("method", "")).split(",")[0].split(" ")[0]
     try:
         return importlib.import_module(f"scripts.reference.{name}")
     except ModuleNotFoundError as e:
