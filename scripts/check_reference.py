@@ -3,8 +3,8 @@
     python scripts/check_reference.py tests/reference/moco_loss_N8_D16_K32.npz tests/reference/steps/*.npz
 
 Each case file has an entry in the `cases.json` beside it (matched by its "file" field). The entry's
-method picks a runner module (for the `convert/` folder and for checkpoint files, `convert`) `scripts/reference/<name>.py`
-whose `run(entry, arrays, path)` computes the project's outputs for the case's inputs and returns
+method picks a runner module `scripts/reference/<name>.py` (`convert` for the `convert/` folder and for
+checkpoint files), whose `run(entry, arrays, path)` computes the project's outputs for the case's inputs and returns
 comparisons `(name, ours, expected, rtol, atol)`; this script prints, per array, the worst absolute and
 relative difference and pass/fail at the recorded tolerance, where an array passes when
 |ours - expected| <= atol + rtol * |expected| elementwise (numpy.allclose's rule). The exit status is 0
@@ -42,7 +42,9 @@ def entry_for(path):
     """The cases.json entry of the case file `path`."""
     listing = os.path.join(os.path.dirname(os.path.abspath(path)), "cases.json")
     if not os.path.exists(listing):
-        raise FileNotFoundError(f"{path}: no cases.json beside it; a reference case is listed in the cases.json of its folder")
+        raise FileNotFoundError(
+            f"{path}: no cases.json beside it; a reference case is listed in the cases.json of its folder"
+        )
     cases = json.load(open(listing))["cases"]
     entries = cases.values() if isinstance(cases, dict) else cases
     name = os.path.basename(os.path.normpath(path))
@@ -102,7 +104,9 @@ def main(argv=None):
             failed += 1
             continue
         bad = [r for r in results if not r.passed]
-        print(f"{'PASS' if not bad else 'FAIL'} {path}: {len(results) - len(bad)}/{len(results)} arrays within tolerance")
+        print(
+            f"{'PASS' if not bad else 'FAIL'} {path}: {len(results) - len(bad)}/{len(results)} arrays within tolerance"
+        )
         for r in results if args.all else bad:
             print(
                 f"  {'ok  ' if r.passed else 'FAIL'} {r.name}: worst abs {r.worst_abs:.3g}, worst rel {r.worst_rel:.3g}"
