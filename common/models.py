@@ -34,7 +34,7 @@ from flax import nnx
 _conv_init = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def _conv(in_features, out_features, kernel_size, strides, padding, rngs, same=False):
+def _conv(in_features, out_features, kernel_size, strides, padding, rngs, same=False, dtype=None):
     """A bias-free conv. By default PyTorch's explicit symmetric padding; `same=True` is TensorFlow's
     and Haiku's 'SAME' (for a strided conv on an even size it pads one pixel less at the top/left,
     which shifts the sampling grid by a pixel relative to torchvision)."""
@@ -46,6 +46,7 @@ def _conv(in_features, out_features, kernel_size, strides, padding, rngs, same=F
         padding="SAME" if same else ((padding, padding), (padding, padding)),
         use_bias=False,
         kernel_init=_conv_init,
+        dtype=dtype,  # the compute dtype; parameters stay float32
         rngs=rngs,
     )
 
@@ -109,15 +110,25 @@ class BasicBlock(nnx.Module):
     expansion = 1
 
     def __init__(
-        self, in_features, features, strides, *, bn_momentum, zero_init_residual, rngs, same=False, unbiased=True
+        self,
+        in_features,
+        features,
+        strides,
+        *,
+        bn_momentum,
+        zero_init_residual,
+        rngs,
+        same=False,
+        unbiased=True,
+        dtype=None,
     ):
         bn = lambda n, zero=False: _batch_norm(n, bn_momentum, rngs, zero, unbiased)
-        self.conv1 = _conv(in_features, features, 3, strides, 1, rngs, same)
+        self.conv1 = _conv(in_features, features, 3, strides, 1, rngs, same, dtype)
         self.bn1 = bn(features)
-        self.conv2 = _conv(features, features, 3, 1, 1, rngs, same)
+        self.conv2 = _conv(features, features, 3, 1, 1, rngs, same, dtype)
         self.bn2 = bn(features, zero_init_residual)
         if strides != 1 or in_features != features:
-            self.downsample_conv = _conv(in_features, features, 1, strides, 0, rngs, same)
+            self.downsample_conv = _conv(in_features, features, 1, strides, 0, rngs, same, dtype)
             self.downsample_bn = bn(features)
         else:
             self.downsample_conv = None
@@ -142,18 +153,28 @@ class Bottleneck(nnx.Module):
     expansion = 4
 
     def __init__(
-        self, in_features, features, strides, *, bn_momentum, zero_init_residual, rngs, same=False, unbiased=True
+        self,
+        in_features,
+        features,
+        strides,
+        *,
+        bn_momentum,
+        zero_init_residual,
+        rngs,
+        same=False,
+        unbiased=True,
+        dtype=None,
     ):
         out_features = features * self.expansion
         bn = lambda n, zero=False: _batch_norm(n, bn_momentum, rngs, zero, unbiased)
-        self.conv1 = _conv(in_features, features, 1, 1, 0, rngs, same)
+        self.conv1 = _conv(in_features, features, 1, 1, 0, rngs, same, dtype)
         self.bn1 = bn(features)
-        self.conv2 = _conv(features, features, 3, strides, 1, rngs, same)
+        self.conv2 = _conv(features, features, 3, strides, 1, rngs, same, dtype)
         self.bn2 = bn(features)
-        self.conv3 = _conv(features, out_features, 1, 1, 0, rngs, same)
+        self.conv3 = _conv(features, out_features, 1, 1, 0, rngs, same, dtype)
         self.bn3 = bn(out_features, zero_init_residual)
         if strides != 1 or in_features != out_features:
-            self.downsample_conv = _conv(in_features, out_features, 1, strides, 0, rngs, same)
+            self.downsample_conv = _conv(in_features, out_features, 1, strides, 0, rngs, same, dtype)
             self.downsample_bn = bn(out_features)
         else:
             self.downsample_conv = None
@@ -189,6 +210,8 @@ class ResNet(nnx.Module):
         asymmetrically on even sizes (one pixel less at the top/left), so outputs differ.
       bn_unbiased: running variance with PyTorch's unbiased batch variance (True) or TensorFlow's
         and Haiku's biased one (False); see `BatchNorm`.
+      dtype: the compute dtype of the convolutions (None = float32; jnp.bfloat16 for mixed precision).
+        Parameters and batch-norm statistics stay float32; the pooled features are float32.
     Output: [B, num_features], num_features = 8 * width * block.expansion.
     """
 
@@ -204,6 +227,7 @@ class ResNet(nnx.Module):
         zero_init_residual=False,
         padding="torch",
         bn_unbiased=True,
+        dtype=None,
         rngs: nnx.Rngs,
     ):
         if stem not in ("imagenet", "cifar", "small"):
@@ -214,12 +238,12 @@ class ResNet(nnx.Module):
         self.max_pool = stem == "imagenet"
         self.pool_same = padding in ("tf", "haiku")
         if stem == "imagenet":
-            self.conv1 = _conv(in_channels, width, 7, 2, 3, rngs, same)
+            self.conv1 = _conv(in_channels, width, 7, 2, 3, rngs, same, dtype)
         elif stem == "cifar":
             # Padding 1 keeps 32x32 (solo-learn pads by 2, giving 34x34; the parameters are the same).
-            self.conv1 = _conv(in_channels, width, 3, 1, 1, rngs, same)
+            self.conv1 = _conv(in_channels, width, 3, 1, 1, rngs, same, dtype)
         else:
-            self.conv1 = _conv(in_channels, width, 3, 2, 1, rngs, same)
+            self.conv1 = _conv(in_channels, width, 3, 2, 1, rngs, same, dtype)
         self.bn1 = _batch_norm(width, bn_momentum, rngs, unbiased=bn_unbiased)
 
         stages = []
@@ -239,6 +263,7 @@ class ResNet(nnx.Module):
                         rngs=rngs,
                         same=same,
                         unbiased=bn_unbiased,
+                        dtype=dtype,
                     )
                 )
                 in_features = features * block.expansion
@@ -259,7 +284,7 @@ class ResNet(nnx.Module):
         return x
 
     def __call__(self, x):  # [B, H, W, C] -> [B, num_features]
-        return jnp.mean(self.forward_features(x), axis=(1, 2))
+        return jnp.mean(self.forward_features(x).astype(jnp.float32), axis=(1, 2))
 
 
 def resnet18(*, stem, rngs: nnx.Rngs, **kw):
@@ -288,9 +313,14 @@ def resnet_tiny(*, stem, rngs: nnx.Rngs, width=16, stage_sizes=(1, 1, 1, 1), **k
 _trunc_normal = jax.nn.initializers.truncated_normal(0.02, lower=-2 / 0.02, upper=2 / 0.02)
 
 
-def _linear(in_features, out_features, rngs):
+def _linear(in_features, out_features, rngs, dtype=None):
     return nnx.Linear(
-        in_features, out_features, kernel_init=_trunc_normal, bias_init=jax.nn.initializers.zeros, rngs=rngs
+        in_features,
+        out_features,
+        kernel_init=_trunc_normal,
+        bias_init=jax.nn.initializers.zeros,
+        dtype=dtype,
+        rngs=rngs,
     )
 
 
@@ -318,11 +348,11 @@ class DropPath(nnx.Module):
 class Attention(nnx.Module):
     """Multi-head self-attention with a fused qkv projection (with bias), as DINO."""
 
-    def __init__(self, dim, num_heads, *, rngs: nnx.Rngs):
+    def __init__(self, dim, num_heads, *, rngs: nnx.Rngs, dtype=None):
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
-        self.qkv = _linear(dim, 3 * dim, rngs)
-        self.proj = _linear(dim, dim, rngs)
+        self.qkv = _linear(dim, 3 * dim, rngs, dtype)
+        self.proj = _linear(dim, dim, rngs, dtype)
 
     def __call__(self, x):
         """x: [B, N, D] -> (output [B, N, D], attention [B, heads, N, N])."""
@@ -331,31 +361,33 @@ class Attention(nnx.Module):
         # so DINO's qkv weights map over with a transpose only ([out, in] -> [in, out]).
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, heads, head_dim]
-        attn = jax.nn.softmax(jnp.einsum("bqhc,bkhc->bhqk", q, k) * self.scale, axis=-1)
-        out = jnp.einsum("bhqk,bkhc->bqhc", attn, v).reshape(b, n, d)
+        logits = jnp.einsum("bqhc,bkhc->bhqk", q, k).astype(jnp.float32) * self.scale
+        attn = jax.nn.softmax(logits, axis=-1)  # float32 whatever the compute dtype
+        out = jnp.einsum("bhqk,bkhc->bqhc", attn.astype(v.dtype), v).reshape(b, n, d)
         return self.proj(out), attn
 
 
 class Block(nnx.Module):
     """Pre-norm transformer block: x + DropPath(Attn(LN(x))), then x + DropPath(MLP(LN(x)))."""
 
-    def __init__(self, dim, num_heads, mlp_ratio, drop_path_rate, *, rngs: nnx.Rngs):
+    def __init__(self, dim, num_heads, mlp_ratio, drop_path_rate, *, rngs: nnx.Rngs, dtype=None):
+        # LayerNorms in float32 (their output dtype follows the float32 residual stream).
         self.norm1 = nnx.LayerNorm(dim, epsilon=1e-6, rngs=rngs)
-        self.attn = Attention(dim, num_heads, rngs=rngs)
+        self.attn = Attention(dim, num_heads, rngs=rngs, dtype=dtype)
         self.norm2 = nnx.LayerNorm(dim, epsilon=1e-6, rngs=rngs)
         hidden = int(dim * mlp_ratio)
-        self.fc1 = _linear(dim, hidden, rngs)
-        self.fc2 = _linear(hidden, dim, rngs)
+        self.fc1 = _linear(dim, hidden, rngs, dtype)
+        self.fc2 = _linear(hidden, dim, rngs, dtype)
         self.drop_path = DropPath(drop_path_rate)
 
     def __call__(self, x, key=None):
         """x: [B, N, D] -> (x [B, N, D], attention [B, heads, N, N])."""
         key_attn, key_mlp = jax.random.split(key) if key is not None else (None, None)
         y, attn = self.attn(self.norm1(x))
-        x = x + self.drop_path(y, key_attn)
+        x = x + self.drop_path(y.astype(x.dtype), key_attn)  # the residual stream stays float32
         # nn.GELU in PyTorch is the exact (erf) form, not the tanh approximation.
         y = self.fc2(jax.nn.gelu(self.fc1(self.norm2(x)), approximate=False))
-        return x + self.drop_path(y, key_mlp), attn
+        return x + self.drop_path(y.astype(x.dtype), key_mlp), attn
 
 
 def _bicubic_matrix(in_size, out_size, scale):
@@ -395,6 +427,9 @@ class VisionTransformer(nnx.Module):
       drop_path_rate: stochastic depth, rising linearly over the blocks from 0 to this value (DINO
         uses 0.1 for ViT-S). When > 0, a train-mode call needs `key`.
       in_channels: input channels.
+      dtype: compute dtype of the patch embedding and the blocks' matmuls (None = float32;
+        jnp.bfloat16 for mixed precision); parameters, LayerNorms, softmaxes and the residual stream
+        stay float32.
     """
 
     def __init__(
@@ -408,6 +443,7 @@ class VisionTransformer(nnx.Module):
         img_size=224,
         drop_path_rate=0.0,
         in_channels=3,
+        dtype=None,
         rngs: nnx.Rngs,
     ):
         self.patch_size = patch_size
@@ -423,13 +459,16 @@ class VisionTransformer(nnx.Module):
             padding="VALID",
             kernel_init=jax.nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
             bias_init=lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound),
+            dtype=dtype,
             rngs=rngs,
         )
         self.grid_size = img_size // patch_size
         self.cls_token = nnx.Param(_trunc_normal(rngs.params(), (1, 1, embed_dim)))
         self.pos_embed = nnx.Param(_trunc_normal(rngs.params(), (1, 1 + self.grid_size**2, embed_dim)))
         rates = np.linspace(0.0, drop_path_rate, depth)
-        self.blocks = nnx.List([Block(embed_dim, num_heads, mlp_ratio, float(rate), rngs=rngs) for rate in rates])
+        self.blocks = nnx.List(
+            [Block(embed_dim, num_heads, mlp_ratio, float(rate), rngs=rngs, dtype=dtype) for rate in rates]
+        )
         self.norm = nnx.LayerNorm(embed_dim, epsilon=1e-6, rngs=rngs)
 
     def interpolate_pos_encoding(self, grid_h, grid_w):
@@ -452,7 +491,7 @@ class VisionTransformer(nnx.Module):
 
     def _tokens(self, x):
         """[B, H, W, C] -> class token + patch tokens with position embeddings [B, 1 + N, D]."""
-        x = self.patch_embed(x)  # [B, H / p, W / p, D]
+        x = self.patch_embed(x).astype(jnp.float32)  # [B, H / p, W / p, D]
         b, gh, gw, d = x.shape
         x = x.reshape(b, gh * gw, d)  # row-major, as PyTorch's flatten(2).transpose(1, 2)
         cls = jnp.broadcast_to(self.cls_token[...], (b, 1, d))
@@ -503,19 +542,23 @@ def create_body(
     bn_momentum=0.9,
     depth=12,
     drop_path_rate=0.0,
+    dtype=None,
     **resnet_options,
 ):
     """The body named in a config. ResNets use `stem`, `bn_momentum` and any `ResNet` option in
     `resnet_options` (zero_init_residual, padding, bn_unbiased; width and stage_sizes for
     resnet_tiny); ViTs `patch_size`, `img_size` (the size their position embeddings are learned for:
     DINO always builds them for 224, whatever the crop size), `depth` (number of blocks) and
-    `drop_path_rate` (stochastic depth, e.g. DINO's student)."""
+    `drop_path_rate` (stochastic depth, e.g. DINO's student). `dtype`: the compute dtype (None or
+    'float32'; 'bfloat16' = mixed precision with float32 parameters and statistics)."""
+    dtype = None if dtype in (None, "float32") else jnp.dtype(dtype)
     resnets = {"resnet_tiny": resnet_tiny, "resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
     vits = {"vit_tiny": vit_tiny, "vit_small": vit_small, "vit_base": vit_base}
     if name in resnets:
-        return resnets[name](stem=stem, bn_momentum=bn_momentum, rngs=rngs, **resnet_options)
+        return resnets[name](stem=stem, bn_momentum=bn_momentum, dtype=dtype, rngs=rngs, **resnet_options)
     if name in vits:
-        return vits[name](patch_size, depth=depth, img_size=img_size, drop_path_rate=drop_path_rate, rngs=rngs)
+        kw = dict(depth=depth, img_size=img_size, drop_path_rate=drop_path_rate, dtype=dtype)
+        return vits[name](patch_size, rngs=rngs, **kw)
     raise ValueError(f"unknown body {name!r}; choose one of {', '.join(BODIES)}")
 
 
