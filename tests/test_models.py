@@ -258,3 +258,42 @@ def test_drop_path_needs_key_and_is_off_in_eval(vit):
     # drop-path rate is 0 (a ViT has no other train/eval difference).
     model.eval()
     np.testing.assert_allclose(forward(model, x, jax.random.key(1)), _forward(vit, x), rtol=1e-5, atol=1e-5)
+
+
+def test_batch_norm_running_variance_conventions_and_exact_statistics():
+    # Values with a large common offset: E[x^2] - E[x]^2 (nnx's fast variance) loses float32 precision.
+    x = 1000.0 + jax.random.normal(jax.random.key(0), (6, 3, 3, 4))
+    n = 6 * 3 * 3
+    var = np.var(np.asarray(x, np.float64), axis=(0, 1, 2))
+    for unbiased, factor in ((True, n / (n - 1)), (False, 1.0)):
+        bn = models.BatchNorm(4, unbiased=unbiased, momentum=0.0, rngs=nnx.Rngs(0))
+        y = bn(x)
+        np.testing.assert_allclose(np.asarray(bn.var[...]), var * factor, rtol=2e-3)
+        np.testing.assert_allclose(np.asarray(jnp.var(y, axis=(0, 1, 2))), var / (var + 1e-5), rtol=2e-3)
+
+
+@pytest.mark.parametrize("padding", ["tf", "haiku"])
+def test_same_padding_styles_shift_the_grid_as_tensorflow(padding):
+    # An even input: TF's 'SAME' pads one pixel less at the top/left than PyTorch's symmetric padding.
+    net = models.ResNet((1,), models.BasicBlock, width=4, stem="imagenet", padding=padding, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (1, 16, 16, 3))
+    stem = nnx.relu(net.bn1(net.conv1(x)))
+    pooled = nnx.max_pool(stem, (3, 3), strides=(2, 2), padding="SAME")
+    ref = jax.lax.reduce_window(
+        stem, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (0, 1), (0, 1), (0, 0))
+    )
+    np.testing.assert_array_equal(np.asarray(pooled), np.asarray(ref))
+    torch_net = models.ResNet((1,), models.BasicBlock, width=4, stem="imagenet", rngs=nnx.Rngs(0))
+    assert not np.allclose(np.asarray(net.forward_features(x)), np.asarray(torch_net.forward_features(x)))
+
+
+@pytest.mark.parametrize("name", ["resnet_tiny", "vit_tiny"])
+def test_bfloat16_bodies_keep_float32_parameters_and_stay_close(name):
+    x = jax.random.uniform(jax.random.key(0), (8, 32, 32, 3))
+    f32 = models.create_body(name, rngs=nnx.Rngs(0), stem="cifar", patch_size=8)
+    bf16 = models.create_body(name, rngs=nnx.Rngs(0), stem="cifar", patch_size=8, dtype="bfloat16")
+    assert {p.dtype for p in jax.tree.leaves(nnx.state(bf16))} == {jnp.dtype(jnp.float32)}
+    y32, y16 = f32(x), bf16(x)
+    assert y16.dtype == jnp.float32
+    rel = float(jnp.linalg.norm(y32 - y16) / jnp.linalg.norm(y32))
+    assert 0 < rel < 0.03, rel  # bfloat16 has 8 bits of mantissa: ~0.4% per op, a few % through a body
