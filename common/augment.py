@@ -185,16 +185,28 @@ def resized_crop(img, top, left, height, width, size, antialias=True):
     Returns:
       [out_h, out_w, C], with half-pixel centres (align_corners=False).
     """
+    return _crop_resample(img, top, left, height, width, size, "linear", antialias)
+
+
+def _crop_resample(img, top, left, height, width, size, method, antialias, scale=None, translation=None):
+    """Crop-then-resize of the box (top, left, height, width) with jax.image's `method` filter.
+
+    By default the box maps onto the whole output; `scale` and `translation` (per axis, [2]) instead
+    place the resized box's pixels (resize-then-crop: output pixel i samples box coordinate
+    (i + 0.5 - translation) / scale - 0.5).
+    """
     out_h, out_w = (size, size) if isinstance(size, int) else size
     img_h, img_w, channels = img.shape
     box = jnp.stack([top, left, height, width]).astype(jnp.float32)
-    scale = jnp.array([out_h, out_w], jnp.float32) / box[2:]
+    if scale is None:
+        scale = jnp.array([out_h, out_w], jnp.float32) / box[2:]
+        translation = jnp.zeros((2,), jnp.float32)
     resample = functools.partial(
         jax.image.scale_and_translate,
         spatial_dims=(0, 1),
         scale=scale,
-        translation=-box[:2] * scale,
-        method="linear",
+        translation=translation - box[:2] * scale,
+        method=method,
         antialias=antialias,
     )
     # Resampling the whole image maps the box onto the output, but near the box's edges the filter
@@ -206,6 +218,59 @@ def resized_crop(img, top, left, height, width, size, antialias=True):
     cols = (jnp.arange(img_w) >= left) & (jnp.arange(img_w) < left + width)
     inside = (rows[:, None, None] & cols[None, :, None]).astype(img.dtype)  # [H, W, 1]
     return resample(img * inside, (out_h, out_w, channels)) / resample(inside, (out_h, out_w, 1))
+
+
+def _extent_of(img, extent):
+    """(height, width) of the valid top-left region: `extent` [2] (traced int) or the whole array."""
+    if extent is None:
+        return img.shape[0], img.shape[1]
+    extent = jnp.asarray(extent, jnp.int32)
+    return extent[0], extent[1]
+
+
+def center_crop(img, extent, size, crop_fraction=1.0, style="torch"):
+    """The evaluation view: the central `crop_fraction` of the image, resized to size x size.
+
+    style 'torch' (torchvision Resize(round(size / crop_fraction)) + CenterCrop(size), as the torch
+    methods evaluate: the shorter side resized to size / crop_fraction (256 for 224 at 0.875), the
+    longer side truncated as torchvision does, then the centre size x size with torchvision's offsets;
+    bilinear, antialiased when shrinking) or 'tf' (SimCLR data_util.center_crop: the central box of
+    crop_fraction x the shorter side, rounded with rint, offsets (d + 1) // 2, bicubic resize without
+    antialias as tf.image.resize).
+
+    Args:
+      img: [H, W, C] float, the image in its top-left extent (the rest is ignored).
+      extent: [2] int (height, width) of the valid region, possibly traced; None = the whole array.
+      size: static int, the output side.
+      crop_fraction: static float in (0, 1]; 1.0 resizes the shorter side to `size`.
+      style: 'torch' or 'tf'.
+    Returns:
+      [size, size, C].
+    """
+    height, width = _extent_of(img, extent)
+    h = jnp.asarray(height, jnp.float32)
+    w = jnp.asarray(width, jnp.float32)
+    if style == "tf":
+        short = jnp.minimum(h, w)
+        crop = jnp.round(crop_fraction * short).astype(jnp.int32)  # tf.math.rint: half to even
+        top = (jnp.asarray(height, jnp.int32) - crop + 1) // 2
+        left = (jnp.asarray(width, jnp.int32) - crop + 1) // 2
+        return _crop_resample(img, top, left, crop, crop, size, "cubic", False)
+    if style != "torch":
+        raise ValueError(f"center_crop style must be 'torch' or 'tf', got {style!r}")
+    resize = int(round(size / crop_fraction)) if crop_fraction != 1.0 else size
+    # torchvision Resize(int): the shorter side becomes `resize`, the longer int(resize * long / short).
+    short, long = jnp.minimum(h, w), jnp.maximum(h, w)
+    long_new = jnp.floor(resize * long / short)
+    new_h = jnp.where(h <= w, resize, long_new)
+    new_w = jnp.where(h <= w, long_new, resize)
+    # CenterCrop: offsets int(round((new - size) / 2)).
+    top = jnp.round((new_h - size) / 2)
+    left = jnp.round((new_w - size) / 2)
+    scale = jnp.stack([new_h / h, new_w / w])
+    return _crop_resample(
+        img, 0, 0, height, width, size, "linear", True, scale=scale, translation=-jnp.stack([top, left])
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -286,13 +351,15 @@ def _with_probability(key, p, augmented, img):
 
 
 def random_resized_crop_box(key, height, width, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), tries=10):
-    """torchvision RandomResizedCrop.get_params for an image of static size height x width.
+    """torchvision RandomResizedCrop.get_params for an image of height x width pixels.
 
     Each try draws an area fraction uniform in `scale` and an aspect ratio (w / h) log-uniform in
     `ratio`; the first try whose box fits the image wins, with its offset uniform over the positions
     that fit. If none of the `tries` fits, the fallback is the central crop with the aspect ratio
     clamped into `ratio`. The tries are drawn all at once and the first valid one is selected.
 
+    height, width: static ints, or traced int scalars (the valid extent of an image on a larger
+    canvas: the box then lies in its top-left height x width region).
     Returns:
       (top, left, box_h, box_w): int32 scalars.
     """
@@ -308,13 +375,19 @@ def random_resized_crop_box(key, height, width, scale=(0.08, 1.0), ratio=(3 / 4,
     fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
     first = jnp.argmax(fits)  # index of the first True (0 when there is none)
 
-    # The fallback depends only on static sizes, so it is plain Python.
-    if width / height < min(ratio):
-        fallback_w, fallback_h = width, int(round(width / min(ratio)))
-    elif width / height > max(ratio):
-        fallback_w, fallback_h = int(round(height * max(ratio))), height
+    if isinstance(height, int) and isinstance(width, int):  # static sizes: plain Python
+        if width / height < min(ratio):
+            fallback_w, fallback_h = width, int(round(width / min(ratio)))
+        elif width / height > max(ratio):
+            fallback_w, fallback_h = int(round(height * max(ratio))), height
+        else:
+            fallback_w, fallback_h = width, height
     else:
-        fallback_w, fallback_h = width, height
+        height, width = jnp.asarray(height, jnp.int32), jnp.asarray(width, jnp.int32)
+        in_ratio = width.astype(jnp.float32) / height.astype(jnp.float32)
+        narrow, wide = in_ratio < min(ratio), in_ratio > max(ratio)
+        fallback_w = jnp.where(wide, jnp.round(height * max(ratio)).astype(jnp.int32), width)
+        fallback_h = jnp.where(narrow, jnp.round(width / min(ratio)).astype(jnp.int32), height)
 
     found = jnp.any(fits)
     box_h = jnp.where(found, h[first], fallback_h)
@@ -328,12 +401,96 @@ def random_resized_crop_box(key, height, width, scale=(0.08, 1.0), ratio=(3 / 4,
     return top, left, box_h, box_w
 
 
-def random_resized_crop(key, img, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), antialias=True):
+def random_resized_crop(key, img, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), antialias=True, extent=None):
     """torchvision RandomResizedCrop (bilinear): a random box (see random_resized_crop_box) resized to
     size x size (static int). [H, W, C] -> [size, size, C]. Exactly crop-then-resize (see resized_crop).
+
+    extent: [2] int (height, width), possibly traced: the image lies in the top-left extent of the
+    array (the rest is padding) and the box is sampled inside it, as torchvision samples it in the
+    decoded image; None = the whole array.
     """
-    top, left, box_h, box_w = random_resized_crop_box(key, img.shape[0], img.shape[1], scale, ratio)
+    height, width = _extent_of(img, extent)
+    top, left, box_h, box_w = random_resized_crop_box(key, height, width, scale, ratio)
     return resized_crop(img, top, left, box_h, box_w, size, antialias)
+
+
+def tf_random_crop_box(
+    key, height, width, area=(0.08, 1.0), ratio=(3 / 4, 4 / 3), min_object_covered=0.1, attempts=100
+):
+    """tf.image.sample_distorted_bounding_box with the whole image as the object box, as SimCLR's
+    data_util.distorted_bounding_box_crop calls it (bounding box [0, 0, 1, 1]).
+
+    TensorFlow's sampler, per attempt: an aspect ratio (w / h) UNIFORM in `ratio`; the heights of
+    the smallest and largest allowed areas, h_min = rint(sqrt(area[0] H W / r)) and h_max =
+    rint(sqrt(area[1] H W / r)), with h_max lowered until rint(h_max r) <= W and capped at H; a
+    height uniform over the integers [h_min, h_max] and w = rint(h r), nudged by one row when
+    rounding leaves the area outside the range; the attempt fails when the box is still outside
+    the area range or the image, or covers less than `min_object_covered` of the image. The first
+    success wins; its offsets are uniform in [0, H - h) and [0, W - w) (TensorFlow never puts a
+    smaller box at the last position). After `attempts` failures the box is the whole image.
+    All in float32 as TensorFlow computes it (rint = round half to even).
+
+    height, width: ints, static or traced. Returns (top, left, box_h, box_w): int32 scalars.
+    """
+    u = jax.random.uniform(key, (2 * attempts + 2,))
+    height, width = jnp.asarray(height, jnp.int32), jnp.asarray(width, jnp.int32)
+    hf, wf = height.astype(jnp.float32), width.astype(jnp.float32)
+    min_area = area[0] * wf * hf
+    max_area = area[1] * wf * hf
+    r = ratio[0] + (ratio[1] - ratio[0]) * u[:attempts]  # [attempts]
+
+    def rint(x):
+        return jnp.round(x).astype(jnp.int32)
+
+    h_lo = rint(jnp.sqrt(min_area / r))
+    h_hi = rint(jnp.sqrt(max_area / r))
+    # The largest h_hi with rint(h_hi r) <= W, when the largest area is too wide for the image.
+    h_fit = jnp.floor((wf + 0.5 - 1e-7) / r).astype(jnp.int32)
+    h_fit = jnp.where(rint(h_fit * r) > width, h_fit - 1, h_fit)
+    h_hi = jnp.where(rint(h_hi * r) > width, h_fit, h_hi)
+    h_hi = jnp.minimum(h_hi, height)
+    h_lo = jnp.minimum(h_lo, h_hi)
+    h = h_lo + jnp.floor(u[attempts : 2 * attempts] * (h_hi - h_lo + 1)).astype(jnp.int32)
+    h = jnp.minimum(h, h_hi)  # u < 1, so only a float32 edge case reaches h_hi + 1
+    w = rint(h * r)
+    box_area = (w * h).astype(jnp.float32)
+    h = jnp.where(box_area < min_area, h + 1, h)  # a slightly bigger box first
+    w = rint(h * r)
+    box_area = (w * h).astype(jnp.float32)
+    h = jnp.where(box_area > max_area, h - 1, h)  # then a slightly smaller one
+    w = rint(h * r)
+    box_area = (w * h).astype(jnp.float32)
+    ok = (box_area >= min_area) & (box_area <= max_area) & (w <= width) & (h <= height) & (w > 0) & (h > 0)
+    ok &= (w * h >= 1) & (box_area / (wf * hf) >= min_object_covered)  # overlap with the image box
+    first = jnp.argmax(ok)
+    found = jnp.any(ok)
+    box_h = jnp.where(found, h[first], height)
+    box_w = jnp.where(found, w[first], width)
+
+    def offset(fraction, n):  # TF's Uniform(n): an integer in [0, n), 0 when n == 0
+        return jnp.clip(jnp.floor(fraction * n).astype(jnp.int32), 0, jnp.maximum(n - 1, 0))
+
+    top = offset(u[-2], height - box_h)
+    left = offset(u[-1], width - box_w)
+    return top, left, box_h, box_w
+
+
+def tf_random_crop(
+    key, img, size, extent=None, area=(0.08, 1.0), ratio=(3 / 4, 4 / 3), min_object_covered=0.1, attempts=100
+):
+    """SimCLR's random crop (data_util.crop_and_resize): a box from tf_random_crop_box, cropped and
+    resized to size x size with tf.image.resize's BICUBIC (Keys a = -0.5, half-pixel centres, no
+    antialias, taps outside the box dropped and the weights renormalised). Not clipped: SimCLR clips
+    at the end of its view recipe. TensorFlow reads its cubic weights from a 1024-entry table; the
+    exact weights here differ from them by less than 1e-3 of a neighbouring pixel difference.
+
+    SimCLR passes ratio (3/4 r, 4/3 r) for an output of aspect r, i.e. (3/4, 4/3) for square crops.
+    extent: [2] int (height, width) of the image in the top-left of the array, possibly traced;
+    None = the whole array. [H, W, C] -> [size, size, C].
+    """
+    height, width = _extent_of(img, extent)
+    top, left, box_h, box_w = tf_random_crop_box(key, height, width, area, ratio, min_object_covered, attempts)
+    return _crop_resample(img, top, left, box_h, box_w, size, "cubic", False)
 
 
 def random_flip(key, img, p=0.5):
