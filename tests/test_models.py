@@ -290,8 +290,8 @@ def test_same_padding_styles_shift_the_grid_as_tensorflow(padding):
 @pytest.mark.parametrize("name", ["resnet_tiny", "vit_tiny"])
 def test_bfloat16_bodies_keep_float32_parameters_and_stay_close(name):
     x = jax.random.uniform(jax.random.key(0), (8, 32, 32, 3))
-    f32 = models.create_body(name, rngs=nnx.Rngs(0), stem="cifar", patch_size=8)
-    bf16 = models.create_body(name, rngs=nnx.Rngs(0), stem="cifar", patch_size=8, dtype="bfloat16")
+    f32 = models.create_body(name, rngs=nnx.Rngs(0), stem="cifar", patch_size=8, depth=2)
+    bf16 = models.create_body(name, rngs=nnx.Rngs(0), stem="cifar", patch_size=8, depth=2, dtype="bfloat16")
     assert {p.dtype for p in jax.tree.leaves(nnx.state(bf16))} == {jnp.dtype(jnp.float32)}
     y32, y16 = f32(x), bf16(x)
     assert y16.dtype == jnp.float32

@@ -38,6 +38,18 @@ def free_port():
 
 def launch(method, workdir, num_processes, extra=(), timeout=600):
     """Starts `num_processes` processes of M/train.py on the smoke preset; returns their outputs."""
+    cmd = [
+        f"{method}/train.py",
+        f"--config={method}/config.py:smoke",
+        f"--workdir={workdir}",
+        "--config.checkpoint_every_steps=1",
+        *extra,
+    ]
+    return launch_command(cmd, num_processes, timeout)
+
+
+def launch_command(args, num_processes, timeout=600):
+    """Starts `num_processes` processes of `python *args` as one JAX job; returns (rc, out, err) each."""
     port = free_port()
     procs = []
     for i in range(num_processes):
@@ -49,14 +61,7 @@ def launch(method, workdir, num_processes, extra=(), timeout=600):
             JAX_PROCESS_ID=str(i),
         )
         env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "")
-        cmd = [
-            sys.executable,
-            f"{method}/train.py",
-            f"--config={method}/config.py:smoke",
-            f"--workdir={workdir}",
-            "--config.checkpoint_every_steps=1",
-            *extra,
-        ]
+        cmd = [sys.executable, *args]
         procs.append(
             subprocess.Popen(cmd, cwd=helpers.ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         )
@@ -118,3 +123,26 @@ def test_two_processes_equal_one(method, smoke_runs, tmp_path):
     np.testing.assert_allclose(
         [double_losses[s] for s in range(1, 5)], [single_losses[s] for s in range(1, 5)], rtol=1e-5, atol=1e-5
     )
+
+
+@pytest.mark.parametrize("protocol", ["knn", "finetune"])
+def test_evaluation_protocols_with_two_processes_equal_one(protocol, smoke_runs, tmp_path):
+    """common.evaluate gathers features and trains its classifier across processes: two processes give
+    one process's accuracies (within one test image) and write the result once."""
+    run = smoke_runs("simclr").straight
+    args = ["-m", "common.evaluate", f"--workdir={run}", f"--protocol={protocol}", "--test_examples=100"]
+    if protocol == "finetune":
+        args += ["--epochs=1", "--train_examples=256", "--batch_size=64", "--label_fraction=1.0"]
+    results = {}
+    for n in (1, 2):
+        output = tmp_path / f"{protocol}_{n}.json"
+        outputs = launch_command([*args, f"--output={output}"], n)
+        for rc, out, err in outputs:
+            assert rc == 0, err[-3000:]
+        results[n] = json.loads(output.read_text())
+        if n == 2:
+            assert [line for line in outputs[1][1].splitlines() if not line.startswith("[Gloo]")] == []
+    accuracies = [k for k, v in results[1].items() if isinstance(v, float) and ("top" in k or "acc" in k)]
+    assert accuracies, results[1]
+    for key in accuracies:
+        assert abs(results[2][key] - results[1][key]) <= 1.0 + 1e-9, (key, results[1][key], results[2][key])
