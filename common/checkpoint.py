@@ -38,6 +38,18 @@ class NonFiniteLossError(FloatingPointError):
     pass
 
 
+# A trained weight beyond this magnitude means a diverged run even when it is still finite: a learning
+# rate of 1e30 left finite weights of 5e26 in the "last good" checkpoint, which diverged again on
+# resume. Normal weights of every method here stay below 1e2 (BN statistics, queues and banks are not
+# nnx.Param and are not checked).
+MAX_ABS_PARAM = 1e6
+
+
+@jax.jit
+def _max_abs(params):
+    return jnp.max(jnp.stack([jnp.max(jnp.abs(p)) for p in jax.tree.leaves(params)] or [jnp.zeros(())]))
+
+
 class Checkpointer:
     """Orbax CheckpointManager over `workdir/checkpoints`, with the non-finite guard and SIGTERM.
 
@@ -49,7 +61,8 @@ class Checkpointer:
     processes, JAX's pre-emption sync point makes every process stop at the same step.
     """
 
-    def __init__(self, workdir, keep=2, config=None, handle_sigterm=False):
+    def __init__(self, workdir, keep=2, config=None, handle_sigterm=False, max_abs_param=MAX_ABS_PARAM):
+        self.max_abs_param = max_abs_param  # save() refuses weights beyond this magnitude (diverged)
         self.config = config  # the run's ConfigDict: names the fields that differ from a checkpoint's
         self.workdir = os.path.abspath(workdir)
         self.directory = os.path.join(self.workdir, "checkpoints")
@@ -199,6 +212,21 @@ class Checkpointer:
         self.check_finite()
         if self.manager.latest_step() == step:
             return
+        if isinstance(state, nnx.State) and self.max_abs_param:
+            largest = float(_max_abs(nnx.to_pure_dict(state.filter(nnx.Param))))
+            if not largest <= self.max_abs_param:
+                last = self.manager.latest_step()
+                raise NonFiniteLossError(
+                    f"Parameters reached |w| = {largest:.3g} at step {step} (the guard's limit is "
+                    f"{self.max_abs_param:g}): the run diverged; "
+                    + (
+                        f"the last good checkpoint is step {last} in {self.directory}"
+                        if last is not None
+                        else "no checkpoint was written"
+                    )
+                    + " (not overwritten). Lower the learning rate (--config.optim.lr), then rerun with the "
+                    "same --workdir."
+                )
         pure = nnx.to_pure_dict(state) if isinstance(state, nnx.State) else state
         self.manager.save(step, args=ocp.args.StandardSave(pure), force=True)
         self.manager.wait_until_finished()
