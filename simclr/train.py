@@ -12,8 +12,9 @@ Representations", ICML 2020. Checked against google-research/simclr (tf2/objecti
 
     python simclr/train.py --config simclr/config.py --workdir runs/simclr
 
-Augmentations follow the official TensorFlow code (multiplicative brightness, per-channel contrast, HSV
-saturation, colour ops in random order with clipping after each, zero-padded blur). The README's
+Augmentations follow the official TensorFlow code: TensorFlow's crop sampler (sample_distorted_bounding_box,
+bicubic resize), multiplicative brightness, per-channel contrast, HSV saturation, colour ops in random
+order with clipping after each, zero-padded blur. The README's
 benchmark table gives what the default preset reaches, and on which machine.
 """
 
@@ -41,13 +42,16 @@ from common import augment, checkpoint, loop, models
 
 class ProjectionHead(nnx.Module):
     """g(.): Linear-BN-ReLU-Linear-BN, as the official code's non-linear head. The linear layers have no
-    bias because the batch norm after each supplies the shift; the output batch norm has no shift."""
+    bias because the batch norm after each supplies the shift; the output batch norm has no shift.
+    Batch norm as the official Keras layers: decay bn_momentum (0.9), epsilon 1e-5, biased running
+    variance (`unbiased=False`)."""
 
     def __init__(self, in_dim, hidden_dim, out_dim, bn_momentum, rngs):
+        bn = functools.partial(models.BatchNorm, unbiased=False, momentum=bn_momentum, epsilon=1e-5, rngs=rngs)
         self.fc1 = nnx.Linear(in_dim, hidden_dim, use_bias=False, rngs=rngs)
-        self.bn1 = nnx.BatchNorm(hidden_dim, momentum=bn_momentum, rngs=rngs)
+        self.bn1 = bn(hidden_dim)
         self.fc2 = nnx.Linear(hidden_dim, out_dim, use_bias=False, rngs=rngs)
-        self.bn2 = nnx.BatchNorm(out_dim, momentum=bn_momentum, use_bias=False, rngs=rngs)
+        self.bn2 = bn(out_dim, use_bias=False)
 
     def __call__(self, h):
         return self.bn2(self.fc2(jax.nn.relu(self.bn1(self.fc1(h)))))
@@ -55,11 +59,16 @@ class ProjectionHead(nnx.Module):
 
 class SimCLR(nnx.Module):
     def __init__(self, config, rngs):
+        # The official TF ResNet (resnet.py): 'SAME' stem max-pool, biased BN running variance, and the
+        # last BN gamma of every residual block initialised to 0 (each block starts as the identity).
         self.body = models.create_body(
             config.model.name,
             stem=config.model.stem,
             img_size=config.views.crop_size,
             bn_momentum=config.model.bn_momentum,
+            padding="tf",
+            bn_unbiased=False,
+            zero_init_residual=config.model.zero_init_residual,
             rngs=rngs,
         )
         self.head = ProjectionHead(
@@ -78,10 +87,11 @@ class SimCLR(nnx.Module):
 def make_view(key, image, cfg):
     """One SimCLR view of one float image [H, W, 3] in [0, 1] (Appendix A)."""
     k_crop, k_flip, k_color, k_gray, k_blur, k_sigma = jax.random.split(key, 6)
-    x = augment.random_resized_crop(k_crop, image, cfg.crop_size, scale=cfg.crop_scale, ratio=cfg.crop_ratio)
+    # TensorFlow's sample_distorted_bounding_box (min_object_covered 0.1, 100 attempts) + bicubic resize.
+    x = augment.tf_random_crop(k_crop, image, cfg.crop_size, area=cfg.crop_scale, ratio=cfg.crop_ratio)
     x = augment.random_flip(k_flip, x, p=cfg.flip_p)
     x = augment.simclr_color_jitter(k_color, x, cfg.color_strength, p=cfg.color_p)
-    x = augment.random_grayscale(k_gray, x, p=cfg.gray_p)
+    x = jnp.clip(augment.random_grayscale(k_gray, x, p=cfg.gray_p), 0.0, 1.0)  # official: clip, then blur
     if cfg.blur_p > 0:  # kernel 10% of the side, sigma ~ U(0.1, 2.0), zero padding as the official code
         sigma = jax.random.uniform(k_sigma, (), minval=0.1, maxval=2.0)
         blurred = augment.simclr_gaussian_blur(x, cfg.crop_size // 10, sigma)
@@ -143,15 +153,27 @@ def learning_rate_schedule(cfg, batch_size, steps_per_epoch):
     return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total, end_value=0.0)
 
 
+def lars_mask(params, excluded):
+    """True for the parameters LARS decays and adapts: as the official exclusion by name, False for
+    every parameter whose path names one of `excluded` (batch-norm layers are named bn*)."""
+    names = lambda path: [str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey)]
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: not any(e in n for n in names(path) for e in excluded), params
+    )
+
+
 def make_optimizer(cfg, schedule):
-    """LARS; weight decay and trust-ratio adaptation skip biases and batch-norm parameters (ndim 1)."""
-    is_kernel = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+    """LARS as the official lars_optimizer.py with classic momentum: v <- m v + lr * trust * (g + wd w),
+    w <- w - v, trust = eta |w| / |g + wd w| (1 where a norm is 0). optax.lars is that chain (the rate
+    enters before the momentum trace). Batch-norm parameters and biases skip both decay and trust ratio,
+    as the official exclude_from_weight_decay=['batch_normalization', 'bias']."""
+    mask = functools.partial(lars_mask, excluded=("bn", "bias"))
     return optax.lars(
         schedule,
         weight_decay=cfg.weight_decay,
-        weight_decay_mask=is_kernel,
+        weight_decay_mask=mask,
         trust_coefficient=cfg.trust_coefficient,
-        trust_ratio_mask=is_kernel,
+        trust_ratio_mask=mask,
         momentum=cfg.momentum,
     )
 
@@ -179,21 +201,28 @@ def create_state(config, steps_per_epoch):
 # ------------------------------------------------------------------------------------------------
 
 
-def train_step(graphdef, config, schedule, state, batch, key):
-    """One step on the global batch; jitted with `graphdef, config, schedule` bound."""
-    parts = nnx.merge(graphdef, state)
+def update(parts, x1, x2, temperature, schedule):
+    """The step after the views: loss, gradients and the LARS update of parts {model, optimizer}, in
+    place. x1, x2: [B, S, S, 3] normalised views (sampled by make_views, or a reference case's)."""
     model, optimizer = parts["model"], parts["optimizer"]
-    x1, x2 = make_views(key, batch["image"], config.views)
 
     def loss_fn(model):
         # Both views in one forward pass: batch norm statistics over all 2N views, as the official code.
         z1, z2 = jnp.split(model(jnp.concatenate([x1, x2])), 2)
-        return nt_xent_loss(z1, z2, config.method.temperature)
+        return nt_xent_loss(z1, z2, temperature)
 
     loss, grads = nnx.value_and_grad(loss_fn)(model)
     lr = schedule(optimizer.step[...])
     optimizer.update(model, grads)
-    metrics = {"loss": loss, "lr": lr, "finite": checkpoint.all_finite(loss, nnx.state(model, nnx.Param))}
+    return {"loss": loss, "lr": lr, "finite": checkpoint.all_finite(loss, nnx.state(model, nnx.Param))}
+
+
+def train_step(graphdef, config, schedule, state, batch, key):
+    """One step on the global batch: make_views, then update; jitted with `graphdef, config, schedule`
+    bound."""
+    parts = nnx.merge(graphdef, state)
+    x1, x2 = make_views(key, batch["image"], config.views)
+    metrics = update(parts, x1, x2, config.method.temperature, schedule)
     return nnx.state(parts), metrics
 
 

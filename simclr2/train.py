@@ -62,16 +62,34 @@ STAGES = ("pretrain", "finetune", "distill")
 
 class HeadLayer(nnx.Module):
     """One layer of the projection head: Linear-BN(-ReLU). As the official code, no linear bias (the
-    BN shift replaces it) and the last layer has neither a BN shift nor a ReLU."""
+    BN shift replaces it) and the last layer has neither a BN shift nor a ReLU. Batch norm as the
+    official Keras layer: decay bn_momentum (0.9), epsilon 1e-5, biased running variance."""
 
     def __init__(self, in_dim, out_dim, last, bn_momentum, rngs):
         self.fc = nnx.Linear(in_dim, out_dim, use_bias=False, rngs=rngs)
-        self.bn = nnx.BatchNorm(out_dim, momentum=bn_momentum, use_bias=not last, rngs=rngs)
+        self.bn = models.BatchNorm(
+            out_dim, unbiased=False, momentum=bn_momentum, epsilon=1e-5, use_bias=not last, rngs=rngs
+        )
         self.last = last
 
     def __call__(self, x):
         x = self.bn(self.fc(x))
         return x if self.last else jax.nn.relu(x)
+
+
+def create_body(config, name, rngs):
+    """The official TF ResNet (resnet.py): 'SAME' stem max-pool, biased BN running variance, and the
+    last BN gamma of every residual block initialised to 0 (each block starts as the identity)."""
+    return models.create_body(
+        name,
+        stem=config.model.stem,
+        img_size=config.views.crop_size,
+        bn_momentum=config.model.bn_momentum,
+        padding="tf",
+        bn_unbiased=False,
+        zero_init_residual=config.model.zero_init_residual,
+        rngs=rngs,
+    )
 
 
 def projection_head(in_dim, cfg, num_layers, rngs):
@@ -87,13 +105,7 @@ class SimCLRv2(nnx.Module):
     """Pretraining network: z = g(f(x)) with the deeper projection head g."""
 
     def __init__(self, config, rngs):
-        self.body = models.create_body(
-            config.model.name,
-            stem=config.model.stem,
-            img_size=config.views.crop_size,
-            bn_momentum=config.model.bn_momentum,
-            rngs=rngs,
-        )
+        self.body = create_body(config, config.model.name, rngs)
         self.head = projection_head(self.body.num_features, config.model, config.model.proj_layers, rngs)
 
     def __call__(self, x):
@@ -106,22 +118,16 @@ class SimCLRv2(nnx.Module):
 class Classifier(nnx.Module):
     """Fine-tuned network and distillation student: body, the first `head_layers` layers of the
     projection head (Sec. 2: fine-tune "from the first layer of the projection head"), then a new
-    linear classifier. The student has head_layers = 0."""
+    linear classifier. The student has head_layers = 0. zero_init: the classifier's kernel and bias
+    start at 0 (the official fine-tuning command's --zero_init_logits_layer=True)."""
 
-    def __init__(self, config, body_name, head_layers, rngs):
-        self.body = models.create_body(
-            body_name,
-            stem=config.model.stem,
-            img_size=config.views.crop_size,
-            bn_momentum=config.model.bn_momentum,
-            rngs=rngs,
-        )
+    def __init__(self, config, body_name, head_layers, rngs, zero_init=False):
+        self.body = create_body(config, body_name, rngs)
         self.head = projection_head(self.body.num_features, config.model, head_layers, rngs)
         width = self.head[-1].fc.out_features if head_layers else self.body.num_features
-        # The official supervised head: a linear layer with bias, kernel ~ N(0, 0.01^2).
-        self.classifier = nnx.Linear(
-            width, config.data.num_classes, kernel_init=jax.nn.initializers.normal(0.01), rngs=rngs
-        )
+        # The official supervised head: a linear layer with bias, kernel ~ N(0, 0.01^2) or zeros.
+        init = jax.nn.initializers.zeros if zero_init else jax.nn.initializers.normal(0.01)
+        self.classifier = nnx.Linear(width, config.data.num_classes, kernel_init=init, rngs=rngs)
 
     def __call__(self, x):
         h = self.body(x)
@@ -138,10 +144,11 @@ class Classifier(nnx.Module):
 def make_view(key, image, cfg):
     """One SimCLR view of one float image [H, W, 3] in [0, 1] (Appendix A of SimCLR)."""
     k_crop, k_flip, k_color, k_gray, k_blur, k_sigma = jax.random.split(key, 6)
-    x = augment.random_resized_crop(k_crop, image, cfg.crop_size, scale=cfg.crop_scale, ratio=cfg.crop_ratio)
+    # TensorFlow's sample_distorted_bounding_box (min_object_covered 0.1, 100 attempts) + bicubic resize.
+    x = augment.tf_random_crop(k_crop, image, cfg.crop_size, area=cfg.crop_scale, ratio=cfg.crop_ratio)
     x = augment.random_flip(k_flip, x, p=cfg.flip_p)
     x = augment.simclr_color_jitter(k_color, x, cfg.color_strength, p=cfg.color_p)
-    x = augment.random_grayscale(k_gray, x, p=cfg.gray_p)
+    x = jnp.clip(augment.random_grayscale(k_gray, x, p=cfg.gray_p), 0.0, 1.0)  # official: clip, then blur
     if cfg.blur_p > 0:  # kernel 10% of the side, sigma ~ U(0.1, 2.0), zero padding as the official code
         sigma = jax.random.uniform(k_sigma, (), minval=0.1, maxval=2.0)
         blurred = augment.simclr_gaussian_blur(x, cfg.crop_size // 10, sigma)
@@ -161,15 +168,14 @@ def make_crop_flip_view(key, image, cfg):
     """Fine-tuning and distillation: random crop and horizontal flip only (paper, Appendix; the
     official code turns colour distortion off outside pretraining). [H, W, 3] -> [S, S, 3]."""
     k_crop, k_flip = jax.random.split(key)
-    x = augment.random_resized_crop(k_crop, image, cfg.crop_size, scale=cfg.crop_scale, ratio=cfg.crop_ratio)
-    x = augment.random_flip(k_flip, x, p=cfg.flip_p)
+    x = augment.tf_random_crop(k_crop, image, cfg.crop_size, area=cfg.crop_scale, ratio=cfg.crop_ratio)
+    x = jnp.clip(augment.random_flip(k_flip, x, p=cfg.flip_p), 0.0, 1.0)  # bicubic can overshoot [0, 1]
     return augment.normalize(x, cfg.mean, cfg.std)
 
 
 def make_crop_flip_views(key, images, cfg):
     """uint8 [B, H, W, 3] -> one stack of crop-and-flip views [B, S, S, 3]."""
-    view = functools.partial(make_crop_flip_view, cfg=cfg)
-    return augment.apply_per_image(view, key, augment.to_float(images))
+    return augment.apply_per_image(functools.partial(make_crop_flip_view, cfg=cfg), key, augment.to_float(images))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -203,23 +209,11 @@ def nt_xent_loss(z1, z2, temperature):
 
 
 def distillation_loss(student_logits, teacher_logits, temperature):
-    """Knowledge distillation of the fine-tuned teacher into the student (official add_kd_loss).
-
-        L = mean_n T^2 CE(softmax(teacher_logits / T), student_logits / T)
-
-    The T^2 factor is in the official code, not in the paper's equation: it keeps the gradient
-    scale independent of T (Hinton et al., 2015).
-
-    Args:
-        student_logits: [N, C] student logits.
-        teacher_logits: [N, C] teacher logits.
-        temperature: distillation temperature T (paper 1 for self-distillation).
-
-    Returns:
-        Scalar loss.
-    """
-    # Stop-gradient: the teacher is fixed during distillation (paper Sec. 2); only the student
-    # learns.
+    """Knowledge distillation of the fine-tuned teacher into the student (official add_kd_loss):
+    L = mean_n T^2 CE(softmax(teacher_logits / T), student_logits / T), logits [N, C] -> scalar. The
+    T^2 factor is in the official code, not in the paper's equation: it keeps the gradient scale
+    independent of T (Hinton et al., 2015)."""
+    # Stop-gradient: the teacher is fixed during distillation (paper Sec. 2); only the student learns.
     teacher_probs = jax.nn.softmax(jax.lax.stop_gradient(teacher_logits) / temperature, axis=1)
     per_example = optax.softmax_cross_entropy(student_logits / temperature, teacher_probs)  # [N]
     return jnp.mean(temperature**2 * per_example)
@@ -233,6 +227,12 @@ def distillation_loss(student_logits, teacher_logits, temperature):
 def stage_optim(config):
     """The optimiser settings of the configured stage (epochs, warmup, rate, decay)."""
     return {"pretrain": config.optim, "finetune": config.finetune, "distill": config.distill}[config.stage]
+
+
+def stage_batch_size(config):
+    """The global batch of the configured stage: data.batch_size for pretraining, else the stage's own
+    (the official fine-tuning command uses 1024 where pretraining uses 4096)."""
+    return config.data.batch_size if config.stage == "pretrain" else stage_optim(config).batch_size
 
 
 def learning_rate_schedule(cfg, batch_size, steps_per_epoch):
@@ -249,19 +249,27 @@ def learning_rate_schedule(cfg, batch_size, steps_per_epoch):
     return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total, end_value=0.0)
 
 
-def make_optimizer(cfg, weight_decay, schedule):
-    """LARS. As the official code, weight decay skips biases and batch-norm parameters (ndim 1), and the
-    trust-ratio adaptation skips them and the supervised classifier, which learns at the plain rate."""
-    is_kernel = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-    is_adapted = lambda params: jax.tree_util.tree_map_with_path(
-        lambda path, p: p.ndim > 1 and "classifier" not in jax.tree_util.keystr(path), params
+def lars_mask(params, excluded):
+    """True for the parameters LARS decays (or adapts): as the official exclusion by name, False for
+    every parameter whose path names one of `excluded` (batch-norm layers are named bn*)."""
+    names = lambda path: [str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey)]
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: not any(e in n for n in names(path) for e in excluded), params
     )
+
+
+def make_optimizer(cfg, weight_decay, schedule):
+    """LARS as the official lars_optimizer.py with classic momentum: v <- m v + lr * trust * (g + wd w),
+    w <- w - v, trust = eta |w| / |g + wd w| (1 where a norm is 0); optax.lars is that chain. As the
+    official exclude_from_weight_decay=['batch_normalization', 'bias', 'head_supervised'], batch-norm
+    parameters and biases get neither decay nor trust ratio, and the classifier no trust ratio; its
+    kernel is still decayed (officially by an L2 term added to the loss: the same gradient)."""
     return optax.lars(
         schedule,
         weight_decay=weight_decay,
-        weight_decay_mask=is_kernel,
+        weight_decay_mask=functools.partial(lars_mask, excluded=("bn", "bias")),
         trust_coefficient=cfg.trust_coefficient,
-        trust_ratio_mask=is_adapted,
+        trust_ratio_mask=functools.partial(lars_mask, excluded=("bn", "bias", "classifier")),
         momentum=cfg.momentum,
     )
 
@@ -285,18 +293,19 @@ def create_state(config, steps_per_epoch, init=None):
     """
     rngs = nnx.Rngs(config.seed)
     ocfg = stage_optim(config)
-    schedule = learning_rate_schedule(ocfg, config.data.batch_size, steps_per_epoch)
+    schedule = learning_rate_schedule(ocfg, stage_batch_size(config), steps_per_epoch)
     if config.stage == "pretrain":
-        model, step = SimCLRv2(config, rngs), train_step
+        model = SimCLRv2(config, rngs)
         parts = {"model": model}
     elif config.stage == "finetune":
-        model, step = Classifier(config, config.model.name, config.model.ft_proj_layer, rngs), finetune_step
+        zero_init = config.finetune.zero_init_classifier
+        model = Classifier(config, config.model.name, config.model.ft_proj_layer, rngs, zero_init)
         if init is not None:
             checkpoint.assign(model.body, init["body"])
             checkpoint.assign(model.head, {k: v for k, v in init["head"].items() if int(k) < len(model.head)})
         parts = {"model": model}
     else:
-        model, step = Classifier(config, config.model.student_name, 0, rngs), distill_step
+        model = Classifier(config, config.model.student_name, 0, rngs)
         teacher = Classifier(config, config.model.name, config.model.ft_proj_layer, rngs)
         if init is not None:
             checkpoint.assign(teacher, init)
@@ -305,7 +314,7 @@ def create_state(config, steps_per_epoch, init=None):
     # The optimizer of the trained network only (the teacher has none).
     parts["optimizer"] = nnx.Optimizer(model, make_optimizer(config.optim, ocfg.weight_decay, schedule), wrt=nnx.Param)
     graphdef, state = nnx.split(parts)
-    return graphdef, state, functools.partial(step, graphdef, config, schedule)
+    return graphdef, state, functools.partial(train_step, graphdef, config, schedule)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -313,62 +322,66 @@ def create_state(config, steps_per_epoch, init=None):
 # ------------------------------------------------------------------------------------------------
 
 
-def train_step(graphdef, config, schedule, state, batch, key):
-    """One pretraining step on the global batch; jitted with `graphdef, config, schedule` bound."""
-    parts = nnx.merge(graphdef, state)
+def pretrain_update(parts, x1, x2, temperature, schedule):
+    """Pretraining after the views x1, x2 [B, S, S, 3]: NT-Xent and the LARS update of parts, in place."""
     model, optimizer = parts["model"], parts["optimizer"]
-    x1, x2 = make_views(key, batch["image"], config.views)
 
     def loss_fn(model):
         # Both views in one forward pass: batch norm statistics over all 2N views, as the official code.
         z1, z2 = jnp.split(model(jnp.concatenate([x1, x2])), 2)
-        return nt_xent_loss(z1, z2, config.method.temperature)
+        return nt_xent_loss(z1, z2, temperature)
 
     loss, grads = nnx.value_and_grad(loss_fn)(model)
     lr = schedule(optimizer.step[...])
     optimizer.update(model, grads)
-    metrics = {"loss": loss, "lr": lr, "finite": checkpoint.all_finite(loss, nnx.state(model, nnx.Param))}
-    return nnx.state(parts), metrics
+    return {"loss": loss, "lr": lr, "finite": checkpoint.all_finite(loss, nnx.state(model, nnx.Param))}
 
 
-def finetune_step(graphdef, config, schedule, state, batch, key):
-    """One fine-tuning step on a global batch of labelled images: cross-entropy with the labels."""
-    parts = nnx.merge(graphdef, state)
+def finetune_update(parts, x, labels, schedule):
+    """Fine-tuning after the views x [B, S, S, 3]: cross-entropy with the labels [B], in place."""
     model, optimizer = parts["model"], parts["optimizer"]
-    x = make_crop_flip_views(key, batch["image"], config.views)
 
     def loss_fn(model):
         logits = model(x)  # [B, C]
-        loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]))
-        return loss, jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+        loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+        return loss, jnp.mean(jnp.argmax(logits, -1) == labels)
 
     (loss, accuracy), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     lr = schedule(optimizer.step[...])
     optimizer.update(model, grads)
-    metrics = {
-        "loss": loss,
-        "accuracy": accuracy,
-        "lr": lr,
-        "finite": checkpoint.all_finite(loss, nnx.state(model, nnx.Param)),
-    }
-    return nnx.state(parts), metrics
+    finite = checkpoint.all_finite(loss, nnx.state(model, nnx.Param))
+    return {"loss": loss, "accuracy": accuracy, "lr": lr, "finite": finite}
 
 
-def distill_step(graphdef, config, schedule, state, batch, key):
-    """One distillation step on a global batch of training images, their labels unused (Eq. 2):
-    teacher and student see the same view; only the student learns."""
-    parts = nnx.merge(graphdef, state)
+def distill_update(parts, x, temperature, schedule):
+    """Distillation after the views x [B, S, S, 3] (Eq. 2): teacher and student see the same view; only
+    the student learns. In place."""
     student, teacher, optimizer = parts["student"], parts["teacher"], parts["optimizer"]
-    x = make_crop_flip_views(key, batch["image"], config.views)
     teacher_logits = teacher(x)  # [B, C], outside loss_fn: only the student is differentiated
 
     def loss_fn(student):
-        return distillation_loss(student(x), teacher_logits, config.method.distill_temperature)
+        return distillation_loss(student(x), teacher_logits, temperature)
 
     loss, grads = nnx.value_and_grad(loss_fn)(student)
     lr = schedule(optimizer.step[...])
     optimizer.update(student, grads)
-    metrics = {"loss": loss, "lr": lr, "finite": checkpoint.all_finite(loss, nnx.state(student, nnx.Param))}
+    return {"loss": loss, "lr": lr, "finite": checkpoint.all_finite(loss, nnx.state(student, nnx.Param))}
+
+
+def train_step(graphdef, config, schedule, state, batch, key):
+    """One step of the configured stage on the global batch: its views, then its update; jitted with
+    `graphdef, config, schedule` bound. Distillation uses the images only, not their labels."""
+    parts = nnx.merge(graphdef, state)
+    if config.stage == "pretrain":
+        x1, x2 = make_views(key, batch["image"], config.views)
+        metrics = pretrain_update(parts, x1, x2, config.method.temperature, schedule)
+    elif config.stage == "finetune":
+        metrics = finetune_update(
+            parts, make_crop_flip_views(key, batch["image"], config.views), batch["label"], schedule
+        )
+    else:
+        x = make_crop_flip_views(key, batch["image"], config.views)
+        metrics = distill_update(parts, x, config.method.distill_temperature, schedule)
     return nnx.state(parts), metrics
 
 
@@ -417,8 +430,8 @@ def check_config(config):
         problems.append("stage='distill' needs init_workdir, the workdir of a finished 'finetune' run")
     if config.init_workdir and not os.path.isdir(os.path.join(config.init_workdir, "checkpoints")):
         problems.append(f"init_workdir={config.init_workdir!r} holds no checkpoints/ folder")
-    if config.data.batch_size < 2:
-        problems.append(f"data.batch_size={config.data.batch_size}: NT-Xent needs at least 2 images")
+    if config.data.batch_size < 2 or config.finetune.batch_size < 1 or config.distill.batch_size < 1:
+        problems.append("data.batch_size must be >= 2 (NT-Xent) and finetune/distill.batch_size >= 1")
     if not 0 < config.data.label_fraction <= 1:
         problems.append(f"data.label_fraction={config.data.label_fraction} must lie in (0, 1]")
     if not 0 <= config.model.ft_proj_layer < config.model.proj_layers:
@@ -436,6 +449,8 @@ def check_config(config):
 
 def main(config, workdir):
     check_config(config)
+    config = config.copy_and_resolve_references()  # the loop batches by data.batch_size: the stage's batch
+    config.data.batch_size = stage_batch_size(config)
     train_data = data.load(config.data, config.data.train_split)
     if train_data.num_classes != config.data.num_classes:
         raise ValueError(
@@ -455,11 +470,8 @@ def main(config, workdir):
         with open(os.path.join(config.init_workdir, "results.json")) as f:
             results["label_fraction"] = json.load(f)["label_fraction"]
     # The earlier stage's trained model: the pretrained network to fine-tune, or the teacher.
-    init = (
-        checkpoint.load_part(config.init_workdir, "model")
-        if config.stage != "pretrain" and config.init_workdir
-        else None
-    )
+    load = config.stage != "pretrain" and config.init_workdir
+    init = checkpoint.load_part(config.init_workdir, "model") if load else None
     return loop.train(
         config,
         workdir,
