@@ -43,14 +43,15 @@ from common import augment, checkpoint, loop, models
 class ProjectionHead(nnx.Module):
     """g(.): Linear-BN-ReLU-Linear-BN, as the official code's non-linear head. The linear layers have no
     bias because the batch norm after each supplies the shift; the output batch norm has no shift.
-    Batch norm as the official Keras layers: decay bn_momentum (0.9), epsilon 1e-5, biased running
-    variance (`unbiased=False`)."""
+    As the official Keras layers: kernels ~ N(0, 0.01^2); batch norm with decay bn_momentum (0.9),
+    epsilon 1e-5 and the biased running variance (`unbiased=False`)."""
 
     def __init__(self, in_dim, hidden_dim, out_dim, bn_momentum, rngs):
         bn = functools.partial(models.BatchNorm, unbiased=False, momentum=bn_momentum, epsilon=1e-5, rngs=rngs)
-        self.fc1 = nnx.Linear(in_dim, hidden_dim, use_bias=False, rngs=rngs)
+        linear = functools.partial(nnx.Linear, use_bias=False, kernel_init=jax.nn.initializers.normal(0.01), rngs=rngs)
+        self.fc1 = linear(in_dim, hidden_dim)
         self.bn1 = bn(hidden_dim)
-        self.fc2 = nnx.Linear(hidden_dim, out_dim, use_bias=False, rngs=rngs)
+        self.fc2 = linear(hidden_dim, out_dim)
         self.bn2 = bn(out_dim, use_bias=False)
 
     def __call__(self, h):

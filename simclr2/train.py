@@ -63,10 +63,11 @@ STAGES = ("pretrain", "finetune", "distill")
 class HeadLayer(nnx.Module):
     """One layer of the projection head: Linear-BN(-ReLU). As the official code, no linear bias (the
     BN shift replaces it) and the last layer has neither a BN shift nor a ReLU. Batch norm as the
-    official Keras layer: decay bn_momentum (0.9), epsilon 1e-5, biased running variance."""
+    official Keras layer: decay bn_momentum (0.9), epsilon 1e-5, biased running variance; the kernel
+    ~ N(0, 0.01^2) as the official LinearLayer."""
 
     def __init__(self, in_dim, out_dim, last, bn_momentum, rngs):
-        self.fc = nnx.Linear(in_dim, out_dim, use_bias=False, rngs=rngs)
+        self.fc = nnx.Linear(in_dim, out_dim, use_bias=False, kernel_init=jax.nn.initializers.normal(0.01), rngs=rngs)
         self.bn = models.BatchNorm(
             out_dim, unbiased=False, momentum=bn_momentum, epsilon=1e-5, use_bias=not last, rngs=rngs
         )

@@ -37,6 +37,8 @@ def test_body_and_head_are_the_official_tf_resnet():
     assert all(isinstance(bn, models.BatchNorm) and not bn.unbiased for bn in norms.values())
     assert all(bn.momentum == 0.9 and bn.epsilon == 1e-5 for bn in norms.values())
     assert model.head.bn2.bias is None  # the output BN has no shift, as the official head
+    for fc in (model.head.fc1, model.head.fc2):  # model.py LinearLayer: RandomNormal(stddev=0.01), no bias
+        assert fc.bias is None and abs(float(np.std(fc.kernel[...])) - 0.01) < 5e-4
 
 
 def official_lars_flags(model):
