@@ -1,8 +1,17 @@
 """Data: TFDS data sets or image folders -> per-host batches -> global arrays sharded over devices.
 
-The host only decodes, resizes to one fixed size and batches uint8 images; everything random about a
-view (random-resized crop, flip, colour jitter, blur, ...) runs on the accelerator in
-`common/augment.py`, starting from the fixed-size image the host delivers.
+The host only decodes, fits each image into one fixed S x S canvas (S = data.image_size) and batches
+uint8 images; everything random about a view (random-resized crop, flip, colour jitter, blur, ...)
+runs on the accelerator in `common/augment.py`, starting from the canvas the host delivers.
+
+Fit (`data.fit`):
+  * 'whole' (the default): the WHOLE image, aspect preserved, resized so that its longer side is at
+    most S (never upsampled), at the top-left of the canvas with zeros elsewhere. Every batch carries
+    `extent` int32 [B, 2], each image's valid (height, width), and the device samples its random
+    crops inside it (`augment.random_resized_crop(..., extent=...)`), as the official pipelines crop
+    the decoded image. A square image of side S (Fashion-MNIST at 28, CIFAR at 32) fills the canvas.
+  * 'centre': the shorter side resized to S and the centre S x S square kept (extent (S, S)): the
+    older behaviour, a quarter of a 4:3 photo is never seen.
 
 Sources, chosen by `load(data_config, split)`:
   * TFDS in array_record format, read with random access through `tfds.data_source` (any size;
@@ -86,8 +95,9 @@ class Dataset:
       split: the split it was loaded from.
       num_examples: N.
       num_classes: number of classes, 0 when unlabelled.
-      image_shape: (H, W, 3), the same for every image.
-      read: indices int [n] -> (images uint8 [n, H, W, 3], labels int32 [n], -1 when unlabelled).
+      image_shape: (H, W, 3), the same for every image (the canvas).
+      read: indices int [n] -> (images uint8 [n, H, W, 3], labels int32 [n], -1 when unlabelled,
+        and optionally extents int32 [n, 2], the valid (height, width); absent: the whole canvas).
       read_labels: indices int [n] -> labels int32 [n], without decoding images where possible.
     """
 
@@ -110,13 +120,22 @@ class Dataset:
         """Examples `indices` (int [n], each in [0, num_examples)).
 
         Returns:
-          dict(image=uint8 [n, H, W, 3], label=int32 [n] (-1 when unlabelled), index=int32 [n]).
+          dict(image=uint8 [n, H, W, 3], label=int32 [n] (-1 when unlabelled), index=int32 [n],
+          extent=int32 [n, 2]: the valid (height, width) of each image in the top-left of its array).
         """
         indices = np.asarray(indices, np.int64).reshape(-1)
         if indices.size and (indices.min() < 0 or indices.max() >= self.num_examples):
             raise IndexError(f"indices must lie in [0, {self.num_examples}) for {self!r}")
-        images, labels = self.read(indices)
-        return dict(image=images, label=labels.astype(np.int32), index=indices.astype(np.int32))
+        out = self.read(indices)
+        images, labels = out[0], out[1]
+        # A read without extents (a hand-made Dataset) delivers whole arrays.
+        extents = out[2] if len(out) > 2 else np.tile(np.array(self.image_shape[:2], np.int32), (len(indices), 1))
+        return dict(
+            image=images,
+            label=labels.astype(np.int32),
+            index=indices.astype(np.int32),
+            extent=np.asarray(extents, np.int32).reshape(len(indices), 2),
+        )
 
     def labels(self) -> np.ndarray:
         """All labels, int32 [N] (-1 when unlabelled)."""
@@ -173,12 +192,18 @@ def balanced_subset(labels, fraction: float, num_classes: int, seed: int) -> np.
 # --------------------------------------------------------------------------------------------------
 
 
-def _fit(image, image_size: int) -> np.ndarray:
-    """A PIL image -> uint8 [S, S, 3]: shorter side resized to S, then the centre S x S crop.
+FITS = ("whole", "centre")
 
-    The host delivers one fixed size; the device then takes random-resized crops of it. With
-    image_size == 0 the native size is kept. Gray (and palette, RGBA, CMYK) images become RGB, so a
-    gray image is repeated to 3 channels; 16-bit gray images are scaled to 8 bits.
+
+def _fit(image, image_size: int, fit: str = "whole") -> tuple[np.ndarray, tuple[int, int]]:
+    """A PIL image -> (uint8 [S, S, 3] canvas, its valid (height, width)).
+
+    fit 'whole': the image resized (PIL bilinear, antialiased) so that its longer side is S when it
+    is larger, its shorter side rounded, kept as it is when it already fits; at the top-left of a zero
+    canvas. fit 'centre': the shorter side resized to S, then the centre S x S crop (extent (S, S)).
+    With image_size == 0 the native size is kept (the canvas is the image). Gray (and palette, RGBA,
+    CMYK) images become RGB, so a gray image is repeated to 3 channels; 16-bit gray images are scaled
+    to 8 bits.
     """
     if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
         # 16-bit gray (PIL reads 16-bit PNGs as 'I;16' or 32-bit 'I'): scale 0..65535 to 0..255;
@@ -186,22 +211,33 @@ def _fit(image, image_size: int) -> np.ndarray:
         image = Image.fromarray((np.asarray(image, np.float64) * (255 / 65535)).round().clip(0, 255).astype(np.uint8))
     if image.mode != "RGB":
         image = image.convert("RGB")
-    if image_size and image.size != (image_size, image_size):
-        w, h = image.size
-        scale = image_size / min(w, h)
-        # Truncation and round-half crop offsets as in torchvision's Resize and CenterCrop.
-        new_w, new_h = max(image_size, int(w * scale)), max(image_size, int(h * scale))
-        image = image.resize((new_w, new_h), Image.BILINEAR)  # antialiased when shrinking
-        left, top = int(round((new_w - image_size) / 2)), int(round((new_h - image_size) / 2))
-        image = image.crop((left, top, left + image_size, top + image_size))
-    return np.asarray(image, np.uint8)
+    w, h = image.size
+    if not image_size or image.size == (image_size, image_size):
+        return np.asarray(image, np.uint8), (h, w)
+    if fit == "whole":
+        if max(w, h) > image_size:
+            scale = image_size / max(w, h)
+            w, h = max(1, min(image_size, round(w * scale))), max(1, min(image_size, round(h * scale)))
+            image = image.resize((w, h), Image.BILINEAR)  # antialiased when shrinking
+        canvas = np.zeros((image_size, image_size, 3), np.uint8)
+        canvas[:h, :w] = np.asarray(image, np.uint8)
+        return canvas, (h, w)
+    if fit != "centre":
+        raise ValueError(f"data.fit must be one of {FITS}, got {fit!r}.")
+    scale = image_size / min(w, h)
+    # Truncation and round-half crop offsets as in torchvision's Resize and CenterCrop.
+    new_w, new_h = max(image_size, int(w * scale)), max(image_size, int(h * scale))
+    image = image.resize((new_w, new_h), Image.BILINEAR)  # antialiased when shrinking
+    left, top = int(round((new_w - image_size) / 2)), int(round((new_h - image_size) / 2))
+    image = image.crop((left, top, left + image_size, top + image_size))
+    return np.asarray(image, np.uint8), (image_size, image_size)
 
 
-def _fit_array(image: np.ndarray, image_size: int) -> np.ndarray:
-    """uint8 [H, W, C] (C = 1 or 3) -> uint8 [S, S, 3] (or [H, W, 3] when image_size == 0)."""
+def _fit_array(image: np.ndarray, image_size: int, fit: str = "whole") -> tuple[np.ndarray, tuple[int, int]]:
+    """uint8 [H, W, C] (C = 1 or 3) -> (uint8 [S, S, 3] (or [H, W, 3] when image_size == 0), extent)."""
     if image_size and image.shape[:2] != (image_size, image_size):
-        return _fit(Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image), image_size)
-    return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
+        return _fit(Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image), image_size, fit)
+    return (np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image), image.shape[:2]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -215,16 +251,20 @@ def load(data_config, split: str) -> Dataset:
     Args:
       data_config: ConfigDict with `name` (TFDS name), `folder` (image folder; used instead of TFDS
         when non-empty), `data_dir` (TFDS data dir, '' = TFDS default: $TFDS_DATA_DIR or
-        ~/tensorflow_datasets) and `image_size` (the host-side square size, 0 = native size).
+        ~/tensorflow_datasets), `image_size` (the host-side square canvas, 0 = native size) and
+        `fit` ('whole' (default when absent) or 'centre', see the module docstring).
       split: e.g. 'train', 'test', or a TFDS slice such as 'train[:10%]'.
     Raises:
       ValueError / FileNotFoundError saying what is wrong and how to fix it.
     """
+    fit = data_config.get("fit", "whole")
+    if fit not in FITS:
+        raise ValueError(f"data.fit must be one of {FITS}, got {fit!r}.")
     if data_config.folder:
-        return _load_folder(data_config.folder, split, data_config.image_size)
+        return _load_folder(data_config.folder, split, data_config.image_size, fit)
     if data_config.name == "synthetic":
         return synthetic(split, data_config.image_size)
-    return _load_tfds(data_config.name, split, data_config.data_dir, data_config.image_size)
+    return _load_tfds(data_config.name, split, data_config.data_dir, data_config.image_size, fit)
 
 
 def synthetic(split, image_size, num_examples=50_000, num_classes=10):
@@ -309,7 +349,7 @@ def _not_prepared_message(name, data_dir):
     )
 
 
-def _load_tfds(name, split, data_dir, image_size):
+def _load_tfds(name, split, data_dir, image_size, fit="whole"):
     tfds = _import_tfds()
     try:
         builder = tfds.builder(name, data_dir=data_dir or None)
@@ -362,7 +402,8 @@ def _load_tfds(name, split, data_dir, image_size):
                 example = source[int(i)]
             except Exception as e:  # Say which record failed; the cause stays chained.
                 raise ValueError(f"Cannot decode example {i} of {name}:{split}: {e}") from e
-            return _fit_array(example["image"], image_size), to_label(example)
+            image, extent = _fit_array(example["image"], image_size, fit)
+            return image, to_label(example), extent
 
         def read(indices):
             return _stack(list(pool.map(decode, indices)), image_shape)
@@ -388,9 +429,10 @@ def _load_tfds(name, split, data_dir, image_size):
     _hide_accelerators_from_tensorflow()
     images = np.empty((num_examples, *image_shape), np.uint8)
     labels = np.empty((num_examples,), np.int32)
+    extents = np.empty((num_examples, 2), np.int32)
     dataset = builder.as_dataset(split=split, shuffle_files=False)
     for i, example in enumerate(tfds.as_numpy(dataset)):
-        images[i] = _fit_array(example["image"], image_size)
+        images[i], extents[i] = _fit_array(example["image"], image_size, fit)
         labels[i] = to_label(example)
     return Dataset(
         name,
@@ -398,17 +440,19 @@ def _load_tfds(name, split, data_dir, image_size):
         num_examples,
         num_classes,
         image_shape,
-        read=lambda i: (images[i], labels[i]),
+        read=lambda i: (images[i], labels[i], extents[i]),
         read_labels=lambda i: labels[i],
     )
 
 
 def _stack(decoded, image_shape):
+    """[(image, label, extent)] -> (images uint8 [n, *image_shape], labels int32 [n], extents int32 [n, 2])."""
     images = np.empty((len(decoded), *image_shape), np.uint8)
     labels = np.empty((len(decoded),), np.int32)
-    for row, (image, label) in enumerate(decoded):
-        images[row], labels[row] = image, label
-    return images, labels
+    extents = np.empty((len(decoded), 2), np.int32)
+    for row, (image, label, extent) in enumerate(decoded):
+        images[row], labels[row], extents[row] = image, label, extent
+    return images, labels, extents
 
 
 def _list_images(folder, recursive):
@@ -424,7 +468,7 @@ def _subfolders(folder):
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
 
 
-def _load_folder(root, split, image_size):
+def _load_folder(root, split, image_size, fit="whole"):
     """An image folder: labelled `root/<split>/<class>/*`, or flat and unlabelled `root/*`.
 
     Labelled: the classes are the sorted union of the class folder names of all splits, so a label
@@ -487,12 +531,15 @@ def _load_folder(root, split, image_size):
     def decode(i):
         try:
             with Image.open(paths[i]) as image:
-                return _fit(image, image_size)
+                return _fit(image, image_size, fit)
         except Exception as e:
             raise ValueError(f"Cannot decode image {paths[i]}: {e}. Delete or replace it.") from e
 
     def read(indices):
-        return _stack(list(zip(pool.map(decode, indices), labels[indices])), image_shape)
+        return _stack(
+            [(image, label, extent) for (image, extent), label in zip(pool.map(decode, indices), labels[indices])],
+            image_shape,
+        )
 
     return Dataset(root, split, len(paths), num_classes, image_shape, read, read_labels=lambda i: labels[i])
 
@@ -592,7 +639,7 @@ class Loader:
 
     def get(self, step: int) -> dict[str, jax.Array]:
         """The global batch of `step`: dict(image uint8 [B, H, W, 3], label int32 [B], index int32
-        [B]), sharded along 'data'; this process decodes only its own rows."""
+        [B], extent int32 [B, 2]), sharded along 'data'; this process decodes only its own rows."""
         local = self.dataset.get(self.indices(step)[_local_rows(self.global_batch_size)])
         return _to_global(local, self.global_batch_size, self.mesh)
 

@@ -17,6 +17,14 @@ Protocols (each returns {'top1': %, 'top5': %} on the test split):
   finetune  Body + linear head trained end to end (body in train mode) on a class-balanced labelled
             fraction of the training split (1%, 10% or 100%), same augmentation, SGD + momentum, cosine.
 
+Every protocol sees the images through the run's evaluation view (`protocol_view(config)`, read
+from `config.eval` with defaults when absent): `eval.image_size` (default: the data's image size, 0 =
+the canvas the host delivers), `eval.crop_fraction` (default 1.0) and `eval.crop_style` ('torch',
+default: Resize(size / crop_fraction) + CenterCrop(size) as the torch methods evaluate at 224 / 0.875;
+'tf': SimCLR's 87.5% centre crop + bicubic resize), applied by `augment.center_crop` inside each
+image's extent. The defaults reproduce the whole host image for square data sets. The trained
+protocols' augmentation is a random resized crop inside the extent to the same size, and a flip.
+
 Baselines on the same body and data:
   supervised  "Strong Sup" (fraction 1.0) / "Weak Sup" (0.01, 0.1): `finetune` from a random
               initialisation of the run's body, with the same epochs, augmentation and optimiser.
@@ -58,12 +66,15 @@ from common import augment, checkpoint, data
 def extract_features(embed_fn, dataset, batch_size, mesh):
     """Runs `embed_fn` over every example of `dataset` once, in order.
 
-    embed_fn: a jitted function, uint8 images [B, H, W, 3] (sharded over 'data') -> features [B, D].
+    embed_fn: a jitted function, uint8 images [B, H, W, 3] (sharded over 'data') -> features [B, D];
+    one made by frozen_embed_fn (attribute `takes_extent`) also gets the batch's extents [B, 2].
     Returns (features float32 [N, D], labels int32 [N]) as host numpy arrays.
     """
     feats, labels = [], []
+    takes_extent = getattr(embed_fn, "takes_extent", False)
     for batch, n_valid in data.eval_batches(dataset, batch_size, mesh):
-        f, y = embed_fn(batch["image"]), batch["label"]
+        f = embed_fn(batch["image"], batch["extent"]) if takes_extent else embed_fn(batch["image"])
+        y = batch["label"]
         feats.append(_to_host(f)[:n_valid])
         labels.append(_to_host(y)[:n_valid])
     return np.concatenate(feats).astype(np.float32), np.concatenate(labels).astype(np.int32)
@@ -132,8 +143,9 @@ def load_knn_data(config):
 
 def knn_scores(body, config, knn_train, knn_test, mesh):
     """The kNN monitor of a training run: {'knn_top1', 'knn_top5'} of `body` (an NNX module in eval
-    mode, normalised images -> features) with config.eval's k, temperature and batch size."""
-    embed_fn = frozen_embed_fn(body, tuple(config.views.mean), tuple(config.views.std))
+    mode, normalised images -> features) with config.eval's k, temperature and batch size, on the
+    run's evaluation view (protocol_view)."""
+    embed_fn = frozen_embed_fn(body, tuple(config.views.mean), tuple(config.views.std), protocol_view(config))
     knn = knn_monitor(
         embed_fn,
         knn_train,
@@ -183,16 +195,35 @@ def sgd_cosine(lr, momentum, weight_decay, total_steps, nesterov=False):
     )
 
 
-def preprocess(images, mean, std):
-    """uint8 images [B, H, W, 3] -> normalised float32 images, as every train.py's `embed` feeds them."""
-    return augment.normalize(augment.to_float(images), mean, std)
+def preprocess(images, mean, std, view=None, extents=None):
+    """uint8 images [B, H, W, 3] -> normalised float32 images, as every train.py's `embed` feeds them;
+    with a `view` (protocol_view's (size, crop_fraction, style)), first each image's centre crop
+    inside its extent ([B, 2], None = whole arrays) -> [B, size, size, 3]."""
+    x = augment.to_float(images)
+    if view is not None:
+        size, crop_fraction, style = view
+        size = size or images.shape[1]
+        if extents is None:
+            extents = jnp.tile(jnp.array(images.shape[1:3], jnp.int32), (images.shape[0], 1))
+        x = jax.vmap(lambda img, e: augment.center_crop(img, e, size, crop_fraction, style))(x, extents)
+    return augment.normalize(x, mean, std)
 
 
-def train_view(key, image, crop_scale):
+def protocol_view(config):
+    """(size, crop_fraction, style) of the run's evaluation view, from config.eval with defaults:
+    eval.image_size (default data.image_size; 0 = the host canvas), eval.crop_fraction (1.0) and
+    eval.crop_style ('torch'). See the module docstring."""
+    ev = config.get("eval") or {}
+    size = int(ev.get("image_size", config.data.get("image_size", 0)) or 0)
+    return size, float(ev.get("crop_fraction", 1.0)), str(ev.get("crop_style", "torch"))
+
+
+def train_view(key, image, crop_scale, size=None, extent=None):
     """The light augmentation of the linear and fine-tuning protocols on one float image [H, W, 3] in
-    [0, 1]: a random resized crop back to H x H (scale `crop_scale`, ratio 3/4-4/3) and a flip."""
+    [0, 1]: a random resized crop inside its extent (None = the whole array) to size x size (None or
+    0: H; scale `crop_scale`, ratio 3/4-4/3) and a flip."""
     k_crop, k_flip = jax.random.split(key)
-    x = augment.random_resized_crop(k_crop, image, image.shape[0], scale=tuple(crop_scale))
+    x = augment.random_resized_crop(k_crop, image, size or image.shape[0], scale=tuple(crop_scale), extent=extent)
     return augment.random_flip(k_flip, x)
 
 
@@ -201,18 +232,30 @@ def _calls_with_key(body):
     return "key" in inspect.signature(type(body).__call__).parameters
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4))
-def _embed(graphdef, state, images, mean, std):
-    return nnx.merge(graphdef, state)(preprocess(images, mean, std))
+@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
+def _embed(graphdef, state, images, mean, std, view, extents):
+    return nnx.merge(graphdef, state)(preprocess(images, mean, std, view, extents))
 
 
-def frozen_embed_fn(body, mean, std):
-    """A jitted uint8 images [B, H, W, 3] -> features [B, D] of `body` in eval mode (a frozen copy).
+def frozen_embed_fn(body, mean, std, view=None):
+    """A jitted (uint8 images [B, H, W, 3], extents [B, 2] or None) -> features [B, D] of `body` in
+    eval mode (a frozen copy), on the evaluation `view` (protocol_view; None: the whole images).
     One compiled function per body structure, reused by every call (the kNN monitor runs often)."""
     body = nnx.clone(body)
     body.eval()
     graphdef, state = nnx.split(body)
-    return lambda images: _embed(graphdef, state, images, tuple(mean), tuple(std))
+    view = None if view is None else tuple(view)
+
+    def embed(images, extents=None):
+        return _embed(graphdef, state, images, tuple(mean), tuple(std), view, extents)
+
+    embed.takes_extent = True
+    return embed
+
+
+def _view_size(view, image_shape):
+    """The side of the protocol's images: the view's size, or the canvas side without one."""
+    return (view[0] if view is not None else 0) or image_shape[0]
 
 
 def _progress(what, step, total, start):
@@ -336,15 +379,18 @@ def linear_probe_augmented(
     stats_examples=10000,
     eval_batch_size=1000,
     seed=0,
+    view=None,
 ):
     """Linear probe on a frozen body with random-resized-crop + flip augmentation.
 
     body: an NNX module, uint8-free: normalised images [B, H, W, 3] -> features [B, D]; used in eval
     mode (a copy) and never updated. mean, std: the per-channel normalisation the body was trained with.
     The features are standardised with statistics of un-augmented features of the first
-    `stats_examples` training images. Returns {'top1', 'top5'} on the whole test images, in percent.
+    `stats_examples` training images. Returns {'top1', 'top5'} on the test images' evaluation view
+    (`view`, protocol_view's; None: the whole images), in percent; the training crops have its size.
     """
-    embed_fn = frozen_embed_fn(body, mean, std)
+    embed_fn = frozen_embed_fn(body, mean, std, view)
+    size = _view_size(view, train_dataset.image_shape)
     stats_set = train_dataset.subset(range(min(stats_examples, train_dataset.num_examples)))
     feat_mean, feat_std = feature_statistics(
         extract_features(embed_fn, stats_set, batch_size_for(eval_batch_size, stats_set.num_examples, mesh), mesh)[0]
@@ -361,9 +407,12 @@ def linear_probe_augmented(
     opt_state = tx.init(params)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(params, opt_state, body_state, images, labels, key):
+    def step(params, opt_state, body_state, images, extents, labels, key):
         views = augment.apply_per_image(
-            functools.partial(train_view, crop_scale=crop_scale), key, augment.to_float(images)
+            functools.partial(train_view, crop_scale=crop_scale, size=size),
+            key,
+            augment.to_float(images),
+            extents=extents,
         )
         # The body is frozen: no gradient reaches it (it is not differentiated at all).
         features = nnx.merge(graphdef, body_state)(augment.normalize(views, mean, std))
@@ -377,7 +426,7 @@ def linear_probe_augmented(
         if s >= total:
             break
         params, opt_state = step(
-            params, opt_state, body_state, batch["image"], batch["label"], jax.random.fold_in(root, s)
+            params, opt_state, body_state, batch["image"], batch["extent"], batch["label"], jax.random.fold_in(root, s)
         )
         _progress("linear probe", s + 1, total, start)
     batches.close()
@@ -420,14 +469,17 @@ def finetune(
     crop_scale=(0.08, 1.0),
     eval_batch_size=1000,
     seed=0,
+    view=None,
 ):
     """Trains a copy of `body` with a new linear head end to end on `train_dataset` (the labelled
     fraction), body in train mode (batch-norm statistics update), SGD + Nesterov momentum, cosine
-    schedule, random-resized-crop + flip. Returns {'top1', 'top5'} on `test_dataset`, in percent."""
+    schedule, random-resized-crop + flip (inside each image's extent, to the view's size). Returns
+    {'top1', 'top5'} on `test_dataset`'s evaluation view (`view`; None: whole images), in percent."""
     body = nnx.clone(body)
     body.train()
+    size = _view_size(view, train_dataset.image_shape)
     num_features = jax.eval_shape(
-        lambda: frozen_embed_fn(body, mean, std)(jnp.zeros((1, *train_dataset.image_shape), jnp.uint8))
+        lambda: frozen_embed_fn(body, mean, std)(jnp.zeros((1, size, size, 3), jnp.uint8))
     ).shape[-1]
     model = Classifier(body, num_features, train_dataset.num_classes, nnx.Rngs(seed))
     uses_key = _calls_with_key(body)
@@ -439,12 +491,15 @@ def finetune(
     state = checkpoint.replicate(state, mesh)
 
     @functools.partial(jax.jit, donate_argnums=0)
-    def step(state, images, labels, key):
+    def step(state, images, extents, labels, key):
         parts = nnx.merge(graphdef, state)
         model, optimizer = parts["model"], parts["optimizer"]
         k_view, k_drop = jax.random.split(key)
         views = augment.apply_per_image(
-            functools.partial(train_view, crop_scale=crop_scale), k_view, augment.to_float(images)
+            functools.partial(train_view, crop_scale=crop_scale, size=size),
+            k_view,
+            augment.to_float(images),
+            extents=extents,
         )
         x = augment.normalize(views, mean, std)
 
@@ -461,7 +516,7 @@ def finetune(
     for s, batch in batches:
         if s >= total:
             break
-        state, loss = step(state, batch["image"], batch["label"], jax.random.fold_in(root, s))
+        state, loss = step(state, batch["image"], batch["extent"], batch["label"], jax.random.fold_in(root, s))
         _progress("fine-tuning", s + 1, total, start)
     batches.close()
     if not np.isfinite(float(loss)):
@@ -469,12 +524,16 @@ def finetune(
     model = nnx.merge(graphdef, state)["model"]
     model.eval()
     eval_graphdef, eval_state = nnx.split(model)
-    logits_fn = jax.jit(lambda st, images: nnx.merge(eval_graphdef, st)(preprocess(images, mean, std)))
+    logits_fn = jax.jit(
+        lambda st, images, extents: nnx.merge(eval_graphdef, st)(preprocess(images, mean, std, view, extents))
+    )
+
+    def classify(images, extents):
+        return logits_fn(eval_state, images, extents)
+
+    classify.takes_extent = True
     logits, labels = extract_features(
-        lambda images: logits_fn(eval_state, images),
-        test_dataset,
-        batch_size_for(eval_batch_size, test_dataset.num_examples, mesh),
-        mesh,
+        classify, test_dataset, batch_size_for(eval_batch_size, test_dataset.num_examples, mesh), mesh
     )
     return topk_accuracy(logits, labels)
 
@@ -491,18 +550,25 @@ def labelled_fraction(dataset, fraction, seed=0):
 # --------------------------------------------------------------------------------------------------
 
 
-def pixel_features(dataset, mesh, batch_size=1000):
-    """(uint8 images / 255 flattened, float32 [N, H * W * 3], labels int32 [N])."""
-    flatten = jax.jit(lambda images: augment.to_float(images).reshape(images.shape[0], -1))
+def pixel_features(dataset, mesh, batch_size=1000, view=None):
+    """(uint8 images / 255 on the evaluation view (None: whole images) flattened, float32 [N, D],
+    labels int32 [N])."""
+    pixels = jax.jit(lambda images, extents: preprocess(images, (0.0,) * 3, (1.0,) * 3, view, extents))
+
+    def flatten(images, extents):
+        return pixels(images, extents).reshape(images.shape[0], -1)
+
+    flatten.takes_extent = True
     return extract_features(flatten, dataset, batch_size_for(batch_size, dataset.num_examples, mesh), mesh)
 
 
 def raw_pixels(
-    train_dataset, test_dataset, mesh, *, k=20, temperature=0.07, epochs=100, batch_size=256, lr=0.1, seed=0
+    train_dataset, test_dataset, mesh, *, k=20, temperature=0.07, epochs=100, batch_size=256, lr=0.1, seed=0, view=None
 ):
-    """kNN and linear probe on raw pixels: {'knn': {...}, 'linear': {...}} in percent."""
-    train_f, train_y = pixel_features(train_dataset, mesh)
-    test_f, test_y = pixel_features(test_dataset, mesh)
+    """kNN and linear probe on raw pixels (of the evaluation view): {'knn': {...}, 'linear': {...}} in
+    percent."""
+    train_f, train_y = pixel_features(train_dataset, mesh, view=view)
+    test_f, test_y = pixel_features(test_dataset, mesh, view=view)
     num_classes = train_dataset.num_classes
     return {
         "knn": knn_classify(train_f, train_y, test_f, test_y, num_classes, k=k, temperature=temperature),
@@ -637,6 +703,7 @@ def evaluate_run(
             workdir, max(1, train.num_examples // config.data.batch_size), restore=protocol != "supervised"
         )
     mean, std = normalization(config)
+    view = protocol_view(config)
     if train_examples:
         train = train.subset(range(min(train_examples, train.num_examples)))
     if test_examples:
@@ -663,12 +730,13 @@ def evaluate_run(
             crop_scale=crop_scale_of(config),
             eval_batch_size=eval_batch,
             seed=seed,
+            view=view,
         )
 
     if protocol == "knn":
         k, t = int(config.eval.knn_k), float(config.eval.knn_temperature)
         scores = knn_monitor(
-            frozen_embed_fn(body, mean, std),
+            frozen_embed_fn(body, mean, std, view),
             train,
             test,
             batch_size_for(eval_batch, min(train.num_examples, test.num_examples), mesh),
@@ -680,7 +748,7 @@ def evaluate_run(
     elif protocol == "linear":
         lr = 0.1 if lr is None else lr
         if precompute:
-            embed_fn = frozen_embed_fn(body, mean, std)
+            embed_fn = frozen_embed_fn(body, mean, std, view)
             b = batch_size_for(eval_batch, min(train.num_examples, test.num_examples), mesh)
             train_f, train_y = extract_features(embed_fn, train, b, mesh)
             test_f, test_y = extract_features(embed_fn, test, b, mesh)
@@ -719,7 +787,7 @@ def evaluate_run(
         )
     else:  # pixels
         pixels = raw_pixels(
-            train, test, mesh, epochs=epochs, batch_size=batch_size, lr=0.1 if lr is None else lr, seed=seed
+            train, test, mesh, epochs=epochs, batch_size=batch_size, lr=0.1 if lr is None else lr, seed=seed, view=view
         )
         scores = {
             "top1": pixels["linear"]["top1"],
@@ -729,6 +797,7 @@ def evaluate_run(
         }
         result.update(epochs=epochs, note="top1/top5: linear probe on pixels; knn_*: kNN on pixels")
     result.update(scores)
+    result.update(eval_view={"image_size": view[0], "crop_fraction": view[1], "crop_style": view[2]})
     result.update(wall_time_s=round(time.time() - start, 1), machine=machine())
     path = output or os.path.join(workdir, output_name(protocol, label_fraction))
     if jax.process_index() == 0:
