@@ -54,10 +54,11 @@ from common import augment, checkpoint, loop, models
 
 class Encoder(nnx.Module):
     """The body f(.) and the official fc head: v2's MLP (Linear-ReLU-Linear, with biases, `--mlp`)
-    or v1's single Linear. [B, S, S, 3] -> [B, proj_dim], not normalised."""
+    or v1's single Linear. [B, S, S, 3] -> [B, proj_dim], not normalised. `body`: a ready-made body
+    instead of config.model.name's (the reference checker passes the official case's tiny ResNet)."""
 
-    def __init__(self, config, rngs):
-        self.body = models.create_body(
+    def __init__(self, config, rngs, body=None):
+        self.body = body or models.create_body(
             config.model.name,
             stem=config.model.stem,
             img_size=config.views.crop_size,
@@ -92,30 +93,12 @@ def key_encoder(encoder_q):
     return encoder_k
 
 
-def grouped_forward(encoder, x, groups):
-    """encoder(x) with batch-norm statistics per group of B / groups contiguous rows (ghost BN).
-
-    Each group runs as on its own GPU: the official per-GPU batch norm, whatever the device count.
-    The running statistics become the mean of the groups' updates (as the demo's SplitBatchNorm).
-    x: [B, ...] -> [B, proj_dim].
-    """
-    graphdef, state = nnx.split(encoder)
-
-    def forward(state, x):  # one group: [B / groups, ...]
-        encoder = nnx.merge(graphdef, state)
-        return encoder(x), nnx.state(encoder, nnx.BatchStat)
-
-    out, stats = jax.vmap(forward, in_axes=(None, 0))(state, x.reshape(groups, -1, *x.shape[1:]))
-    nnx.update(encoder, jax.tree.map(lambda s: jnp.mean(s, axis=0), stats))
-    return out.reshape(x.shape[0], -1)
-
-
-def shuffled_keys(encoder_k, x, key, groups):
-    """Keys with shuffling BN: the key encoder sees the batch in a random order, so each key's
-    batch-norm group differs from its query's; the outputs are put back in the original order.
+def shuffled_keys(encoder_k, x, shuffle, groups):
+    """Keys with shuffling BN: the key encoder sees the batch in the random order `shuffle` (a
+    permutation of the B rows, the official idx_shuffle), so each key's batch-norm group (ghost BN,
+    models.grouped_forward) differs from its query's; the outputs are put back in the original order.
     x: [B, ...] -> k: [B, proj_dim], without gradient (the official code computes keys under no_grad)."""
-    shuffle = jax.random.permutation(key, x.shape[0])
-    k = grouped_forward(encoder_k, x[shuffle], groups)
+    k = models.grouped_forward(encoder_k, x[shuffle], groups)
     return jax.lax.stop_gradient(k[jnp.argsort(shuffle)])
 
 
@@ -204,7 +187,8 @@ def update_queue(queue, ptr, k):
     # As in the official code, K must be a multiple of N, so a write never runs past the end.
     assert n_keys % n_new == 0, f"queue size {n_keys} is not a multiple of the batch size {n_new}"
     k = jax.lax.stop_gradient(l2_normalize(k)).astype(queue.dtype)
-    queue = jax.lax.dynamic_update_slice(queue, k, (ptr, 0))
+    ptr = jnp.asarray(ptr)
+    queue = jax.lax.dynamic_update_slice(queue, k, (ptr, jnp.zeros_like(ptr)))  # one index dtype (x64 too)
     return queue, (ptr + n_new) % n_keys
 
 
@@ -222,13 +206,26 @@ def momentum_update(params_k, params_q, m):
 
 
 def learning_rate_schedule(cfg, batch_size, steps_per_epoch):
-    """lr * B / 256 (the official 0.03 is for batch 256), then v2's cosine decay to 0 (`--cos`), or
-    v1's steps: x0.1 at each epoch listed in cfg.schedule. No warmup, as the official code."""
-    peak = cfg.lr * batch_size / 256
-    total = max(1, int(cfg.epochs * steps_per_epoch))
-    if cfg.cos:
-        return optax.cosine_decay_schedule(peak, total)
-    return optax.piecewise_constant_schedule(peak, {int(e * steps_per_epoch): 0.1 for e in cfg.schedule})
+    """The learning rate at each step (an optax schedule of the step count), no warmup.
+
+    v2 (`--cos`): lr * 0.5 * (1 + cos(pi * epoch / epochs)). With cfg.lr_schedule = 'per_epoch' the
+    epoch is the integer epoch, so the rate is constant within an epoch and changes at its start
+    (main_moco.py's adjust_learning_rate); 'per_step' uses the fractional epoch, a smooth decay.
+    v1: x0.1 at each epoch listed in cfg.schedule (the same in both modes: its steps fall on epoch
+    starts). cfg.scale_lr multiplies lr by B / 256 (the linear scaling rule); the official code uses
+    --lr as given (0.03 for its batch of 256).
+    """
+    peak = cfg.lr * batch_size / 256 if cfg.scale_lr else cfg.lr
+    if not cfg.cos:
+        return optax.piecewise_constant_schedule(peak, {int(e * steps_per_epoch): 0.1 for e in cfg.schedule})
+
+    def schedule(step):
+        epoch = step / steps_per_epoch
+        if cfg.lr_schedule == "per_epoch":
+            epoch = jnp.floor(epoch)
+        return peak * 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(epoch, cfg.epochs) / cfg.epochs))
+
+    return schedule
 
 
 def make_optimizer(cfg, schedule):
@@ -242,8 +239,8 @@ def make_optimizer(cfg, schedule):
 # ------------------------------------------------------------------------------------------------
 
 
-def create_state(config, steps_per_epoch):
-    """Everything that changes during training, and the step that changes it.
+def create_state(config, steps_per_epoch, body=None):
+    """Everything that changes during training, and the step that changes it (`body`: see Encoder).
 
     Returns (graphdef, state, step_fn): the parts, named as in the official module,
         encoder_q   the query encoder, trained by SGD
@@ -255,7 +252,7 @@ def create_state(config, steps_per_epoch):
     metrics), pure, for jax.jit.
     """
     rngs = nnx.Rngs(config.seed)
-    encoder_q = Encoder(config, rngs)
+    encoder_q = Encoder(config, rngs, body)
     queue = jax.random.normal(rngs.params(), (config.method.queue_size, config.model.proj_dim))
     schedule = learning_rate_schedule(config.optim, config.data.batch_size, steps_per_epoch)
     # Only the query encoder is optimised: the key encoder moves by the momentum update alone.
@@ -278,23 +275,30 @@ def create_state(config, steps_per_epoch):
 
 
 def train_step(graphdef, config, schedule, state, batch, key):
-    """One step on the global batch; jitted with `graphdef, config, schedule` bound.
-
-    The order of the official forward: momentum update, keys, loss, then the queue update.
-    """
+    """One step on the global batch; jitted with `graphdef, config, schedule` bound: the two views and
+    the key batch's shuffle are drawn here, the rest is `update`."""
     parts = nnx.merge(graphdef, state)
-    encoder_q, encoder_k, optimizer = parts["encoder_q"], parts["encoder_k"], parts["optimizer"]
     k_views, k_shuffle = jax.random.split(key)
     x_q, x_k = make_views(k_views, batch["image"], config.views)
+    shuffle = jax.random.permutation(k_shuffle, x_k.shape[0])  # [B], the official idx_shuffle
+    metrics = update(parts, x_q, x_k, shuffle, config, schedule)
+    return nnx.state(parts), metrics
+
+
+def update(parts, x_q, x_k, shuffle, config, schedule):
+    """The step after the views, in the order of the official forward: momentum update, keys, loss,
+    SGD, then the queue update. Changes `parts` in place and returns the metrics. x_q, x_k: [B, S, S, 3];
+    shuffle: [B] permutation for shuffling BN. (The reference checker calls it with recorded views.)"""
+    encoder_q, encoder_k, optimizer = parts["encoder_q"], parts["encoder_k"], parts["optimizer"]
     m, groups = config.method.momentum, config.method.bn_groups
 
     theta_k, theta_q = nnx.state(encoder_k, nnx.Param), nnx.state(encoder_q, nnx.Param)
     nnx.update(encoder_k, momentum_update(theta_k, theta_q, m))
-    k = shuffled_keys(encoder_k, x_k, k_shuffle, groups)  # [N, D]
+    k = shuffled_keys(encoder_k, x_k, shuffle, groups)  # [N, D]
     queue = parts["queue"][...]  # [K, D], keys of earlier batches
 
     def loss_fn(encoder_q):
-        q = grouped_forward(encoder_q, x_q, groups)  # [N, D]
+        q = models.grouped_forward(encoder_q, x_q, groups)  # [N, D]
         return moco_loss(q, k, queue, config.method.temperature), q
 
     (loss, q), grads = nnx.value_and_grad(loss_fn, has_aux=True)(encoder_q)
@@ -306,8 +310,7 @@ def train_step(graphdef, config, schedule, state, batch, key):
     q, k = l2_normalize(q), l2_normalize(k)
     acc1 = jnp.mean(jnp.sum(q * k, axis=-1) > jnp.max(q @ queue.T, axis=-1))
     encoders = nnx.state({"encoder_q": encoder_q, "encoder_k": encoder_k}, nnx.Param)
-    metrics = {"loss": loss, "acc1": acc1, "lr": lr, "finite": checkpoint.all_finite(loss, encoders)}
-    return nnx.state(parts), metrics
+    return {"loss": loss, "acc1": acc1, "lr": lr, "finite": checkpoint.all_finite(loss, encoders)}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -348,6 +351,8 @@ def check_config(config):
         problems.append(f"method.momentum={config.method.momentum} must be in [0, 1]")
     if config.optim.epochs <= 0:
         problems.append("optim.epochs must be > 0")
+    if config.optim.lr_schedule not in ("per_epoch", "per_step"):
+        problems.append(f"optim.lr_schedule={config.optim.lr_schedule!r} must be 'per_epoch' or 'per_step'")
     if problems:
         raise ValueError("Bad config: " + "; ".join(problems) + ". Fix it with --config.<field>=<value>.")
 
