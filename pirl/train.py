@@ -22,12 +22,11 @@ release; checked against the authors' implementation in facebookresearch/vissl
     python pirl/train.py --config pirl/config.py --workdir runs/pirl
 
 Augmentations follow VISSL, i.e. torchvision (random resized crops, colour jitter, grayscale, flip) and
-PIL (posterize, sharpness, solarize, autocontrast, as float analogues). The memory bank is REPLICATED
-on every device, as in VISSL: each example scores K rows drawn uniformly from the whole bank, so every
-device needs random access to all of it, and at 128 floats per image even ImageNet's bank (656 MB)
-fits on any accelerator; sharding it would need an all-gather of the bank, or of B x K rows, every
-step. The update after the loss writes the global batch's rows on every device alike. The README's
-benchmark table gives what the default preset reaches, and on which machine.
+PIL (posterize, sharpness, solarize, autocontrast, as float analogues). Batch norm runs per group of
+B / method.bn_groups images (VISSL: per GPU, 32 images). The memory bank is REPLICATED on every device,
+as in VISSL: each example scores K rows drawn from the whole bank, and even ImageNet's (656 MB) fits on
+any accelerator; the update after the loss writes the global batch's rows on every device alike. The
+README's benchmark table gives what the default preset reaches, and on which machine.
 """
 
 import functools
@@ -74,16 +73,18 @@ class PIRL(nnx.Module):
         self.patch_head = nnx.Linear(self.body.num_features, dim, rngs=rngs)
         self.jigsaw_head = nnx.Linear(num_patches * dim, dim, rngs=rngs)
 
-    def embed_image(self, images):
-        """f(v_I): images [B, S, S, 3] -> [B, D]."""
-        return self.image_head(self.body(images))
+    def embed_image(self, images, bn_groups=1):
+        """f(v_I): images [B, S, S, 3] -> [B, D]. Batch norm per group of B / bn_groups images (ghost BN,
+        models.grouped_forward): VISSL's per-GPU batch norm over its 32 images."""
+        return self.image_head(models.grouped_forward(self.body, images, bn_groups))
 
-    def embed_jigsaw(self, patches):
-        """g(v_It): patches [B, n, P, P, 3] -> [B, D]. The body sees the B * n patches as one batch
-        (its own batch-norm statistics, apart from the images', as VISSL's separate forward passes)."""
+    def embed_jigsaw(self, patches, bn_groups=1):
+        """g(v_It): patches [B, n, P, P, 3] -> [B, D]. The body sees the B * n patches as one batch apart
+        from the images (its own batch-norm statistics, as VISSL's separate forward passes), in
+        bn_groups groups of B / bn_groups images' patches (image-major rows: a GPU's 32 x 9 patches)."""
         b, n = patches.shape[:2]
-        h = self.patch_head(self.body(patches.reshape(b * n, *patches.shape[2:])))  # [B * n, D]
-        return self.jigsaw_head(h.reshape(b, -1))  # [B, n * D] -> [B, D]
+        h = models.grouped_forward(self.body, patches.reshape(b * n, *patches.shape[2:]), bn_groups)
+        return self.jigsaw_head(self.patch_head(h).reshape(b, -1))  # [B * n, D] -> [B, n * D] -> [B, D]
 
 
 class Memory(nnx.Variable):
@@ -223,19 +224,12 @@ def pirl_loss(
 
         L = 0.5 L(m_I, g(v_It)) + 0.5 L(m_I, f(v_I))
 
-    Z < 0 means "not yet known": the official code then sets, once, at its first call and from
-    the FIRST output (the patch branch), Z = mean(exp(scores_patch)) * N_mem, freezes it, and uses
-    it for both branches from then on. Here the caller keeps Z in the train state and passes back the
-    returned value. The 'cross_entropy' variant (InfoNCE, label 0 over the K + 1 columns) needs no Z
-    and returns it unchanged.
-
-    The negatives are drawn by the caller, uniformly WITH replacement and separately for each
-    branch; a negative may repeat or equal the positive, as in the official sampler. Column 0 is
-    overwritten with `indices`, as the official sampler does, so a plain uniform draw of shape
-    [B, K + 1] can be passed.
-
-    Written for the global batch: the official code all-gathers the batch means for Z; under jit
-    with sharded inputs, the mean over the global batch does the same.
+    Z < 0 means "not yet known": the official code then sets Z = mean(exp(scores_patch)) * N_mem once,
+    from the FIRST output (the patch branch), and keeps it for both branches; here the caller keeps Z
+    in the train state. 'cross_entropy' (InfoNCE, label 0 over the K + 1 columns) returns Z unchanged.
+    The negatives come from the caller, uniform WITH replacement and per branch (they may repeat or
+    equal the positive, as in the official sampler); column 0 is overwritten with `indices`. For the
+    global batch: the mean for Z over the sharded batch is the official all-gathered mean.
 
     Args (arrays as NumPy or JAX arrays):
         patch_embedding: [B, D] raw embedding g(v_It) of the jigsaw view (official output 0).
@@ -304,10 +298,9 @@ def memory_from_features(config, train_data, graphdef, state, mesh):
     """The bank filled with f(x_i)/|f(x_i)| of every un-augmented training image x_i, by the network
     as it is (batch statistics, as in training), in data-set order (method.memory_init='features').
 
-    VISSL starts the bank random, so during the first epoch every positive is a random row and only
-    the negatives carry signal; this option makes the positives real from the first step, for runs of
-    a few epochs. Returns the state with the new bank; the network itself is not changed. main hands
-    it to the loop with (config, train_data) bound, applied once to a fresh state, never on resume.
+    VISSL starts the bank random (in the first epoch every positive is a random row); this makes the
+    positives real from the first step, for short runs. Returns the state with the new bank, the network
+    unchanged; main hands it to the loop, which applies it once to a fresh state, never on resume.
     """
     mean, std = tuple(config.views.mean), tuple(config.views.std)
     parts = nnx.merge(graphdef, state)
@@ -330,11 +323,19 @@ def memory_from_features(config, train_data, graphdef, state, mesh):
 
 
 def learning_rate_schedule(cfg, batch_size, steps_per_epoch):
-    """lr x B/256 decayed by a cosine to final_lr_fraction of it, no warmup (VISSL: 0.03 per 256
-    images, 0.12 at batch 1024, to 0.00012). VISSL steps it once per epoch; here every step."""
+    """lr(t) = end + 0.5 (peak - end) (1 + cos(pi t / epochs)), peak = lr x B/256, end = final_lr_fraction x
+    peak, no warmup (VISSL: 0.03 per 256 images, 0.12 at 1024, to 0.00012); t the integer epoch for
+    cfg.lr_schedule 'per_epoch' (VISSL update_interval: epoch) or the fractional one for 'per_step'."""
     peak = cfg.lr * batch_size / 256
-    total = max(1, int(cfg.epochs * steps_per_epoch))
-    return optax.cosine_decay_schedule(peak, total, alpha=cfg.final_lr_fraction)
+    end = cfg.final_lr_fraction * peak
+
+    def schedule(step):
+        epoch = step / steps_per_epoch
+        if cfg.lr_schedule == "per_epoch":
+            epoch = jnp.floor(epoch)
+        return end + 0.5 * (peak - end) * (1 + jnp.cos(jnp.pi * jnp.minimum(epoch, cfg.epochs) / cfg.epochs))
+
+    return schedule
 
 
 def make_optimizer(cfg, schedule):
@@ -390,19 +391,11 @@ def train_step(graphdef, config, schedule, state, batch, key):
     memory, Z = bank.memory[...], bank.Z[...]
 
     def loss_fn(model):
-        patch_embedding = model.embed_jigsaw(patches)  # g(v_It) [B, D]
-        image_embedding = model.embed_image(images)  # f(v_I) [B, D]
-        loss, Z_used = pirl_loss(
-            patch_embedding,
-            image_embedding,
-            memory,
-            indices,
-            neg_idx_patch,
-            neg_idx_image,
-            config.method.temperature,
-            Z,
-            config.method.loss_type,
-        )
+        patch_embedding = model.embed_jigsaw(patches, config.method.bn_groups)  # g(v_It) [B, D]
+        image_embedding = model.embed_image(images, config.method.bn_groups)  # f(v_I) [B, D]
+        m = config.method
+        args = (patch_embedding, image_embedding, memory, indices, neg_idx_patch, neg_idx_image)
+        loss, Z_used = pirl_loss(*args, m.temperature, Z, m.loss_type)
         return loss, (Z_used, image_embedding)
 
     (loss, (Z, image_embedding)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
@@ -438,8 +431,11 @@ def get_body(graphdef, state):
 def check_config(config):
     """Fails fast, before any data loading or compiling, on values the method cannot run with."""
     problems = []
-    if config.data.batch_size < 2:
-        problems.append(f"data.batch_size={config.data.batch_size}: batch norm needs at least 2 images")
+    batch, groups = config.data.batch_size, config.method.bn_groups
+    if groups < 1 or batch % groups or batch // groups < 2:  # batch norm needs 2 images per group
+        problems.append(f"data.batch_size={batch} must split into method.bn_groups={groups} groups of >= 2 images")
+    if config.optim.lr_schedule not in ("per_epoch", "per_step"):
+        problems.append(f"optim.lr_schedule={config.optim.lr_schedule!r} must be 'per_epoch' or 'per_step'")
     if config.method.temperature <= 0:
         problems.append(f"method.temperature={config.method.temperature} must be > 0")
     if config.method.loss_type not in ("nce", "cross_entropy"):
