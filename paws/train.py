@@ -1,11 +1,10 @@
 """PAWS: Predicting view Assignments With Support samples.
 
-PAWS is semi-supervised: each step draws an unlabelled batch (two large views per image plus small
-multi-crops) and a small labelled "support" batch, and a soft nearest-neighbour classifier assigns
-every view a distribution over the classes from its similarity to the labelled supports. The
-prediction of a view is trained to match the sharpened prediction of the other large view of the
-same image (a stop-gradient target, so no negatives and no momentum encoder are needed), and a
-mean-entropy-maximisation term keeps the average prediction spread over all classes.
+Semi-supervised: a soft nearest-neighbour classifier gives every view of an unlabelled image (two
+large views, small multi-crops) a distribution over the classes of a labelled "support" batch; each
+view's prediction is trained to match the sharpened prediction of the other large view (a
+stop-gradient target: no negatives, no momentum encoder), and mean-entropy maximisation keeps the
+average prediction spread over all classes.
 
 Loss, for anchor views z (after the prediction head), targets h (before it), supports z_S, h_S with
 label matrix y_S ([S, C]), and rho(p) = p^(1/T) / sum_c p_c^(1/T) (sharpening):
@@ -21,12 +20,11 @@ Checked against facebookresearch/suncet src/losses.py (init_paws_loss) and src/p
     python paws/train.py --config paws/config.py --workdir runs/paws
     python -m common.evaluate --workdir runs/paws --protocol supervised --label_fraction 0.1  # baseline
 
-The labelled fraction (data.label_fraction of the training split, class-balanced, a function of the
-seed) is written to the workdir (labelled.json). Evaluation is the paper's: soft nearest-neighbour
-classification (snn, tau as in training) of the test split against the labelled fraction's
-embeddings, beside the kNN monitor of every method. The baseline is common.evaluate's `supervised`
-protocol: the same body trained from scratch on the same labelled fraction. The README's benchmark
-table gives what the default preset reaches, and on which machine.
+    python -m paws.finetune --workdir runs/paws  # the official fine-tuning (src/fine_tune.py)
+
+The labelled fraction (class-balanced, a function of the seed) is written to labelled.json.
+Evaluation: soft nearest neighbours (snn_eval.py) of the test split against the labelled fraction,
+beside the kNN monitor; the baseline is the same body trained from scratch on the same labels.
 """
 
 import functools
@@ -53,15 +51,28 @@ from common import augment, checkpoint, data, evaluate, loop, models
 # ------------------------------------------------------------------------------------------------
 
 
+def torch_linear(in_dim, out_dim, rngs):
+    """nn.Linear with PyTorch's default init (kept by the official heads): U(+-1/sqrt(in_dim))."""
+    bound = 1.0 / np.sqrt(in_dim)
+    bias_init = lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+    kernel_init = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+    return nnx.Linear(in_dim, out_dim, kernel_init=kernel_init, bias_init=bias_init, rngs=rngs)
+
+
+def torch_batch_norm(dim, bn_momentum, rngs):
+    """BatchNorm1d: eps 1e-5, running variance from the unbiased batch variance, as PyTorch."""
+    return models.BatchNorm(dim, unbiased=True, momentum=bn_momentum, epsilon=1e-5, rngs=rngs)
+
+
 class ProjectionHead(nnx.Module):
     """The official encoder.fc: Linear-BN-ReLU-Linear-BN-ReLU-Linear, hidden width = body width."""
 
     def __init__(self, in_dim, hidden_dim, out_dim, bn_momentum, rngs):
-        self.fc1 = nnx.Linear(in_dim, hidden_dim, rngs=rngs)
-        self.bn1 = nnx.BatchNorm(hidden_dim, momentum=bn_momentum, rngs=rngs)
-        self.fc2 = nnx.Linear(hidden_dim, hidden_dim, rngs=rngs)
-        self.bn2 = nnx.BatchNorm(hidden_dim, momentum=bn_momentum, rngs=rngs)
-        self.fc3 = nnx.Linear(hidden_dim, out_dim, rngs=rngs)
+        self.fc1 = torch_linear(in_dim, hidden_dim, rngs)
+        self.bn1 = torch_batch_norm(hidden_dim, bn_momentum, rngs)
+        self.fc2 = torch_linear(hidden_dim, hidden_dim, rngs)
+        self.bn2 = torch_batch_norm(hidden_dim, bn_momentum, rngs)
+        self.fc3 = torch_linear(hidden_dim, out_dim, rngs)
 
     def __call__(self, x):
         x = jax.nn.relu(self.bn1(self.fc1(x)))
@@ -72,10 +83,10 @@ class PredictionHead(nnx.Module):
     """The official encoder.pred (ImageNet only): BN-Linear-BN-ReLU-Linear with a bottleneck."""
 
     def __init__(self, dim, hidden_dim, bn_momentum, rngs):
-        self.bn1 = nnx.BatchNorm(dim, momentum=bn_momentum, rngs=rngs)
-        self.fc1 = nnx.Linear(dim, hidden_dim, rngs=rngs)
-        self.bn2 = nnx.BatchNorm(hidden_dim, momentum=bn_momentum, rngs=rngs)
-        self.fc2 = nnx.Linear(hidden_dim, dim, rngs=rngs)
+        self.bn1 = torch_batch_norm(dim, bn_momentum, rngs)
+        self.fc1 = torch_linear(dim, hidden_dim, rngs)
+        self.bn2 = torch_batch_norm(hidden_dim, bn_momentum, rngs)
+        self.fc2 = torch_linear(hidden_dim, dim, rngs)
 
     def __call__(self, h):
         return self.fc2(jax.nn.relu(self.bn2(self.fc1(self.bn1(h)))))
@@ -85,15 +96,16 @@ class PAWS(nnx.Module):
     """x -> (h, z): h = head(body(x)) is the target representation, z = pred(h) the anchor one
     (z = h without a prediction head, as the official code's CIFAR-10 setting)."""
 
-    def __init__(self, config, rngs):
+    def __init__(self, config, rngs, body=None):
         m = config.model
-        self.body = models.create_body(
-            m.name, stem=m.stem, img_size=config.views.crop_size, bn_momentum=m.bn_momentum, rngs=rngs
-        )
+        if body is None:  # the config's body (a reference check passes its own small one)
+            body = models.create_body(
+                m.name, stem=m.stem, img_size=config.views.crop_size, bn_momentum=m.bn_momentum, rngs=rngs
+            )
+        self.body = body
         self.head = ProjectionHead(self.body.num_features, m.proj_hidden_dim, m.proj_dim, m.bn_momentum, rngs)
-        self.pred = None
-        if m.pred_hidden_dim:
-            self.pred = PredictionHead(m.proj_dim, m.pred_hidden_dim, m.bn_momentum, rngs)
+        has_pred = bool(m.pred_hidden_dim)
+        self.pred = PredictionHead(m.proj_dim, m.pred_hidden_dim, m.bn_momentum, rngs) if has_pred else None
 
     def __call__(self, x):
         h = self.head(self.body(x))
@@ -101,11 +113,8 @@ class PAWS(nnx.Module):
 
 
 class LabelledSet(nnx.Module):
-    """The labelled fraction, sorted by class: the pool every support batch is drawn from.
-
-    It never changes, but it lives in the state so that the step stays a pure function of
-    (state, batch, key) that draws its own supports, and so that a checkpoint records the subset.
-    """
+    """The labelled fraction, sorted by class: the pool of the support batches. Constant, but in
+    the state so that the step is a pure function of (state, batch, key) and a checkpoint records it."""
 
     def __init__(self, images, indices):
         self.images = nnx.Variable(jnp.asarray(images))  # uint8 [C, n, H, W, 3], n per class
@@ -159,15 +168,10 @@ def make_support_views(key, images, cfg):
 
 
 def sample_supports(key, pool, classes_per_batch, s_per_class):
-    """A class-balanced support batch from the class-sorted pool uint8 [C, n, H, W, 3].
-
-    As the official ClassStratifiedSampler: `classes_per_batch` distinct classes, `s_per_class`
-    distinct images of each, laid out as [a, b, c, a, b, c, ...] so that row j is of the j-th
-    sampled class modulo classes_per_batch (the layout `labels_matrix` assumes).
-
-    Returns:
-        images uint8 [s_per_class * classes_per_batch, H, W, 3], classes int32 [same] (true labels).
-    """
+    """A support batch from the class-sorted pool uint8 [C, n, H, W, 3], as the official
+    ClassStratifiedSampler: `classes_per_batch` distinct classes, `s_per_class` distinct images of
+    each, rows [a, b, c, a, b, c, ...] (the layout `labels_matrix` assumes). Returns images uint8
+    [s_per_class * classes_per_batch, H, W, 3] and their true classes int32."""
     k_classes, k_images = jax.random.split(key)
     num_classes, per_class = pool.shape[:2]
     classes = jax.random.permutation(k_classes, num_classes)[:classes_per_batch]  # [c]
@@ -196,33 +200,14 @@ def l2_normalize(x, axis=-1, epsilon=1e-12):
 
 
 def sharpen(p, T):
-    """Sharpening rho(p)_c = p_c^(1/T) / sum_c' p_c'^(1/T) (paper Sec. 3); T < 1 lowers the entropy.
-
-    Args:
-        p: [N, C] class probabilities.
-        T: sharpening temperature (paper 0.25).
-
-    Returns:
-        [N, C] sharpened probabilities; rows sum to 1.
-    """
+    """Sharpening rho(p)_c = p_c^(1/T) / sum_c' p_c'^(1/T) of p [N, C] (paper Sec. 3; T 0.25)."""
     sharp_p = p ** (1.0 / T)
     return sharp_p / jnp.sum(sharp_p, axis=1, keepdims=True)
 
 
 def snn(query, supports, support_labels, tau):
-    """Soft nearest-neighbour classifier pi (paper Sec. 3).
-
-        pi(q) = softmax_s(<q/|q|, x_s/|x_s|> / tau) @ y_S
-
-    Args:
-        query: [N, d] embeddings to classify (raw; normalised here).
-        supports: [S, d] embeddings of the labelled support samples (raw).
-        support_labels: [S, C] (label-smoothed) one-hot labels of the supports.
-        tau: cosine-similarity temperature (paper 0.1).
-
-    Returns:
-        [N, C] class probabilities.
-    """
+    """Soft nearest neighbours pi(q) = softmax_s(<q/|q|, x_s/|x_s|> / tau) @ y_S (paper Sec. 3):
+    query [N, d], supports [S, d] (raw), support_labels [S, C] -> class probabilities [N, C]."""
     similarity = l2_normalize(query) @ l2_normalize(supports).T  # [N, S]
     return jax.nn.softmax(similarity / tau, axis=1) @ support_labels
 
@@ -251,24 +236,9 @@ def paws_loss(
         me_max_reg = sum_c pbar_c log pbar_c   (= -H(pbar); pbar = mean_i sharpen(p_i), all anchor
                                                 rows, multi-crops included); 0 if not me_max
 
-    The training objective is loss + me_max_reg. Written for the global batch: the mean over the
-    anchors is the official AllReduce of pbar.
-
-    Args:
-        anchor_views: [(2 + multicrop) * B, d] anchor (after-head) embeddings, crop-major: view 1
-            [0:B], view 2 [B:2B], then the multi-crops.
-        anchor_supports: [S, d] anchor embeddings of the support samples.
-        anchor_support_labels: [S, C] support labels.
-        target_views: [2B, d] target (before-head) embeddings, swapped: rows [0:B] are view 2.
-        target_supports: [S, d] target embeddings of the supports.
-        target_support_labels: [S, C] support labels (the same matrix as anchor_support_labels).
-        tau: snn temperature (paper 0.1).
-        T: sharpening temperature (paper 0.25).
-        me_max: Python bool, add the mean-entropy-maximisation regulariser (paper True).
-        multicrop: Python int, number of small views per image (paper 6).
-
-    Returns:
-        (loss, me_max_reg): two scalars.
+    Objective: loss + me_max_reg, over the global batch (the mean is the official AllReduce of pbar).
+    Shapes: anchor_views [(2 + multicrop) B, d] (after the head; view 1, view 2, multi-crops),
+    target_views [2B, d] (before it), *_supports [S, d], *_labels [S, C]; me_max, multicrop static.
     """
     batch_size = anchor_views.shape[0] // (2 + multicrop)
     probs = snn(anchor_views, anchor_supports, anchor_support_labels, tau)  # [(2+mc)B, C]
@@ -306,12 +276,39 @@ def learning_rate_schedule(cfg, steps_per_epoch):
     return optax.warmup_cosine_decay_schedule(cfg.start_lr, cfg.lr, warmup, total, end_value=cfg.final_lr)
 
 
+def lars_adapted(path):
+    """The official init_opt's groups by PyTorch NAME: weight decay and LARS where the name has
+    neither 'bias' nor 'bn': conv and Linear kernels, and the downsample batch norm's gamma (named
+    layerX.0.downsample.1.weight there); nothing else. `path`: a key path in this project's model."""
+    names = [str(getattr(k, "key", k)) for k in path if not isinstance(k, jax.tree_util.GetAttrKey)]
+    return names[-1] == "kernel" or names[-2:] == ["downsample_bn", "scale"]
+
+
+def lars_scaling(weight_decay, trust_coefficient, eps=1e-8):
+    """The official src/lars.py step, before the wrapped SGD: for an adapted parameter p with
+    gradient g, g <- (g + wd p) * eta |p| / (|g| + wd |p| + eps), and g unchanged (no decay either)
+    when |p| or |g| is 0; the excluded parameters keep their raw gradient (weight decay 0)."""
+
+    def one(path, g, p):
+        if not lars_adapted(path):
+            return g
+        p_norm, g_norm = jnp.sqrt(jnp.sum(p * p)), jnp.sqrt(jnp.sum(g * g))
+        ratio = trust_coefficient * p_norm / (g_norm + weight_decay * p_norm + eps)
+        return jnp.where((p_norm > 0) & (g_norm > 0), (g + weight_decay * p) * ratio, g)
+
+    update = lambda grads, state, params: (jax.tree_util.tree_map_with_path(one, grads, params), state)
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(cfg, schedule):
-    """LARS; weight decay and trust-ratio adaptation skip biases and batch-norm parameters (ndim 1)."""
-    is_kernel = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-    decay = dict(weight_decay=cfg.weight_decay, weight_decay_mask=is_kernel)
-    trust = dict(trust_coefficient=cfg.trust_coefficient, trust_ratio_mask=is_kernel)
-    return optax.lars(schedule, **decay, **trust, momentum=cfg.momentum)
+    """LARS around SGD as the official code: the LARS-scaled gradient d, then buf = m buf - lr d and
+    p += buf (src/sgd.py keeps the learning rate inside the momentum buffer; no Nesterov)."""
+    return optax.chain(
+        lars_scaling(cfg.weight_decay, cfg.trust_coefficient),
+        optax.scale_by_learning_rate(schedule),
+        optax.trace(decay=cfg.momentum),
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -343,13 +340,9 @@ def state_inputs(config, train_data):
 
 
 def create_state(config, steps_per_epoch, labelled=None):
-    """Everything that changes during training, and the step that changes it.
-
-    Returns (graphdef, state, step_fn): the parts {model, optimizer, labelled} split into a static
-    graph and a pytree of arrays, and step_fn(state, batch, key) -> (state, metrics), pure, for
-    jax.jit. `labelled` is state_inputs' labelled fraction; without it the state has no labelled
-    part (enough to restore the model for evaluation) and the step cannot run.
-    """
+    """(graphdef, state, step_fn): the parts {model, optimizer, labelled} split into a graph and a
+    pytree, and the pure step_fn(state, batch, key) -> (state, metrics). Without `labelled`
+    (state_inputs' pool) the state has no labelled part: enough to restore the model for evaluation."""
     model = PAWS(config, nnx.Rngs(config.seed))
     schedule = learning_rate_schedule(config.optim, steps_per_epoch)
     optimizer = nnx.Optimizer(model, make_optimizer(config.optim, schedule), wrt=nnx.Param)
@@ -365,43 +358,52 @@ def create_state(config, steps_per_epoch, labelled=None):
 # ------------------------------------------------------------------------------------------------
 
 
+def objective(model, x_s, x_g, x_l, config):
+    """The official train_step's loss on supports x_s [V * S, ...], large views x_g [2, B, ...] and
+    multi-crops x_l [local, B, ...] (or None) -> (loss, {xent, me_max_reg, h, z}), h, z in its row order."""
+    m = config.method
+    b, num_support = x_g.shape[1], x_s.shape[0]
+    y_s = labels_matrix(m.classes_per_batch, m.s_per_class, m.label_smoothing)  # [S, c]
+    y_s = jnp.tile(y_s, (config.views.supervised_views, 1))  # [V * S, c]
+    # As the official forward: supports and the two large views in one pass (one set of
+    # batch-norm statistics), the smaller multi-crops in a second one.
+    h, z = model(jnp.concatenate([x_s, x_g.reshape(2 * b, *x_g.shape[2:])]))
+    if x_l is not None:
+        h_l, z_l = model(x_l.reshape(-1, *x_l.shape[2:]))
+        h, z = jnp.concatenate([h, h_l]), jnp.concatenate([z, z_l])
+    # Stop-gradient on every target (official .detach()); the swap makes row i of the targets the
+    # OTHER large view of anchor row i.
+    target = jax.lax.stop_gradient(h)
+    target_views = jnp.concatenate(
+        [target[num_support + b : num_support + 2 * b], target[num_support : num_support + b]]
+    )
+    anchors, local = (z[num_support:], z[:num_support], y_s), config.views.local_crops_number
+    xent, me_max_reg = paws_loss(*anchors, target_views, target[:num_support], y_s, m.tau, m.T, m.me_max, local)
+    return xent + me_max_reg, {"xent": xent, "me_max_reg": me_max_reg, "h": h, "z": z}
+
+
+def update(graphdef, config, schedule, state, x_s, x_g, x_l):
+    """The step after the views (train_step's sampled ones, or a reference case's): loss, LARS update."""
+    parts = nnx.merge(graphdef, state)
+    model, optimizer = parts["model"], parts["optimizer"]
+    (loss, aux), grads = nnx.value_and_grad(objective, has_aux=True)(model, x_s, x_g, x_l, config)
+    lr = schedule(optimizer.step[...])
+    optimizer.update(model, grads)
+    metrics = {"loss": loss, "xent": aux["xent"], "me_max_reg": aux["me_max_reg"], "lr": lr}
+    metrics["finite"] = checkpoint.all_finite(loss, nnx.state(model, nnx.Param))
+    return nnx.state(parts), metrics
+
+
 def train_step(graphdef, config, schedule, state, batch, key):
     """One step on the global batch; jitted with `graphdef, config, schedule` bound."""
-    parts = nnx.merge(graphdef, state)
-    model, optimizer, labelled = parts["model"], parts["optimizer"], parts["labelled"]
+    labelled = nnx.merge(graphdef, state)["labelled"]
     m = config.method
     k_views, k_supports, k_support_views = jax.random.split(key, 3)
     # Supports: a new class-balanced draw each step, a pure function of (seed, step) through `key`.
     support_images, _ = sample_supports(k_supports, labelled.images[...], m.classes_per_batch, m.s_per_class)
     x_s = make_support_views(k_support_views, support_images, config.views)  # [V * S, ...]
     x_g, x_l = make_views(k_views, batch["image"], config.views)  # [2, B, ...], [local, B, ...]
-    b, num_support = x_g.shape[1], x_s.shape[0]
-    y_s = labels_matrix(m.classes_per_batch, m.s_per_class, m.label_smoothing)  # [S, c]
-    y_s = jnp.tile(y_s, (config.views.supervised_views, 1))  # [V * S, c]
-
-    def loss_fn(model):
-        # As the official forward: supports and the two large views in one pass (one set of
-        # batch-norm statistics), the smaller multi-crops in a second one.
-        h, z = model(jnp.concatenate([x_s, x_g.reshape(2 * b, *x_g.shape[2:])]))
-        anchor_views = z[num_support:]  # [2B, d]
-        if x_l is not None:
-            _, z_l = model(x_l.reshape(-1, *x_l.shape[2:]))
-            anchor_views = jnp.concatenate([anchor_views, z_l])  # [(2 + local)B, d]
-        # Stop-gradient on every target (official .detach()); the swap makes row i of the
-        # targets the OTHER large view of anchor row i.
-        h = jax.lax.stop_gradient(h)
-        target_views = jnp.concatenate([h[num_support + b :], h[num_support : num_support + b]])
-        z_s, h_s = z[:num_support], h[:num_support]  # the supports' anchor and target embeddings
-        local = config.views.local_crops_number
-        xent, me_max_reg = paws_loss(anchor_views, z_s, y_s, target_views, h_s, y_s, m.tau, m.T, m.me_max, local)
-        return xent + me_max_reg, (xent, me_max_reg)
-
-    (loss, (xent, me_max_reg)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-    lr = schedule(optimizer.step[...])
-    optimizer.update(model, grads)
-    metrics = {"loss": loss, "xent": xent, "me_max_reg": me_max_reg, "lr": lr}
-    metrics["finite"] = checkpoint.all_finite(loss, nnx.state(model, nnx.Param))
-    return nnx.state(parts), metrics
+    return update(graphdef, config, schedule, state, x_s, x_g, x_l)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -410,8 +412,7 @@ def train_step(graphdef, config, schedule, state, batch, key):
 
 
 def get_body(graphdef, state):
-    """The representation f(.) that evaluation uses, as a fresh module in eval mode (a copy: switching
-    it to eval leaves the training graph untouched)."""
+    """The representation f(.) that evaluation uses: a fresh copy of the body, in eval mode."""
     body = nnx.merge(graphdef, state)["model"].body
     body.eval()
     return body
@@ -423,17 +424,21 @@ def predict(model, images, mean, std):
     return model(augment.normalize(augment.to_float(images), mean, std))[1]
 
 
-def semi_supervised_eval(graphdef, state, config, labelled_data, test_data, mesh, chunk=1000):
-    """Top-1 (%) on test_data: snn of the test embeddings z against the labelled fraction's, with
-    one-hot labels and the training tau (as the official snn_eval.py)."""
+def snn_classify(query_z, support_z, support_y, num_classes, tau, chunk=1000):
+    """snn_eval.py's classifier: query_z [N, d] vs support_z [S, d] with one-hot labels -> [N, C]."""
+    support_labels = jax.nn.one_hot(support_y, num_classes)
+    classify = jax.jit(lambda z: snn(z, support_z, support_labels, tau))
+    return np.concatenate([classify(query_z[i : i + chunk]) for i in range(0, len(query_z), chunk)])
+
+
+def semi_supervised_eval(graphdef, state, config, labelled_data, test_data, mesh):
+    """Top-1 (%) of snn_classify on test_data's z (eval mode) against the labelled fraction's (tau as trained)."""
     model = nnx.merge(graphdef, state)["model"]
     model.eval()
     predict_fn = lambda images: predict(model, images, tuple(config.views.mean), tuple(config.views.std))
     test_z, test_y = evaluate.extract_features(predict_fn, test_data, config.eval.batch_size, mesh)
     support_z, support_y = evaluate.extract_features(predict_fn, labelled_data, config.eval.batch_size, mesh)
-    support_labels = jax.nn.one_hot(support_y, labelled_data.num_classes)
-    classify = jax.jit(lambda z: snn(z, support_z, support_labels, config.method.tau))
-    probs = np.concatenate([classify(test_z[i : i + chunk]) for i in range(0, len(test_z), chunk)])
+    probs = snn_classify(test_z, support_z, support_y, labelled_data.num_classes, config.method.tau)
     return 100.0 * float(np.mean(np.argmax(probs, axis=1) == test_y))
 
 
@@ -451,22 +456,18 @@ def scores(config, labelled_data, graphdef, state, knn_train, knn_test, mesh):
 def check_config(config):
     """Fails fast, before any data loading or compiling, on values the method cannot run with."""
     m, v, o = config.method, config.views, config.optim
-    problems = []
-    if not 0 < config.data.label_fraction <= 1:
-        problems.append(f"data.label_fraction={config.data.label_fraction} must lie in (0, 1]")
-    if m.tau <= 0 or m.T <= 0:
-        problems.append(f"method.tau={m.tau} and method.T={m.T} must be > 0")
-    if m.classes_per_batch < 2 or m.s_per_class < 1 or v.supervised_views < 1:
-        problems.append(
-            "method.classes_per_batch >= 2, method.s_per_class >= 1 and "
-            "views.supervised_views >= 1 are needed for a support batch"
-        )
-    if not 0 <= m.label_smoothing < 1:
-        problems.append(f"method.label_smoothing={m.label_smoothing} must lie in [0, 1)")
-    if v.local_crops_number < 0:
-        problems.append(f"views.local_crops_number={v.local_crops_number} must be >= 0")
-    if o.epochs <= 0 or o.warmup_epochs < 0:
-        problems.append("optim.epochs must be > 0 and optim.warmup_epochs >= 0")
+    checks = [
+        (0 < config.data.label_fraction <= 1, f"data.label_fraction={config.data.label_fraction} must lie in (0, 1]"),
+        (m.tau > 0 and m.T > 0, f"method.tau={m.tau} and method.T={m.T} must be > 0"),
+        (
+            m.classes_per_batch >= 2 and m.s_per_class >= 1 and v.supervised_views >= 1,
+            "method.classes_per_batch >= 2, method.s_per_class >= 1 and views.supervised_views >= 1 are needed",
+        ),
+        (0 <= m.label_smoothing < 1, f"method.label_smoothing={m.label_smoothing} must lie in [0, 1)"),
+        (v.local_crops_number >= 0, f"views.local_crops_number={v.local_crops_number} must be >= 0"),
+        (o.epochs > 0 and o.warmup_epochs >= 0, "optim.epochs must be > 0 and optim.warmup_epochs >= 0"),
+    ]
+    problems = [message for ok, message in checks if not ok]
     if problems:
         raise ValueError("Bad config: " + "; ".join(problems) + ". Fix it with --config.<field>=<value>.")
 
