@@ -29,9 +29,11 @@ and results.json, so `common.evaluate` and fine-tuning take the workdir like a t
 
 import collections
 import io
+import json
 import os
 import pickle
 import re
+import sys
 import zipfile
 
 import jax.numpy as jnp
@@ -639,7 +641,9 @@ def heads_to_nnx(fmt, heads):
             if f"mlp.{i + 1}.running_mean" in h:  # use_bn_in_head: BatchNorm1d after each hidden Linear
                 flat.update(batch_norm(h, f"mlp.{i + 1}", (f"bn{n + 1}",)))
         flat[("last_layer", "v")] = linear_kernel(h["last_layer.weight_v"])
-        flat[("last_layer", "g")] = np.asarray(h["last_layer.weight_g"]).reshape(-1)
+        g = np.asarray(h["last_layer.weight_g"]).reshape(-1)  # [out, 1] -> [out]
+        if not np.all(g == 1):  # norm_last_layer fixes g at 1: the project's layer then has no g
+            flat[("last_layer", "g")] = g
         out["head"] = flat
     if fmt == "paws":
         if "fc" in heads:
@@ -907,3 +911,183 @@ def byol_haiku(ck, path="checkpoint"):
         )
         out["other"] = {"body": t_body, "heads": t_heads}
     return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# The command line: an official checkpoint -> a workdir that common.evaluate and train.py accept
+# ---------------------------------------------------------------------------------------------------
+
+# The input normalisation each official release was trained with (torch / Haiku: ImageNet's mean and
+# std; SimCLR's TensorFlow pipeline: none, images in [0, 1]).
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+NORMALISATION = {fmt: (IMAGENET_MEAN, IMAGENET_STD) for fmt in FORMATS} | {"simclr_tf2": ((0.0,) * 3, (1.0,) * 3)}
+# Where the second network of a checkpoint goes: state paths containing one of these names.
+OTHER_NETWORK = {"moco": ("encoder_k",), "dino": ("student",), "byol": ("target",)}
+
+
+def converted_networks(path, fmt):
+    """read_checkpoint plus the NNX layouts: {'body': flat, 'arch', 'heads': {name: flat}, 'other': ...}."""
+    raw = read_checkpoint(path, fmt)
+    if fmt in ("simclr_tf2", "byol"):
+        return raw
+    out = {}
+    for name, net in (("main", raw), ("other", raw.get("other"))):
+        if net is None:
+            continue
+        flat, arch = body_to_nnx(net["body"])
+        out[name] = {"body": flat, "arch": arch, "heads": heads_to_nnx(fmt, net.get("heads", {}))}
+    result = out["main"]
+    if "other" in out:
+        result["other"] = out["other"]
+    return result
+
+
+def _bodies(parts):
+    """[(path, module)] of every ResNet / VisionTransformer in the method's parts."""
+    from common import models
+
+    return [
+        (path, node)
+        for path, node in nnx.iter_graph(parts)
+        if isinstance(node, (models.ResNet, models.VisionTransformer))
+    ]
+
+
+def _module_at(root, path):
+    node = root
+    for key in path:
+        node = node[key] if isinstance(node, (dict, list, nnx.List)) else getattr(node, key, None)
+        if node is None:
+            return None
+    return node
+
+
+def write_networks(parts, converted, fmt, log=print):
+    """Writes the converted body into every body of the method's parts (the second network's, where the
+    checkpoint has one, into the matching body: MoCo's encoder_k, DINO's student, BYOL's target) and
+    each head into the module of that name beside its body (MoCo's fc1/fc2 into the encoder itself).
+    Bodies must fit exactly (else ValueError naming what differs); a head that does not fit the
+    config's head is skipped with a note. Returns {'bodies': [...], 'heads': [...], 'skipped': [...]}."""
+    report = {"bodies": [], "heads": [], "skipped": []}
+    bodies = _bodies(parts)
+    if not bodies:
+        raise ValueError("the method's state has no ResNet or VisionTransformer body to write into")
+    for path, body in bodies:
+        name = "/".join(map(str, path))
+        is_other = "other" in converted and any(n in map(str, path) for n in OTHER_NETWORK.get(fmt, ()))
+        net = converted["other"] if is_other else converted
+        try:
+            assign(body, net["body"], strict=True, what=f"{fmt} checkpoint's body")
+        except ValueError as e:
+            arch = {k: v for k, v in net["arch"].items() if k != "kind"}
+            raise ValueError(
+                f"{e}. The checkpoint's body is a {net['arch']['kind']} {arch}: choose a config whose "
+                f"model builds it (e.g. the method's :imagenet preset), overriding --config.model.* if needed."
+            ) from None
+        report["bodies"].append(name)
+        for head, flat in net.get("heads", {}).items():
+            here = () if (fmt, head) == ("moco", "fc") else (head,)
+            targets = [path[:-1] + here, path[:-2] + here] if len(path) > 1 else [here]
+            target = next((t for t in targets if t and _module_at(parts, t) is not None), None)
+            where = "/".join(map(str, target)) if target else None
+            module = _module_at(parts, target) if target else (parts if not here else None)
+            if module is None or isinstance(module, dict):
+                report["skipped"].append(f"{head} (no module {head!r} beside {name})")
+                continue
+            try:
+                assign(module, flat, strict=False, what=f"{fmt} checkpoint's {head}")
+                report["heads"].append(f"{head} -> {where}")
+            except ValueError as e:
+                report["skipped"].append(f"{head} -> {where} ({e})")
+    for line in report["skipped"]:
+        log(f"convert: head not written: {line}")
+    return report
+
+
+def _method_module(config_path):
+    """(name, module path) of the method whose config file is `config_path` ('moco/config.py' ->
+    ('moco', 'moco.train')), importable from the monorepo root."""
+    import importlib
+    import pathlib
+
+    path = pathlib.Path(config_path.split(":")[0]).resolve()
+    root = path.parent
+    while not (root / "WORKSPACE").exists() and root != root.parent:
+        root = root.parent
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    module = ".".join(path.parent.relative_to(root).parts + ("train",))
+    return path.parent.name, module, importlib.import_module(module)
+
+
+def convert_to_workdir(src, fmt, workdir, config, config_path, log=print):
+    """The whole command: src (an official checkpoint) -> workdir with checkpoints/, config.json and
+    results.json, as a training run of the config's method would leave them. Returns results.json's dict."""
+    from common import checkpoint
+
+    name, module_name, module = _method_module(config_path)
+    converted = converted_networks(src, fmt)
+    mean, std = NORMALISATION[fmt]
+    if tuple(config.views.mean) != mean or tuple(config.views.std) != std:
+        log(f"convert: views.mean/std set to {mean} / {std}, the normalisation the official {fmt} weights expect")
+    with config.unlocked():
+        config.views.mean, config.views.std = mean, std
+    graphdef, state, _ = module.create_state(config, 1)
+    parts = nnx.merge(graphdef, state)
+    report = write_networks(parts, converted, fmt, log)
+    os.makedirs(workdir, exist_ok=True)
+    if os.path.isdir(os.path.join(workdir, "checkpoints")) and os.listdir(os.path.join(workdir, "checkpoints")):
+        raise FileExistsError(f"{workdir}/checkpoints already holds checkpoints; convert into a new --workdir")
+    ckpt = checkpoint.Checkpointer(workdir, config=config)
+    ckpt.save(1, nnx.state(parts))  # step 1: evaluation refuses a workdir without a trained step
+    ckpt.close()
+    checkpoint.write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+    results = {
+        "method": name,
+        "module": module_name,
+        "converted_from": os.path.abspath(src),
+        "format": fmt,
+        "architecture": {k: (list(v) if isinstance(v, tuple) else v) for k, v in converted["arch"].items()},
+        "bodies_written": report["bodies"],
+        "heads_written": report["heads"],
+        "heads_skipped": report["skipped"],
+        "step": 1,
+        "wall_time_s": 0.0,
+    }
+    checkpoint.write_json(os.path.join(workdir, "results.json"), results)
+    log(
+        f"convert: {src} ({fmt}) -> {workdir}: body into {', '.join(report['bodies'])}"
+        + (f"; heads {', '.join(report['heads'])}" if report["heads"] else "")
+        + f". Evaluate with: python -m common.evaluate --workdir {workdir} --protocol knn"
+    )
+    return results
+
+
+def main():
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config = config_flags.DEFINE_config_file("config", None, "The method's config, e.g. moco/config.py:imagenet.")
+    fmt = flags.DEFINE_enum("format", None, FORMATS, "The official checkpoint's format.")
+    workdir = flags.DEFINE_string("workdir", None, "A new workdir for the converted run.")
+    flags.mark_flags_as_required(["config", "format", "workdir"])
+
+    def run(argv):
+        from common import loop
+
+        if not (flags.FLAGS["verbosity"].present and flags.FLAGS.verbosity >= 1):
+            loop.quiet()
+        if len(argv) != 2:
+            raise app.UsageError(
+                "usage: python -m common.convert SRC --format FMT --workdir W --config M/config.py[:preset]"
+            )
+        try:
+            convert_to_workdir(argv[1], fmt.value, workdir.value, config.value, flags.FLAGS["config"].config_filename)
+        except (CheckpointError, ValueError, FileNotFoundError, FileExistsError) as e:
+            sys.exit(f"convert: {type(e).__name__}: {e}")
+
+    app.run(run)
+
+
+if __name__ == "__main__":
+    main()

@@ -460,6 +460,24 @@ def write_torch_zip(path, obj, root=None, skip_storage=None):
         z.writestr(f"{root}/version", "3\n")
 
 
+def write_torch_legacy(path, obj, truncate=0):
+    """`obj` saved in torch's pre-1.6 format (magic number, protocol, system info, the object with
+    storages as persistent ids, the storage keys, then each storage's 8-byte count and raw bytes).
+    truncate: drop that many bytes from the end (a damaged file, for the tests)."""
+    import io
+
+    buffer, storages = io.BytesIO(), []
+    for header in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True}):
+        pickle.dump(header, buffer, protocol=2)
+    CraftingPickler(buffer, storages).dump(obj)
+    pickle.dump([str(i) for i in range(len(storages))], buffer, protocol=2)
+    for storage in storages:
+        buffer.write(storage.data.size.to_bytes(8, "little") + storage.data.tobytes())
+    data = buffer.getvalue()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) - truncate])
+
+
 def haiku_pickle(layout, path):
     """A BYOL pretrain.pkl as `Checkpointer.maybe_save_checkpoint` writes it (dill protocol 2: the
     experiment-state namedtuple as NEWOBJ of its class, numpy leaves), values by the weight formula."""
