@@ -351,13 +351,11 @@ def run_step_checkpoint(entry, path):
         results.append(exact("dino_loss/center", ck["dino_loss"]["center"], final["dino_loss/center"]))
         converted = convert.read_checkpoint(path, "dino")
         heads = convert.heads_to_nnx("dino", converted["heads"])
-        results.append(
-            exact(
-                "head last_layer g [K]",
-                heads["head"][("last_layer", "g")],
-                final["teacher/head.last_layer.weight_g"].reshape(-1),
-            )
-        )
+        g = final["teacher/head.last_layer.weight_g"].reshape(-1)
+        # norm_last_layer: g is fixed at 1 and the project's layer has none, so the converter leaves it out.
+        results.append(exact("head last_layer g [K]", heads["head"].get(("last_layer", "g"), np.ones_like(g)), g))
+        v = final["teacher/head.last_layer.weight_v"]
+        results.append(exact("head last_layer v [in, out] = weight_v.T", heads["head"][("last_layer", "v")], v.T))
         results.append(
             ("args (argparse.Namespace) read as a plain dict", float(isinstance(ck["args"], dict)), 1.0, 0, 0)
         )
