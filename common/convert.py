@@ -1030,11 +1030,22 @@ def convert_to_workdir(src, fmt, workdir, config, config_path, log=print):
     mean, std = NORMALISATION[fmt]
     if tuple(config.views.mean) != mean or tuple(config.views.std) != std:
         log(f"convert: views.mean/std set to {mean} / {std}, the normalisation the official {fmt} weights expect")
+    padding = converted["arch"].get("padding", "torch")
     with config.unlocked():
         config.views.mean, config.views.std = mean, std
+        if "padding" in config.model:  # the body's 'SAME' padding where the official framework has it
+            config.model.padding = padding
     graphdef, state, _ = module.create_state(config, 1)
     parts = nnx.merge(graphdef, state)
     report = write_networks(parts, converted, fmt, log)
+    warning = None
+    if padding != "torch" and "padding" not in config.model:
+        warning = (
+            f"the official {fmt} body pads like TensorFlow/Haiku ('SAME'), but {name}'s config has no "
+            "model.padding: the converted body pads like PyTorch, and its features differ from the official ones "
+            "(SimCLR's max-pool: by up to 1.2 on values ~10)"
+        )
+        log(f"convert: WARNING: {warning}")
     os.makedirs(workdir, exist_ok=True)
     if os.path.isdir(os.path.join(workdir, "checkpoints")) and os.listdir(os.path.join(workdir, "checkpoints")):
         raise FileExistsError(f"{workdir}/checkpoints already holds checkpoints; convert into a new --workdir")
@@ -1051,6 +1062,7 @@ def convert_to_workdir(src, fmt, workdir, config, config_path, log=print):
         "bodies_written": report["bodies"],
         "heads_written": report["heads"],
         "heads_skipped": report["skipped"],
+        **({"warning": warning} if warning else {}),
         "step": 1,
         "wall_time_s": 0.0,
     }
