@@ -82,13 +82,19 @@ def test_prepare_is_idempotent(data_dir):
 
 
 def test_image_size_resizes_the_default(data_dir):
-    ds = data.load(config(data_dir=data_dir, image_size=32), "test")
+    raw = raw_idx("t10k-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)[7]
+    # fit 'centre' resizes the 28 px image to the 32 px canvas.
+    ds = data.load(config(data_dir=data_dir, image_size=32, fit="centre"), "test")
     assert ds.image_shape == (32, 32, 3)
     got = ds.get([7])["image"][0]
-    raw = raw_idx("t10k-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)[7]
     want = np.asarray(Image.fromarray(raw).resize((32, 32), Image.BILINEAR))
     for c in range(3):
         np.testing.assert_array_equal(got[..., c], want)
+    # fit 'whole' never upsamples: the image at the top-left of the canvas, extent (28, 28).
+    batch = data.load(config(data_dir=data_dir, image_size=32), "test").get([7])
+    np.testing.assert_array_equal(batch["extent"], [[28, 28]])
+    np.testing.assert_array_equal(batch["image"][0, :28, :28, 0], raw)
+    assert not batch["image"][0, 28:].any() and not batch["image"][0, :, 28:].any()
 
 
 def test_missing_debian_files_say_how_to_install(tmp_path, monkeypatch):
@@ -265,23 +271,58 @@ def test_labelled_folder(tmp_path):
 
 
 def test_flat_unlabelled_folder_and_resizing(tmp_path):
-    # Column j has value 5 * j: the centre crop of a 40 x 10 (W x H) image at size 10 keeps
-    # columns 15..24 (the shorter side is already 10, so nothing is resampled).
+    # fit 'centre' (the older host fit). Column j has value 5 * j: the centre crop of a 40 x 10
+    # (W x H) image at size 10 keeps columns 15..24 (the shorter side is already 10, so nothing is
+    # resampled).
     wide = np.broadcast_to((5 * np.arange(40, dtype=np.uint8))[None, :, None], (10, 40, 3))
     write_png(tmp_path / "wide.png", wide)
     write_png(tmp_path / "small.png", solid(128, (5, 5)))
 
     with pytest.raises(ValueError, match="differ in size.*image_size"):
         data.load(config(folder=str(tmp_path)), "train")
-    ds = data.load(config(folder=str(tmp_path), image_size=10), "train")
+    ds = data.load(config(folder=str(tmp_path), image_size=10, fit="centre"), "train")
     assert (ds.num_examples, ds.num_classes, ds.image_shape) == (2, 0, (10, 10, 3))
     batch = ds.get([0, 1])  # sorted names: small.png, wide.png
     np.testing.assert_array_equal(batch["label"], [-1, -1])
     np.testing.assert_array_equal(batch["image"][0], solid(128, (10, 10)))
     np.testing.assert_array_equal(batch["image"][1], wide[:, 15:25])
+    np.testing.assert_array_equal(batch["extent"], [[10, 10], [10, 10]])
     # Any split of a flat folder is the same images.
-    other = data.load(config(folder=str(tmp_path), image_size=10), "test")
+    other = data.load(config(folder=str(tmp_path), image_size=10, fit="centre"), "test")
     np.testing.assert_array_equal(other.get([0, 1])["image"], batch["image"])
+
+
+def test_whole_fit_keeps_the_whole_image_and_its_extent(tmp_path):
+    """fit 'whole' (the default): the longer side resized to the canvas when larger (never
+    upsampled), aspect kept, at the top-left of a zero canvas, and the batch's extent says where."""
+    rng = np.random.default_rng(0)
+    images = {
+        "a_wide.png": rng.integers(1, 256, (30, 80, 3)),  # H x W = 30 x 80 -> 15 x 40
+        "b_tall.png": rng.integers(1, 256, (60, 45, 3)),  # -> 40 x 30
+        "c_small.png": rng.integers(1, 256, (12, 20, 3)),  # fits: kept at 12 x 20
+        "d_square.png": rng.integers(1, 256, (40, 40, 3)),  # exactly the canvas: untouched
+    }
+    for name, array in images.items():
+        write_png(tmp_path / name, array)
+    ds = data.load(config(folder=str(tmp_path), image_size=40), "train")
+    assert ds.image_shape == (40, 40, 3)
+    batch = ds.get([0, 1, 2, 3])
+    np.testing.assert_array_equal(batch["extent"], [[15, 40], [40, 30], [12, 20], [40, 40]])
+    for row, (name, array) in enumerate(images.items()):
+        h, w = batch["extent"][row]
+        want = np.asarray(Image.fromarray(array.astype(np.uint8)).resize((w, h), Image.BILINEAR))
+        np.testing.assert_array_equal(batch["image"][row, :h, :w], want)
+        assert not batch["image"][row, h:].any() and not batch["image"][row, :, w:].any()
+    with pytest.raises(ValueError, match="data.fit"):
+        data.load(config(folder=str(tmp_path), image_size=40, fit="stretch"), "train")
+
+
+def test_default_batches_carry_full_extents(test_split):
+    """The embedded default (28 px, already square) fills the canvas: extent (28, 28), the images
+    the same under both fits."""
+    batch = test_split.get(np.arange(5))
+    np.testing.assert_array_equal(batch["extent"], np.tile([28, 28], (5, 1)))
+    assert batch["extent"].dtype == np.int32
 
 
 def test_folder_errors_name_the_problem(tmp_path):

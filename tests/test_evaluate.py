@@ -7,12 +7,15 @@ and writes the linear probe's JSON.
 """
 
 import json
+import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
+from PIL import Image
 
 from common import data, evaluate
 
@@ -370,3 +373,66 @@ def test_benchmark_table_train_skips_finished_runs_and_rerun_keeps_the_old_one(t
     (previous,) = tmp_path.glob("simclr.previous-*")  # the old run is kept beside, not resumed or deleted
     assert json.loads((previous / "results.json").read_text())["step"] == 468
     assert json.loads((workdir / "machine.json").read_text())["machine"] == "test machine"
+
+
+# --------------------------------------------------------------------------------------------------
+# The evaluation view on a folder of non-square images
+# --------------------------------------------------------------------------------------------------
+
+
+def colour_folder(root, sizes, per_class, seed):
+    """root/<split>/<colour>/*.png: 3 classes (red, green, blue dominant) of noisy photos of the
+    given (H, W) sizes, landscape and portrait."""
+    rng = np.random.default_rng(seed)
+    for split, n in per_class.items():
+        for c, name in enumerate(("red", "green", "blue")):
+            for i in range(n):
+                h, w = sizes[i % len(sizes)]
+                image = rng.integers(20, 90, (h, w, 3))
+                image[..., c] = rng.integers(160, 255, (h, w))
+                os.makedirs(root / split / name, exist_ok=True)
+                Image.fromarray(image.astype(np.uint8)).save(root / split / name / f"{i}.png")
+
+
+def test_protocols_on_a_folder_of_non_square_images(tmp_path):
+    """Whole images (4:3 and 3:4, on a 32 px canvas) seen through the protocol view (Resize(14) +
+    CenterCrop(12), fraction 0.875): no padding reaches the body, and kNN, the linear probe and the
+    pixel baseline separate the classes."""
+    colour_folder(tmp_path, [(30, 40), (40, 30), (24, 36)], {"train": 24, "test": 8}, seed=0)
+    config = ml_collections.ConfigDict(
+        dict(
+            data=dict(name="", folder=str(tmp_path), data_dir="", image_size=32, fit="whole"),
+            eval=dict(image_size=12, crop_fraction=0.875),
+        )
+    )
+    view = evaluate.protocol_view(config)
+    assert view == (12, 0.875, "torch")
+    default = ml_collections.ConfigDict(dict(data=dict(image_size=28), eval=dict(knn_k=20)))
+    assert evaluate.protocol_view(default) == (28, 1.0, "torch")  # absent fields: today's behaviour
+    train, test = data.load(config.data, "train"), data.load(config.data, "test")
+    batch = train.get(np.arange(train.num_examples))
+    assert {tuple(e) for e in batch["extent"].tolist()} == {(24, 32), (32, 24), (21, 32)}
+    views = evaluate.preprocess(batch["image"], (0.0,) * 3, (1.0,) * 3, view, batch["extent"])
+    assert views.shape == (train.num_examples, 12, 12, 3)
+    assert float(views.max(axis=-1).min()) > 150 / 255  # every pixel from the photo, none from padding
+    mesh = data.make_mesh()
+    body = TinyBody(nnx.Rngs(0))
+    body.eval()
+    knn = evaluate.knn_monitor(evaluate.frozen_embed_fn(body, MEAN, STD, view), train, test, 24, mesh, k=5)
+    assert knn["top1"] == 100.0
+    linear = evaluate.linear_probe_augmented(
+        body,
+        MEAN,
+        STD,
+        train,
+        test,
+        mesh,
+        epochs=3,
+        batch_size=24,
+        crop_scale=(0.3, 1.0),
+        eval_batch_size=24,
+        view=view,
+    )
+    assert linear["top1"] == 100.0
+    pixels = evaluate.raw_pixels(train, test, mesh, k=5, epochs=3, batch_size=24, view=view)
+    assert pixels["knn"]["top1"] == 100.0
