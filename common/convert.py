@@ -956,7 +956,12 @@ def _bodies(parts):
 def _module_at(root, path):
     node = root
     for key in path:
-        node = node[key] if isinstance(node, (dict, list, nnx.List)) else getattr(node, key, None)
+        if isinstance(node, dict):
+            node = node.get(key)
+        elif isinstance(node, (list, nnx.List)):
+            node = node[key] if isinstance(key, int) and key < len(node) else None
+        else:
+            node = getattr(node, str(key), None)
         if node is None:
             return None
     return node
