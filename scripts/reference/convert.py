@@ -549,7 +549,17 @@ def run(entry, arrays, path):
     if kind == "forward_formula":
         return run_formula(entry, arrays)
     if kind == "container":
-        return run_container(entry, arrays, os.path.dirname(os.path.abspath(path)))
+        folder = os.path.dirname(os.path.abspath(path))
+        if not path.endswith(".npz"):  # one of the entry's checkpoint_files: its outputs are in the entry's npz
+            folder = os.path.dirname(folder) if os.path.basename(folder) != "convert" else folder
+            arrays = dict(np.load(os.path.join(folder, entry["file"])))
+            name = next(
+                f
+                for f in entry["checkpoint_files"]
+                if os.path.abspath(os.path.join(folder, f)) == os.path.abspath(path)
+            )
+            entry = {**entry, "checkpoint_files": [name]}
+        return run_container(entry, arrays, folder)
     if kind == "checkpoint_layout":
         return run_byol_layout(entry, path)
     if path.endswith((".pth", ".tar", ".torch")):
