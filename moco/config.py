@@ -103,6 +103,11 @@ def get_config(arg=None):
     c.eval.knn_train_examples = 0  # 0 = all; a positive number uses the first N (faster monitor)
     c.eval.knn_test_examples = 0
     c.eval.batch_size = 1000
+    # The evaluation view: Resize(image_size / crop_fraction) + CenterCrop(image_size) ('torch' style);
+    # image_size 0 = the whole canvas the host delivers. Paper: 224 / 0.875 (main_lincls.py).
+    c.eval.image_size = 0
+    c.eval.crop_fraction = 1.0
+    c.eval.crop_style = "torch"
 
     # Checkpoints and logging.
     c.checkpoint_every_steps = 200
@@ -155,6 +160,8 @@ def get_config(arg=None):
         c.data.name = "imagenet2012"
         c.data.image_size = 256
         c.data.eval_split = "validation"
+        c.eval.image_size = 224  # Resize(256) + CenterCrop(224)
+        c.eval.crop_fraction = 0.875
         c.views.crop_size = 224
         c.views.crop_scale = (0.2, 1.0)
         c.views.mean = (0.485, 0.456, 0.406)

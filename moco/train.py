@@ -107,15 +107,18 @@ def shuffled_keys(encoder_k, x, shuffle, groups):
 # ------------------------------------------------------------------------------------------------
 
 
-def make_view(key, image, cfg):
-    """One MoCo view of one float image [H, W, 3] in [0, 1], torchvision semantics (main_moco.py).
+def make_view(key, image, cfg, extent=None):
+    """One MoCo view of one float image [H, W, 3] in [0, 1], torchvision semantics (main_moco.py); the
+    crop is drawn inside the image's valid top-left `extent` (height, width) of the canvas (None: all).
 
     v2 (`aug_plus`): crop, colour jitter with probability color_p, grayscale, blur, flip.
     v1: crop, grayscale, then colour jitter on every image, flip. The blur kernel is ~10% of the side
     (PIL's blur, used by the official code, has a radius sigma instead of a fixed kernel).
     """
     k_crop, k_color, k_gray, k_blur, k_flip = jax.random.split(key, 5)
-    x = augment.random_resized_crop(k_crop, image, cfg.crop_size, scale=cfg.crop_scale, ratio=cfg.crop_ratio)
+    x = augment.random_resized_crop(
+        k_crop, image, cfg.crop_size, scale=cfg.crop_scale, ratio=cfg.crop_ratio, extent=extent
+    )
     if cfg.aug_plus:
         x = augment.random_color_jitter(k_color, x, *cfg.color_jitter, p=cfg.color_p)
         x = augment.random_grayscale(k_gray, x, p=cfg.gray_p)
@@ -127,12 +130,13 @@ def make_view(key, image, cfg):
     return augment.normalize(x, cfg.mean, cfg.std)
 
 
-def make_views(key, images, cfg):
-    """uint8 [B, H, W, 3] -> query views and key views, each [B, S, S, 3], one key per image and view."""
+def make_views(key, images, cfg, extents=None):
+    """uint8 [B, H, W, 3] (extents [B, 2]: the batch's `extent`) -> query views and key views, each
+    [B, S, S, 3], one key per image and view."""
     images = augment.to_float(images)
     k1, k2 = jax.random.split(key)
     view = functools.partial(make_view, cfg=cfg)
-    return augment.apply_per_image(view, k1, images), augment.apply_per_image(view, k2, images)
+    return tuple(augment.apply_per_image(view, k, images, extents=extents) for k in (k1, k2))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -279,7 +283,7 @@ def train_step(graphdef, config, schedule, state, batch, key):
     the key batch's shuffle are drawn here, the rest is `update`."""
     parts = nnx.merge(graphdef, state)
     k_views, k_shuffle = jax.random.split(key)
-    x_q, x_k = make_views(k_views, batch["image"], config.views)
+    x_q, x_k = make_views(k_views, batch["image"], config.views, batch.get("extent"))
     shuffle = jax.random.permutation(k_shuffle, x_k.shape[0])  # [B], the official idx_shuffle
     metrics = update(parts, x_q, x_k, shuffle, config, schedule)
     return nnx.state(parts), metrics

@@ -121,17 +121,18 @@ def photometric(key, img, cfg):
     return augment.normalize(x, cfg.mean, cfg.std)
 
 
-def make_jigsaw(key, image, cfg):
+def make_jigsaw(key, image, cfg, extent=None):
     """The jigsaw view v_It of one float image [H, W, 3] (VISSL ImgPilToPatchesAndImage).
 
     A random resized crop of side patch_crop_size is cut into a grid x grid of cells; from each cell a
     patch of side cell - patch_jitter is taken at a random offset in [0, patch_jitter) along each
     axis (the gap stops the network from matching patch borders), and the patches are shuffled by a
-    random permutation. Returns [grid^2, P, P, 3].
+    random permutation. The crop is drawn inside the image's valid `extent` of the canvas (None: all).
+    Returns [grid^2, P, P, 3].
     """
     k_crop, k_jitter, k_perm, k_views = jax.random.split(key, 4)
     x = augment.random_resized_crop(
-        k_crop, image, cfg.patch_crop_size, scale=cfg.patch_crop_scale, ratio=cfg.crop_ratio
+        k_crop, image, cfg.patch_crop_size, scale=cfg.patch_crop_scale, ratio=cfg.crop_ratio, extent=extent
     )
     cell = cfg.patch_crop_size // cfg.grid
     size = cell - cfg.patch_jitter
@@ -144,21 +145,24 @@ def make_jigsaw(key, image, cfg):
     return jax.vmap(functools.partial(photometric, cfg=cfg))(keys, patches)
 
 
-def make_view(key, image, cfg):
-    """The image view v_I of one float image [H, W, 3]: random resized crop, then `photometric`."""
+def make_view(key, image, cfg, extent=None):
+    """The image view v_I of one float image [H, W, 3]: random resized crop (inside `extent`), then
+    `photometric`."""
     k_crop, k_view = jax.random.split(key)
-    x = augment.random_resized_crop(k_crop, image, cfg.crop_size, scale=cfg.crop_scale, ratio=cfg.crop_ratio)
+    x = augment.random_resized_crop(
+        k_crop, image, cfg.crop_size, scale=cfg.crop_scale, ratio=cfg.crop_ratio, extent=extent
+    )
     return photometric(k_view, x, cfg)
 
 
-def make_views(key, images, cfg):
-    """uint8 [B, H, W, 3] -> (patches [B, grid^2, P, P, 3], image views [B, S, S, 3]); torchvision
-    semantics (VISSL), one key per image and view."""
+def make_views(key, images, cfg, extents=None):
+    """uint8 [B, H, W, 3] (extents [B, 2]: the batch's `extent`) -> (patches [B, grid^2, P, P, 3], image
+    views [B, S, S, 3]); torchvision semantics (VISSL), one key per image and view."""
     images = augment.to_float(images)
     k_jigsaw, k_image = jax.random.split(key)
     return (
-        augment.apply_per_image(functools.partial(make_jigsaw, cfg=cfg), k_jigsaw, images),
-        augment.apply_per_image(functools.partial(make_view, cfg=cfg), k_image, images),
+        augment.apply_per_image(functools.partial(make_jigsaw, cfg=cfg), k_jigsaw, images, extents=extents),
+        augment.apply_per_image(functools.partial(make_view, cfg=cfg), k_image, images, extents=extents),
     )
 
 
@@ -381,7 +385,7 @@ def train_step(graphdef, config, schedule, state, batch, key):
     parts = nnx.merge(graphdef, state)
     model, bank, optimizer = parts["model"], parts["memory"], parts["optimizer"]
     k_views, k_patch, k_image = jax.random.split(key, 3)
-    patches, images = make_views(k_views, batch["image"], config.views)
+    patches, images = make_views(k_views, batch["image"], config.views, batch.get("extent"))
     indices = batch["index"]  # [B] data-set indices: the positives' rows in the bank
     # K negatives per embedding, uniform with replacement over the whole bank and drawn separately for
     # each branch (VISSL's sampler); column 0 is replaced by the positive inside pirl_loss.

@@ -121,6 +121,23 @@ def test_views_with_identity_settings_are_the_normalised_image(aug_plus):
         np.testing.assert_allclose(view, want, rtol=1e-4, atol=1e-4)
 
 
+def test_views_are_cut_inside_each_images_extent():
+    # The host delivers a canvas with the image in its top-left extent (data.fit 'whole'): every crop
+    # is drawn inside it, never in the padding (here 255 where the image is 0).
+    config = helpers.smoke_config(
+        "moco",
+        **{"views.color_jitter": (0.0, 0.0, 0.0, 0.0), "views.blur_p": 0.0, "views.gray_p": 0.0},
+        **{"views.mean": (0.0, 0.0, 0.0), "views.std": (1.0, 1.0, 1.0), "views.crop_scale": (0.08, 1.0)},
+    )
+    images = np.full((8, 28, 28, 3), 255, np.uint8)
+    extents = np.array([[28, 28], [14, 28], [28, 10], [5, 7]] * 2, np.int32)
+    for image, (h, w) in zip(images, extents):
+        image[:h, :w] = 0
+    views = jax.jit(lambda key: moco.make_views(key, images, config.views, extents))(jax.random.key(6))
+    for view in views:
+        np.testing.assert_array_equal(np.asarray(view), 0.0)
+
+
 def test_train_step_order_momentum_then_keys_then_loss_then_enqueue():
     config = helpers.smoke_config("moco")
     mesh = data.make_mesh()
@@ -148,14 +165,15 @@ def test_train_step_order_momentum_then_keys_then_loss_then_enqueue():
     queue1 = np.asarray(parts1["queue"][...])
 
     @nnx.jit
-    def by_hand(encoder_q1, encoder_k2, images):
+    def by_hand(encoder_q1, encoder_k2, images, extents):
         k_views, k_shuffle = jax.random.split(keys[1])
-        x_q, x_k = moco.make_views(k_views, images, config.views)
+        x_q, x_k = moco.make_views(k_views, images, config.views, extents)
         k = moco.shuffled_keys(encoder_k2, x_k, jax.random.permutation(k_shuffle, x_k.shape[0]), groups)
         q = models.grouped_forward(encoder_q1, x_q, groups)
         return moco.moco_loss(q, k, queue1, T), moco.l2_normalize(k)
 
-    loss, k = by_hand(parts1["encoder_q"], parts2["encoder_k"], loader.get(1)["image"])
+    batch = loader.get(1)
+    loss, k = by_hand(parts1["encoder_q"], parts2["encoder_k"], batch["image"], batch["extent"])
     np.testing.assert_allclose(metrics2["loss"], loss, rtol=1e-4, atol=1e-5)
     assert tuple(int(p["queue_ptr"][...]) for p in (parts0, parts1, parts2)) == (0, 16, 32)
     queue2 = np.asarray(parts2["queue"][...])

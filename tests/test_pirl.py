@@ -181,6 +181,20 @@ def test_jigsaw_patches_are_jittered_grid_cells_in_a_random_order():
     assert sorted(cells) == list(range(9)) and cells != list(range(9))  # every cell once, shuffled
 
 
+def test_views_are_cut_inside_each_images_extent():
+    # Both crops (the image view's and the jigsaw's) are drawn inside the image's top-left extent of
+    # the canvas (data.fit 'whole'), never in the padding (here 255 where the image is 0).
+    identity = {"views.color_jitter": (0.0, 0.0, 0.0, 0.0), "views.photometric_p": 0.0, "views.gray_p": 0.0}
+    config = helpers.smoke_config("pirl", **identity, **{"views.mean": (0.0,) * 3, "views.std": (1.0,) * 3})
+    images = np.full((4, 28, 28, 3), 255, np.uint8)
+    extents = np.array([[28, 28], [14, 28], [28, 10], [5, 7]], np.int32)
+    for image, (h, w) in zip(images, extents):
+        image[:h, :w] = 0
+    patches, views = jax.jit(lambda key: pirl.make_views(key, images, config.views, extents))(jax.random.key(6))
+    np.testing.assert_array_equal(np.asarray(patches), 0.0)
+    np.testing.assert_array_equal(np.asarray(views), 0.0)
+
+
 def test_pil_photometric_ops_match_pil():
     rng = np.random.default_rng(1)
     uint8 = rng.integers(0, 256, size=(12, 10, 3), dtype=np.uint8)
