@@ -23,7 +23,67 @@ OFFICIAL["dino"] = []
 # --- end dino ---
 
 # --- moco ---
-OFFICIAL["moco"] = []
+_MOCO = (
+    "facebookresearch/moco README (MoCo v2): main_moco.py -a resnet50 --lr 0.03 --batch-size 256 "
+    "--mlp --moco-t 0.2 --aug-plus --cos"
+)
+_MOCO_MAIN = "facebookresearch/moco main_moco.py"
+_MOCO_DEMO = "facebookresearch/moco colab/moco_cifar10_demo.ipynb (branch colab-notebook), args with --cos, asymmetric"
+OFFICIAL["moco"] = [
+    ("imagenet", "model.name", "resnet50", _MOCO + ": -a resnet50"),
+    ("imagenet", "data.batch_size", 256, _MOCO + ": --batch-size 256"),
+    ("imagenet", "optim.epochs", 200.0, _MOCO_MAIN + " --epochs default 200"),
+    ("imagenet", "optim.lr", 0.03, _MOCO + ": --lr 0.03"),
+    ("imagenet", "optim.scale_lr", False, _MOCO_MAIN + ": --lr used as given, no batch scaling"),
+    ("imagenet", "optim.cos", True, _MOCO + ": --cos"),
+    ("imagenet", "optim.lr_schedule", "per_epoch", _MOCO_MAIN + " adjust_learning_rate, once per epoch"),
+    ("imagenet", "optim.weight_decay", 1e-4, _MOCO_MAIN + " --wd default 1e-4"),
+    ("imagenet", "optim.momentum", 0.9, _MOCO_MAIN + " --momentum default 0.9"),
+    ("imagenet", "method.temperature", 0.2, _MOCO + ": --moco-t 0.2"),
+    ("imagenet", "method.queue_size", 65536, _MOCO_MAIN + " --moco-k default 65536"),
+    ("imagenet", "method.momentum", 0.999, _MOCO_MAIN + " --moco-m default 0.999"),
+    ("imagenet", "method.bn_groups", 8, _MOCO + " on 8 GPUs: per-GPU batch norm over 32 images (shuffling BN)"),
+    ("imagenet", "model.mlp", True, _MOCO + ": --mlp"),
+    ("imagenet", "model.proj_hidden_dim", 2048, "moco/builder.py: the MLP's hidden width = the fc input, 2048"),
+    ("imagenet", "model.proj_dim", 128, _MOCO_MAIN + " --moco-dim default 128"),
+    ("imagenet", "views.aug_plus", True, _MOCO + ": --aug-plus"),
+    ("imagenet", "views.crop_size", 224, _MOCO_MAIN + " aug_plus: RandomResizedCrop(224, scale=(0.2, 1.0))"),
+    ("imagenet", "views.crop_scale", (0.2, 1.0), _MOCO_MAIN + " aug_plus: RandomResizedCrop scale"),
+    ("imagenet", "views.color_jitter", (0.4, 0.4, 0.4, 0.1), _MOCO_MAIN + " aug_plus: ColorJitter(0.4, 0.4, 0.4, 0.1)"),
+    ("imagenet", "views.color_p", 0.8, _MOCO_MAIN + " aug_plus: RandomApply(ColorJitter, p=0.8)"),
+    ("imagenet", "views.gray_p", 0.2, _MOCO_MAIN + " aug_plus: RandomGrayscale(p=0.2)"),
+    ("imagenet", "views.blur_p", 0.5, _MOCO_MAIN + " aug_plus: RandomApply(GaussianBlur, p=0.5)"),
+    ("imagenet", "views.blur_sigma", (0.1, 2.0), _MOCO_MAIN + " aug_plus: GaussianBlur([0.1, 2.0])"),
+    ("imagenet", "views.flip_p", 0.5, _MOCO_MAIN + " aug_plus: RandomHorizontalFlip()"),
+    ("imagenet", "eval.image_size", 224, "facebookresearch/moco main_lincls.py val: Resize(256), CenterCrop(224)"),
+    ("imagenet", "eval.crop_fraction", 0.875, "facebookresearch/moco main_lincls.py val: 224 / 256"),
+    ("cifar10", "model.name", "resnet18", _MOCO_DEMO + ": --arch resnet18"),
+    ("cifar10", "model.stem", "cifar", _MOCO_DEMO + ": ModelBase conv1 3x3 stride 1, no max-pool"),
+    ("cifar10", "model.mlp", False, _MOCO_DEMO + ": the head is resnet18's fc, one Linear"),
+    ("cifar10", "model.proj_dim", 128, _MOCO_DEMO + ": --moco-dim 128"),
+    ("cifar10", "data.batch_size", 512, _MOCO_DEMO + ": --batch-size 512"),
+    ("cifar10", "optim.epochs", 200.0, _MOCO_DEMO + ": args.epochs = 200 (kNN 82.6)"),
+    ("cifar10", "optim.lr", 0.06, _MOCO_DEMO + ": --lr 0.06 for batch 512"),
+    ("cifar10", "optim.scale_lr", False, _MOCO_DEMO + ": lr used as given"),
+    ("cifar10", "optim.cos", True, _MOCO_DEMO + ": args.cos = True"),
+    ("cifar10", "optim.lr_schedule", "per_epoch", _MOCO_DEMO + ": adjust_learning_rate once per epoch"),
+    ("cifar10", "optim.weight_decay", 5e-4, _MOCO_DEMO + ": --wd 5e-4"),
+    ("cifar10", "optim.momentum", 0.9, _MOCO_DEMO + ": SGD(momentum=0.9)"),
+    ("cifar10", "method.temperature", 0.1, _MOCO_DEMO + ": --moco-t 0.1"),
+    ("cifar10", "method.queue_size", 4096, _MOCO_DEMO + ": --moco-k 4096"),
+    ("cifar10", "method.momentum", 0.99, _MOCO_DEMO + ": --moco-m 0.99"),
+    ("cifar10", "method.bn_groups", 8, _MOCO_DEMO + ": --bn-splits 8 (SplitBatchNorm)"),
+    ("cifar10", "views.crop_size", 32, _MOCO_DEMO + ": RandomResizedCrop(32)"),
+    ("cifar10", "views.crop_scale", (0.08, 1.0), _MOCO_DEMO + ": RandomResizedCrop's default scale"),
+    ("cifar10", "views.color_jitter", (0.4, 0.4, 0.4, 0.1), _MOCO_DEMO + ": ColorJitter(0.4, 0.4, 0.4, 0.1)"),
+    ("cifar10", "views.color_p", 0.8, _MOCO_DEMO + ": RandomApply(ColorJitter, p=0.8)"),
+    ("cifar10", "views.gray_p", 0.2, _MOCO_DEMO + ": RandomGrayscale(p=0.2)"),
+    ("cifar10", "views.blur_p", 0.0, _MOCO_DEMO + ": no blur"),
+    ("cifar10", "views.flip_p", 0.5, _MOCO_DEMO + ": RandomHorizontalFlip(p=0.5)"),
+    ("cifar10", "views.std", (0.2023, 0.1994, 0.2010), _MOCO_DEMO + ": Normalize std"),
+    ("cifar10", "eval.knn_k", 200, _MOCO_DEMO + ": --knn-k 200 (the monitor its 82.6 comes from)"),
+    ("cifar10", "eval.knn_temperature", 0.1, _MOCO_DEMO + ": --knn-t 0.1"),
+]
 # --- end moco ---
 
 # --- paws ---
@@ -31,7 +91,59 @@ OFFICIAL["paws"] = []
 # --- end paws ---
 
 # --- pirl ---
-OFFICIAL["pirl"] = []
+_PIRL = "facebookresearch/vissl configs/config/pretrain/pirl/pirl_jigsaw_4node_resnet50.yaml"
+_PIRL_CIFAR = "no official CIFAR-10 recipe (paper: ImageNet, YFCC); the VISSL ImageNet value"
+_JIGSAW = "vissl ImgPatchesFromTensor default patch_jitter 21 (85-pixel cells, 64-pixel patches)"
+_PIRL_ROWS = [
+    ("data.batch_size", 1024, "BATCHSIZE_PER_REPLICA 32 x NUM_NODES 4 x NUM_PROC_PER_NODE 8"),
+    ("method.bn_groups", 32, "per-GPU batch norm over 32 images (SYNC_BN_CONFIG.CONVERT_BN_TO_SYNC_BN default False)"),
+    ("optim.epochs", 800.0, "OPTIMIZER.num_epochs 800"),
+    ("optim.lr", 0.03, "auto_lr_scaling base_value 0.03 per base_lr_batch_size 256 (0.12 at 1024)"),
+    ("optim.final_lr_fraction", 0.001, "cosine end_value 0.00012 / start_value 0.12"),
+    ("optim.lr_schedule", "per_epoch", "param_schedulers.lr update_interval: epoch"),
+    ("optim.weight_decay", 1e-4, "OPTIMIZER.weight_decay 0.0001 (regularize_bn/bias False)"),
+    ("optim.momentum", 0.9, "OPTIMIZER.momentum 0.9, nesterov False"),
+    ("method.temperature", 0.07, "nce_loss_with_memory.temperature 0.07"),
+    ("method.num_negatives", 32000, "negative_sampling_params.num_negatives 32000"),
+    ("method.memory_momentum", 0.5, "memory_params.momentum 0.5"),
+    ("method.norm_constant", -1.0, "norm_constant -1 (estimated at the first step)"),
+    ("method.loss_type", "nce", "nce_loss_with_memory (NCE, not cross-entropy)"),
+    ("method.memory_init", "random", "memory_params.norm_init True: random unit rows"),
+    ("model.embed_dim", 128, "memory_params.embedding_dim 128, heads [2048, 128]"),
+    ("views.crop_scale", (0.08, 1.0), "ImgPilToPatchesAndImage crop_scale_image [0.08, 1.0]"),
+    ("views.patch_crop_size", 255, "ImgPilToPatchesAndImage crop_size_patches 255"),
+    ("views.patch_crop_scale", (0.6, 1.0), "ImgPilToPatchesAndImage crop_scale_patches [0.6, 1.0]"),
+    ("views.grid", 3, "ImgPilToPatchesAndImage num_patches 9"),
+    ("views.color_jitter", (0.4, 0.4, 0.4, 0.2), "ColorJitter 0.4, 0.4, 0.4, hue 0.2"),
+    ("views.photometric_p", 0.66, "ImgPilRandomPhotometric default p 0.66"),
+    ("views.gray_p", 0.2, "RandomGrayscale p 0.2"),
+    ("views.flip_p", 0.5, "RandomHorizontalFlip"),
+]
+OFFICIAL["pirl"] = (
+    [("imagenet", path, value, f"{_PIRL}: {why}") for path, value, why in _PIRL_ROWS]
+    + [
+        ("imagenet", "model.name", "resnet50", f"{_PIRL}: TRUNK resnet DEPTH 50"),
+        ("imagenet", "method.memory_size", 1281167, f"{_PIRL}: num_train_samples 1281167"),
+        ("imagenet", "views.crop_size", 224, f"{_PIRL}: crop_size_image 224"),
+        ("imagenet", "views.patch_jitter", 21, _JIGSAW),
+        ("imagenet", "eval.image_size", 224, "vissl linear benchmark (TEST: Resize 256, CenterCrop 224)"),
+        ("imagenet", "eval.crop_fraction", 0.875, "vissl linear benchmark: 224 / 256"),
+    ]
+    + [
+        ("cifar10", path, value, f"{_PIRL_CIFAR}: {why}")
+        for path, value, why in _PIRL_ROWS
+        if path not in ("data.batch_size", "method.bn_groups", "views.patch_crop_size")
+    ]
+    + [
+        ("cifar10", "data.batch_size", 256, f"{_PIRL_CIFAR}: departs, batch 256 for one accelerator (lr x B/256)"),
+        ("cifar10", "method.bn_groups", 8, f"{_PIRL_CIFAR}: 32 images per batch-norm group as VISSL's GPUs"),
+        ("cifar10", "method.memory_size", 50000, "CIFAR-10's 50000 training images (one bank row each)"),
+        ("cifar10", "views.crop_size", 32, "departs: CIFAR's 32x32 images"),
+        ("cifar10", "views.patch_crop_size", 36, "departs: 255/224 of the 32 image crop, cells of 12"),
+        ("cifar10", "views.patch_jitter", 3, "departs: cells of 12, patches of 9 (VISSL 85 -> 64)"),
+        ("cifar10", "model.name", "resnet18", "departs: a CIFAR ResNet-18 (paper ResNet-50)"),
+    ]
+)
 # --- end pirl ---
 
 # --- simclr ---
