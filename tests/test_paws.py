@@ -210,3 +210,48 @@ def test_a_support_batch_the_labelled_fraction_cannot_fill_fails_before_any_work
     with pytest.raises(ValueError, match="s_per_class"):
         paws.main(config, str(tmp_path))
     assert not (tmp_path / "checkpoints").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# The official fine-tuning protocol (paws/finetune.py = suncet src/fine_tune.py)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_finetune_model_keeps_fc1_bn1_and_starts_from_a_zero_classifier():
+    from paws import finetune
+
+    config = helpers.smoke_config("paws")
+    pretrained = paws.PAWS(config, nnx.Rngs(0))
+    model = finetune.FineTuneModel(nnx.clone(pretrained), 10, nnx.Rngs(1))
+    np.testing.assert_array_equal(model.fc1.kernel[...], pretrained.head.fc1.kernel[...])
+    np.testing.assert_array_equal(model.bn1.scale[...], pretrained.head.bn1.scale[...])
+    assert not np.any(np.asarray(model.fc2.kernel[...])) and not np.any(np.asarray(model.fc2.bias[...]))
+    assert not hasattr(model, "pred") and model.fc2.kernel.shape == (config.model.proj_hidden_dim, 10)
+
+
+def test_finetune_optimizer_is_the_official_nesterov_sgd():
+    # src/sgd.py, nesterov: d = -lr_k g; buf = m buf + d (buf = d first); p += d + m buf.
+    from paws import finetune
+
+    tx = finetune.make_optimizer(0.02, total_steps=4)
+    params, g = {"w": {"kernel": jnp.ones(3)}}, [jnp.full(3, 1.0), jnp.full(3, 2.0)]
+    state, buf = tx.init(params), 0.0
+    for k in range(2):
+        updates, state = tx.update({"w": {"kernel": g[k]}}, state, params)
+        lr = 0.02 * 0.5 * (1 + np.cos(np.pi * k / 4))
+        d = -lr * np.asarray(g[k])
+        buf = d if k == 0 else 0.9 * buf + d
+        np.testing.assert_allclose(updates["w"]["kernel"], d + 0.9 * buf, rtol=1e-6)
+
+
+def test_official_finetuning_runs_on_the_smoke_run(smoke_runs, tmp_path):
+    from paws import finetune
+
+    runs = smoke_runs("paws")
+    out = tmp_path / "finetune.json"
+    result = finetune.finetune_run(str(runs.straight), epochs=1, batch_size=64, test_examples=100, output=str(out))
+    saved = json.loads(out.read_text())
+    assert saved["top1"] == result["top1"] and 0.0 <= result["top1"] <= 100.0
+    recorded = json.loads((runs.straight / "labelled.json").read_text())
+    assert result["labelled_examples"] == len(recorded["indices"]) and result["label_fraction"] == 0.01
+    assert result["step"] == 4
