@@ -89,9 +89,10 @@ class DINOHead(nnx.Module):
         linear = functools.partial(
             nnx.Linear, kernel_init=_trunc_normal, bias_init=jax.nn.initializers.zeros, rngs=rngs
         )
-        # PyTorch BatchNorm1d defaults (momentum 0.1 is 0.9 in the NNX convention); always batch
-        # statistics: the head runs only in training, the teacher's in train mode too.
-        norm = (lambda: nnx.BatchNorm(hidden_dim, momentum=0.9, epsilon=1e-5, rngs=rngs)) if use_bn else (lambda: None)
+        # PyTorch BatchNorm1d (momentum 0.1 is 0.9 in the NNX convention; running variance unbiased);
+        # always batch statistics: the head runs only in training, the teacher's in train mode too.
+        bn = lambda: models.BatchNorm(hidden_dim, unbiased=True, momentum=0.9, epsilon=1e-5, rngs=rngs)
+        norm = bn if use_bn else (lambda: None)
         self.fc1, self.bn1 = linear(in_dim, hidden_dim), norm()
         self.fc2, self.bn2 = linear(hidden_dim, hidden_dim), norm()
         self.fc3 = linear(hidden_dim, bottleneck_dim)
@@ -109,19 +110,24 @@ class DINOHead(nnx.Module):
 class Network(nnx.Module):
     """Body then head over all crops of a batch (the official MultiCropWrapper)."""
 
-    def __init__(self, config, rngs):
+    def __init__(self, config, rngs, body=None):
         m = config.model
         # ViTs: `depth` blocks (the CPU presets use shallow ViTs) and the student's stochastic depth
-        # (paper 0.1); ResNets: the stem and batch norm momentum.
-        self.body = models.create_body(
-            m.name,
-            stem=m.stem,
-            bn_momentum=m.bn_momentum,
-            patch_size=m.patch_size,
-            img_size=config.views.crop_size,
-            depth=m.depth,
-            drop_path_rate=m.drop_path_rate,
-            rngs=rngs,
+        # (paper 0.1); ResNets: the stem and batch norm momentum. The ViT's position embeddings are
+        # built for 224 px whatever the crop size and interpolated, as the official code (which never
+        # passes img_size). `body` replaces config.model's body (the reference cases' tiny ones).
+        self.body = (
+            body
+            if body is not None
+            else models.create_body(
+                m.name,
+                stem=m.stem,
+                bn_momentum=m.bn_momentum,
+                patch_size=m.patch_size,
+                depth=m.depth,
+                drop_path_rate=m.drop_path_rate,
+                rngs=rngs,
+            )
         )
         self.head = DINOHead(
             self.body.num_features,
@@ -283,8 +289,9 @@ def cosine_scheduler(base_value, final_value, epochs, niter_per_ep, warmup_epoch
 
 
 def step_schedules(config, steps_per_epoch):
-    """Every schedule as one float32 array indexed by the step, so the jitted step reads its values
-    from the checkpointed step counter (resume is exact) rather than from host state.
+    """Every schedule as one float64 array indexed by the step (the official numpy values); the state
+    holds them as float32 device arrays, so the jitted step reads its values from the checkpointed step
+    counter (resume is exact) rather than from host state.
 
     cosine_scheduler counts whole epochs of niter_per_ep iterations; called with iterations as
     'epochs' and niter_per_ep = 1 it gives the same arrays and allows the CPU presets' fractions of
@@ -301,39 +308,62 @@ def step_schedules(config, steps_per_epoch):
     epochs = max(math.ceil(total / steps_per_epoch), m.warmup_teacher_temp_epochs)
     per_epoch = teacher_temp_schedule(m.warmup_teacher_temp, m.teacher_temp, m.warmup_teacher_temp_epochs, epochs)
     teacher_temp = per_epoch[np.arange(total) // steps_per_epoch]  # official: indexed by epoch
+    # The head's last layer is fixed during the first epoch(s) (official: while epoch < freeze_last_layer).
     last_layer_frozen = np.arange(total) < int(o.freeze_last_layer * steps_per_epoch)
     return {
-        name: jnp.asarray(values, jnp.float32)
-        for name, values in (
-            ("lr", lr),
-            ("weight_decay", weight_decay),
-            ("momentum", momentum),
-            ("teacher_temp", teacher_temp),
-            ("last_layer_frozen", last_layer_frozen),
-        )
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "momentum": momentum,
+        "teacher_temp": teacher_temp,
+        "last_layer_frozen": last_layer_frozen.astype(np.float64),
     }
 
 
-def make_optimizer(name, schedules):
-    """The official choices: 'adamw' (the ViT default), 'sgd' (momentum 0.9; the official ResNet-50
-    recipe) or 'lars' (momentum 0.9, trust coefficient 0.001), with the per-step learning rate and
-    weight decay. Biases and 1-D parameters (norms, the last layer's g) are neither decayed nor, with
-    LARS, adapted (official get_params_groups and LARS). SGD's decay is PyTorch's: added to the gradient."""
-    at_step = lambda values: lambda count: values[jnp.minimum(count, values.shape[0] - 1)]
-    lr, wd = at_step(schedules["lr"]), at_step(schedules["weight_decay"])
-    is_kernel = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-    if name == "adamw":
-        return optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=wd, mask=is_kernel)
-    if name == "sgd":
-        return optax.chain(optax.add_decayed_weights(wd, mask=is_kernel), optax.sgd(lr, momentum=0.9))
-    return optax.lars(
-        lr,
-        weight_decay=wd,
-        weight_decay_mask=is_kernel,
-        trust_ratio_mask=is_kernel,
-        momentum=0.9,
-        trust_coefficient=0.001,
+def _name(key):  # a pytree path entry's name
+    return getattr(key, "key", getattr(key, "name", None))
+
+
+def regularized(params):
+    """The parameters that are weight-decayed (and, with LARS, adapted): all but biases and 1-D
+    tensors (official get_params_groups). The last layer's g counts as 2-D: the official weight_g is
+    [K, 1], so when it is trained (norm_last_layer False) it is decayed like a kernel."""
+    return jax.tree_util.tree_map_with_path(lambda path, p: p.ndim > 1 or _name(path[-1]) == "g", params)
+
+
+def make_optimizer(name, schedules, frozen_steps):
+    """The official optimizers, as PyTorch runs them, with the per-step learning rate and weight decay.
+
+    'adamw' (the ViT default): torch.optim.AdamW, p <- p - lr (m_hat / (sqrt(v_hat) + eps) + wd p).
+    'sgd' (the official ResNet-50 recipe): torch.optim.SGD(momentum=0.9) with coupled decay,
+        buf <- 0.9 buf + (g + wd p), p <- p - lr buf.
+    'lars': DINO's utils.LARS, d = g + wd p, mu <- 0.9 mu + eta |p| / |d| d (eta = 0.001; a ratio of 1
+        where a norm is 0), p <- p - lr mu: the learning rate after the momentum (optax.lars: before).
+    Decay and LARS adaptation apply to the `regularized` parameters only.
+
+    The head's last layer is frozen for the first `frozen_steps` steps: the official code sets its
+    gradients to None, and a PyTorch optimizer skips such a parameter entirely (no moments, no step
+    count, no decay, no momentum buffer). So the last layer has an optimizer state of its own that is
+    left untouched while frozen: AdamW's bias corrections start again at the unfreeze, and its schedule
+    values are read at the global step (its own count + frozen_steps).
+    """
+
+    def optimizer(offset):
+        at_step = lambda values: lambda count: values[jnp.minimum(count + offset, values.shape[0] - 1)]
+        lr, wd = at_step(schedules["lr"]), at_step(schedules["weight_decay"])
+        if name == "adamw":
+            return optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=wd, mask=regularized)
+        decay = optax.add_decayed_weights(wd, mask=regularized)
+        if name == "sgd":
+            return optax.chain(decay, optax.trace(decay=0.9), optax.scale_by_learning_rate(lr))
+        trust_ratio = optax.masked(optax.scale_by_trust_ratio(trust_coefficient=0.001), regularized)
+        return optax.chain(decay, trust_ratio, optax.trace(decay=0.9), optax.scale_by_learning_rate(lr))
+
+    last_layer = optax.transforms.conditionally_mask(optimizer(frozen_steps), lambda count: count >= frozen_steps)
+    in_last_layer = lambda path: any(_name(k) == "last_layer" for k in path)
+    labels = lambda params: jax.tree_util.tree_map_with_path(
+        lambda path, _: "last_layer" if in_last_layer(path) else "trained", params
     )
+    return optax.multi_transform({"trained": optimizer(0), "last_layer": last_layer}, labels)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -341,18 +371,21 @@ def make_optimizer(name, schedules):
 # ------------------------------------------------------------------------------------------------
 
 
-def create_state(config, steps_per_epoch):
+def create_state(config, steps_per_epoch, student=None):
     """Everything that changes during training, and the step that changes it.
 
     Returns (graphdef, state, step_fn): the parts {student, teacher, centre, optimizer (the
     student's)} split into a static graph and a pytree of arrays, and step_fn(state, batch, key) ->
-    (state, metrics), pure, for jax.jit.
+    (state, metrics), pure, for jax.jit. `student`: a Network to start from instead of a fresh one
+    (the reference cases load the official initial weights into theirs); the teacher copies it.
     """
-    student = Network(config, nnx.Rngs(config.seed))
+    student = Network(config, nnx.Rngs(config.seed)) if student is None else student
     teacher = make_teacher(student)
     centre = Centre(jnp.zeros((1, config.model.out_dim)))
-    schedules = step_schedules(config, steps_per_epoch)
-    optimizer = nnx.Optimizer(student, make_optimizer(config.optim.optimizer, schedules), wrt=nnx.Param)
+    schedules = {name: jnp.asarray(v, jnp.float32) for name, v in step_schedules(config, steps_per_epoch).items()}
+    frozen_steps = int(np.sum(schedules["last_layer_frozen"]))
+    tx = make_optimizer(config.optim.optimizer, schedules, frozen_steps)
+    optimizer = nnx.Optimizer(student, tx, wrt=nnx.Param)
     graphdef, state = nnx.split({"student": student, "teacher": teacher, "centre": centre, "optimizer": optimizer})
     return graphdef, state, functools.partial(train_step, graphdef, config, schedules)
 
@@ -372,31 +405,41 @@ def ema_update(teacher, student, m):
 
 def clip_gradients(grads, clip):
     """Each parameter's gradient scaled down to norm <= clip, one tensor at a time (official
-    utils.clip_gradients; not a global norm)."""
-
-    def clip_one(g):
-        return g * jnp.minimum(1.0, clip / (jnp.sqrt(jnp.sum(g * g)) + 1e-6))
-
-    return jax.tree.map(clip_one, grads)
+    utils.clip_gradients; not a global norm). Returns (clipped grads, the norms before clipping)."""
+    norms = jax.tree.map(lambda g: jnp.sqrt(jnp.sum(g * g)), grads)
+    return jax.tree.map(lambda g, n: g * jnp.minimum(1.0, clip / (n + 1e-6)), grads, norms), norms
 
 
 def train_step(graphdef, config, schedules, state, batch, key):
-    """One step on the global batch; jitted with `graphdef, config, schedules` bound."""
+    """One step on the global batch; jitted with `graphdef, config, schedules` bound: the views, then
+    `update` with this step's schedule values."""
     parts = nnx.merge(graphdef, state)
-    student, teacher, centre, optimizer = (parts[k] for k in ("student", "teacher", "centre", "optimizer"))
-    step = optimizer.step[...]
+    step = parts["optimizer"].step[...]
     s = {name: values[jnp.minimum(step, values.shape[0] - 1)] for name, values in schedules.items()}
     k_views, k_drop = jax.random.split(key)
     crops = make_views(k_views, batch["image"], config.views)  # [global [2, B, ...], local [n, B, ...]]
+    metrics, _ = update(config, parts, crops, s, k_drop)
+    return nnx.state(parts), metrics
 
+
+def update(config, parts, crops, s, key):
+    """Everything after the views, in the official order: teacher and student forwards, the loss and
+    the centre, per-tensor gradient clipping, the student's optimizer step (the last layer's frozen
+    while s['last_layer_frozen']: see make_optimizer), then the teacher's EMA. Changes `parts` in place.
+
+    crops: [global [2, B, S, S, 3], local [n, B, s, s, 3]] (local only when n > 0); s: this step's
+    schedule values; key: the student's stochastic depth. Returns (metrics, outputs) with outputs =
+    {'student_out', 'teacher_out', 'grad_norm'} for the reference checks.
+    """
+    student, teacher, centre, optimizer = (parts[k] for k in ("student", "teacher", "centre", "optimizer"))
     # The teacher sees the two global crops only. It is outside the differentiated function, and the
     # paper's stop-gradient (Alg. 1, t.detach()) is also inside dino_loss.
     teacher_out = jax.lax.stop_gradient(teacher(crops[:1]))  # [2, B, K]
     center = centre[...]  # c from before this batch
 
     def loss_fn(student):
-        student_out = student(crops, k_drop if config.model.drop_path_rate > 0 else None)  # [n_crops, B, K]
-        return dino_loss(
+        student_out = student(crops, key if config.model.drop_path_rate > 0 else None)  # [n_crops, B, K]
+        loss, new_center = dino_loss(
             student_out,
             teacher_out,
             center,
@@ -404,25 +447,15 @@ def train_step(graphdef, config, schedules, state, batch, key):
             s["teacher_temp"],
             config.method.center_momentum,
         )
+        return loss, (new_center, student_out)
 
-    (loss, new_center), grads = nnx.value_and_grad(loss_fn, has_aux=True)(student)
+    (loss, (new_center, student_out)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(student)
     # The centre's update over the global batch (the official all-reduce follows from sharding).
     centre[...] = new_center
+    grad_norm = None
     if config.optim.clip_grad > 0:
-        grads = clip_gradients(grads, config.optim.clip_grad)
-    # The head's last layer stays fixed during the first epoch(s), which the paper finds stabilises
-    # training. PyTorch skips a parameter without gradient entirely; here its gradient is zeroed (Adam's
-    # moments stay 0) and its value restored after the update (no weight decay either). With SGD or
-    # LARS the momentum buffer still collects the (coupled) weight decay term while frozen, a push of
-    # order lr * wd * |v| once training resumes, which PyTorch does not have.
-    frozen = s["last_layer_frozen"] > 0
-    last_layer = student.head.last_layer
-    kept = jax.tree.map(jnp.copy, nnx.state(last_layer, nnx.Param))
-    grads["head"]["last_layer"] = jax.tree.map(lambda g: jnp.where(frozen, 0.0, g), grads["head"]["last_layer"])
+        grads, grad_norm = clip_gradients(grads, config.optim.clip_grad)
     optimizer.update(student, grads)
-    nnx.update(
-        last_layer, jax.tree.map(lambda new, old: jnp.where(frozen, old, new), nnx.state(last_layer, nnx.Param), kept)
-    )
     # theta_t <- lambda theta_t + (1 - lambda) theta_s with the updated student (Sec. 3.1).
     nnx.update(teacher, ema_update(nnx.state(teacher, nnx.Param), nnx.state(student, nnx.Param), s["momentum"]))
     finite = checkpoint.all_finite(loss, nnx.state(parts, nnx.Param))  # student and teacher parameters
@@ -434,7 +467,7 @@ def train_step(graphdef, config, schedules, state, batch, key):
         "teacher_temp": s["teacher_temp"],
         "finite": finite,
     }
-    return nnx.state(parts), metrics
+    return metrics, {"student_out": student_out, "teacher_out": teacher_out, "grad_norm": grad_norm}
 
 
 # ------------------------------------------------------------------------------------------------
