@@ -49,31 +49,40 @@ from common import augment, checkpoint, loop, models
 
 class MLP(nnx.Module):
     """The projector g and the predictor q (App. A): Linear-BN-ReLU-Linear, as the official MLP (the
-    hidden Linear has a bias, the output Linear none; BN with a scale and a shift)."""
+    hidden Linear has a bias, the output Linear none; BN with a scale and a shift, Haiku's biased
+    running variance)."""
 
     def __init__(self, in_dim, hidden_dim, out_dim, bn_momentum, rngs):
         self.fc1 = nnx.Linear(in_dim, hidden_dim, rngs=rngs)
-        self.bn = nnx.BatchNorm(hidden_dim, momentum=bn_momentum, epsilon=1e-5, rngs=rngs)
+        self.bn = models.BatchNorm(hidden_dim, unbiased=False, momentum=bn_momentum, epsilon=1e-5, rngs=rngs)
         self.fc2 = nnx.Linear(hidden_dim, out_dim, use_bias=False, rngs=rngs)
 
     def __call__(self, x):  # [B, in_dim] -> [B, out_dim]
         return self.fc2(jax.nn.relu(self.bn(self.fc1(x))))
 
 
+def create_body(model, img_size, rngs):
+    """The body f named in the config, as the official Haiku ResNet where the config says so: 'SAME'
+    padding on every conv and the max-pool (model.padding='haiku'), the last batch-norm scale of each
+    bottleneck at 0 (model.zero_init_residual) and the biased running variance of Haiku's BatchNorm."""
+    return models.create_body(
+        model.name,
+        stem=model.stem,
+        img_size=img_size,
+        bn_momentum=model.bn_momentum,
+        padding=model.padding,
+        zero_init_residual=model.zero_init_residual,
+        bn_unbiased=False,
+        rngs=rngs,
+    )
+
+
 class Encoder(nnx.Module):
     """z = g(f(x)): body and projector. The online network's encoder, and the whole target."""
 
-    def __init__(self, config, rngs):
-        self.body = models.create_body(
-            config.model.name,
-            stem=config.model.stem,
-            img_size=config.views.crop_size,
-            bn_momentum=config.model.bn_momentum,
-            rngs=rngs,
-        )
-        self.projector = MLP(
-            self.body.num_features, config.model.proj_hidden_dim, config.model.proj_dim, config.model.bn_momentum, rngs
-        )
+    def __init__(self, body, model, rngs):
+        self.body = body
+        self.projector = MLP(body.num_features, model.proj_hidden_dim, model.proj_dim, model.bn_momentum, rngs)
 
     def __call__(self, x):  # [B, S, S, 3] -> [B, proj_dim]
         return self.projector(self.body(x))
@@ -82,11 +91,9 @@ class Encoder(nnx.Module):
 class BYOL(nnx.Module):
     """The online network: p = q(g(f(x))). Only these weights (theta) are trained by gradients."""
 
-    def __init__(self, config, rngs):
-        self.encoder = Encoder(config, rngs)
-        self.predictor = MLP(
-            config.model.proj_dim, config.model.pred_hidden_dim, config.model.proj_dim, config.model.bn_momentum, rngs
-        )
+    def __init__(self, encoder, model, rngs):
+        self.encoder = encoder
+        self.predictor = MLP(model.proj_dim, model.pred_hidden_dim, model.proj_dim, model.bn_momentum, rngs)
 
     def __call__(self, x):  # [B, S, S, 3] -> [B, proj_dim]
         return self.predictor(self.encoder(x))
@@ -278,10 +285,16 @@ def create_state(config, steps_per_epoch):
     learning rate and tau are functions of the optimizer's step counter, which is in the state, so a
     resumed run continues both schedules exactly.
     """
-    online = BYOL(config, nnx.Rngs(config.seed))
-    # xi starts as a copy of theta (body and projector; the target has no predictor), in buffers of its
-    # own: the loop's jit donates the state, and one buffer cannot be donated twice.
-    target = nnx.clone(online.encoder, arrays=True)
+    rngs = nnx.Rngs(config.seed)
+    online = BYOL(
+        Encoder(create_body(config.model, config.views.crop_size, rngs), config.model, rngs), config.model, rngs
+    )
+    if config.method.target_init == "independent":  # official: xi drawn with a key of its own
+        rngs = nnx.Rngs(jax.random.fold_in(jax.random.key(config.seed), 1))
+        target = Encoder(create_body(config.model, config.views.crop_size, rngs), config.model, rngs)
+    else:  # 'copy': xi starts as theta (body and projector), in buffers of its own, because the loop's
+        # jit donates the state and one buffer cannot be donated twice
+        target = nnx.clone(online.encoder, arrays=True)
     total_steps, warmup_steps = schedule_steps(config.optim, steps_per_epoch)
     lr_schedule = functools.partial(
         learning_rate_schedule,
@@ -310,11 +323,15 @@ def ema_update(target, online, tau):
     return jax.tree.map(lambda xi, theta: xi + (1 - tau) * (theta - xi), target, online)
 
 
-def train_step(graphdef, config, lr_schedule, tau_schedule, state, batch, key):
-    """One step on the global batch; jitted with `graphdef, config, lr_schedule, tau_schedule` bound."""
-    parts = nnx.merge(graphdef, state)
+def update(parts, views, lr_schedule, tau_schedule):
+    """The step after the views: the loss, the LARS update of theta, the EMA of xi.
+
+    parts: {"online", "target", "optimizer"}, updated in place. views: (x1, x2), two normalised stacks
+    [B, S, S, 3] of the same images (make_views' output, or a reference case's stored views).
+    Returns the step's metrics.
+    """
     online, target, optimizer = parts["online"], parts["target"], parts["optimizer"]
-    x1, x2 = make_views(key, batch["image"], config.views)
+    x1, x2 = views
     # Target projections z'_1, z'_2. As the official code, each view is a separate forward pass in
     # training mode (batch-norm statistics of that view over the global batch), and the target keeps
     # its own running statistics. No gradient reaches it: value_and_grad below differentiates the
@@ -331,12 +348,19 @@ def train_step(graphdef, config, lr_schedule, tau_schedule, state, batch, key):
     # The EMA after the online update (Algorithm 1), on the weights only; batch-norm statistics are
     # the target's own.
     nnx.update(target, ema_update(nnx.state(target, nnx.Param), nnx.state(online.encoder, nnx.Param), tau))
-    metrics = {
+    return {
         "loss": loss,
         "lr": lr_schedule(step),
         "tau": tau,
         "finite": checkpoint.all_finite(loss, nnx.state({"online": online, "target": target}, nnx.Param)),
     }
+
+
+def train_step(graphdef, config, lr_schedule, tau_schedule, state, batch, key):
+    """One step on the global batch: the views, then `update`; jitted with the first four bound."""
+    parts = nnx.merge(graphdef, state)
+    views = make_views(key, batch["image"], config.views)
+    metrics = update(parts, views, lr_schedule, tau_schedule)
     return nnx.state(parts), metrics
 
 
@@ -369,6 +393,10 @@ def check_config(config):
         p = config.views[name]
         if len(p) != 2 or not all(0.0 <= v <= 1.0 for v in p):
             problems.append(f"views.{name}={tuple(p)} must be two probabilities (view 1, view 2)")
+    if config.method.target_init not in ("copy", "independent"):
+        problems.append(f"method.target_init={config.method.target_init!r} must be 'copy' or 'independent'")
+    if config.model.padding not in ("torch", "haiku"):
+        problems.append(f"model.padding={config.model.padding!r} must be 'torch' or 'haiku' (official)")
     if config.optim.epochs <= 0 or config.optim.warmup_epochs < 0:
         problems.append("optim.epochs must be > 0 and optim.warmup_epochs >= 0")
     if problems:

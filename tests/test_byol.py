@@ -1,6 +1,8 @@
-"""BYOL: the loss, schedules and target update against the official deepmind-research outputs; the
-asymmetric views; the EMA target in the smoke run's steps 3 and 4 (the loop, resume, devices, the
-non-finite guard and bad configs: test_contract)."""
+"""BYOL: what the reference cases do not pin down (jit and stop-gradient of the loss, no warmup, LARS's
+order with a changing rate, the paper presets' Haiku ResNet and separate target init), the asymmetric
+views, and the EMA target in the smoke run's steps 3 and 4. The loss, schedule, target-update and
+whole-step cases run through scripts/check_reference.py (scripts/reference/byol.py); the loop, resume,
+devices, the non-finite guard and bad configs: test_contract."""
 
 import json
 import pathlib
@@ -9,7 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
+from byol import config as byol_config
 from byol import train as byol
 from tests import helpers
 
@@ -25,23 +29,9 @@ def _load(case):
     return np.load(REFERENCE / case["file"])
 
 
-def _assert_close(got, want, tol):
-    np.testing.assert_allclose(np.asarray(got), want, rtol=tol["rtol"], atol=tol["atol"])
-
-
 def _loss_inputs(z):
     names = ("online_pred_1", "online_pred_2", "target_proj_1", "target_proj_2")
     return [jnp.asarray(z[name]) for name in names]
-
-
-@pytest.mark.parametrize("case", _cases("byol_loss"), ids=lambda c: c["case"])
-def test_byol_loss_matches_official(case):
-    z = _load(case)
-    loss = byol.byol_loss(*_loss_inputs(z))
-    _assert_close(loss, z["loss_f64"], case["tolerance"]["loss"])
-    # The per-example terms pin down the pairing (prediction of view 1 with projection of view 2).
-    per_example = z["per_example_12"] + z["per_example_21"]
-    np.testing.assert_allclose(float(loss), per_example.mean(), rtol=1e-5, atol=1e-5)
 
 
 def test_byol_loss_jit_and_stop_gradient():
@@ -55,47 +45,10 @@ def test_byol_loss_jit_and_stop_gradient():
     np.testing.assert_array_equal(grads[3], 0.0)
 
 
-def test_target_ema_decay_matches_official():
-    (case,) = _cases("byol_target_ema_schedule")
-    z = _load(case)
-    steps = jnp.asarray(z["steps"], jnp.int32)
-    hyper = case["hyper"]
-    tau = byol.target_ema_decay(steps, **hyper)
-    _assert_close(tau, z["tau"], case["tolerance"]["tau"])
-    tau_jit = jax.jit(lambda s: byol.target_ema_decay(s, **hyper))(steps)
-    np.testing.assert_array_equal(tau_jit, tau)
-
-
-def test_learning_rate_schedule_matches_official():
-    (case,) = _cases("byol_learning_rate_schedule")
-    z = _load(case)
-    steps = jnp.asarray(z["steps"], jnp.int32)
-    hyper = case["hyper"]
-    lr = byol.learning_rate_schedule(steps, **hyper)
-    _assert_close(lr, z["learning_rate"], case["tolerance"]["learning_rate"])
-    # Inside a jitted step the step is traced and the rest is config.
-    lr_jit = jax.jit(lambda s: byol.learning_rate_schedule(s, **hyper))(steps)
-    np.testing.assert_allclose(lr_jit, lr, rtol=1e-6, atol=1e-7)
-
-
 def test_learning_rate_schedule_without_warmup():
     # No warmup: the cosine starts at the scaled rate at step 0 (0.1 * 512 / 256 = 0.2).
     lr = byol.learning_rate_schedule(jnp.array([0, 5, 10, 20]), 512, 0.1, 10, 0)
     np.testing.assert_allclose(lr, [0.2, 0.1, 0.0, 0.0], atol=1e-7)
-
-
-def test_ema_update_matches_official():
-    (case,) = _cases("byol_target_update")
-    z = _load(case)
-    # tau as the official code took it at this step.
-    tau = byol.target_ema_decay(case["hyper"]["step"], case["hyper"]["base_ema"], case["hyper"]["max_steps"])
-    np.testing.assert_allclose(tau, z["tau"], rtol=0, atol=1e-7)
-    target = {"w": jnp.asarray(z["target_w"]), "b": jnp.asarray(z["target_b"])}
-    online = {"w": jnp.asarray(z["online_w"]), "b": jnp.asarray(z["online_b"])}
-    new_target = jax.jit(byol.ema_update)(target, online, jnp.asarray(z["tau"]))
-    tol = case["tolerance"]["new_target"]
-    _assert_close(new_target["w"], z["new_target_w"], tol)
-    _assert_close(new_target["b"], z["new_target_b"], tol)
 
 
 def test_lars_applies_momentum_before_the_learning_rate():
@@ -119,6 +72,33 @@ def test_lars_applies_momentum_before_the_learning_rate():
         np.testing.assert_allclose(updates["w"], -schedule(k) * mu["w"], rtol=1e-5)
         np.testing.assert_allclose(updates["b"], -schedule(k) * mu["b"], rtol=1e-5)
         params = optax.apply_updates(params, updates)
+
+
+def test_paper_presets_build_the_official_haiku_resnet():
+    # deepmind-research byol: hk ResNet50 with 'SAME' padding on every conv and the max-pool, BlockV1's
+    # last batch-norm scale initialised to 0, Haiku's biased running variance, target drawn separately.
+    config = byol_config.get_config("imagenet")
+    assert config.model.padding == "haiku" and config.model.zero_init_residual
+    assert config.method.target_init == "independent"
+    body = nnx.eval_shape(lambda: byol.create_body(config.model, config.views.crop_size, nnx.Rngs(0)))
+    block = body.stages[1][0]
+    assert body.conv1.padding == "SAME" and body.pool_same and block.conv2.padding == "SAME"
+    assert block.conv2.strides == (2, 2) and block.downsample_conv.padding == "SAME"
+    batch_norms = [m for _, m in nnx.iter_graph(body) if isinstance(m, nnx.BatchNorm)]
+    assert len(batch_norms) == 53 and not any(m.unbiased for m in batch_norms)
+
+
+@pytest.mark.parametrize("target_init", ["copy", "independent"])
+def test_target_init(target_init):
+    config = helpers.smoke_config("byol", **{"method.target_init": target_init})
+    graphdef, state, _ = byol.create_state(config, steps_per_epoch=4)
+    parts = nnx.merge(graphdef, state)
+    xi = jax.tree.leaves(nnx.state(parts["target"], nnx.Param))
+    theta = jax.tree.leaves(nnx.state(parts["online"].encoder, nnx.Param))
+    kernels = [(a, b) for a, b in zip(xi, theta) if a.ndim > 1]
+    assert len(kernels) > 5
+    same = [bool(np.array_equal(a, b)) for a, b in kernels]
+    assert all(same) if target_init == "copy" else not any(same)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -156,6 +156,8 @@ BAD_CONFIGS = [
     ("byol", "method.base_ema", 1.5, "base_ema"),
     ("byol", "views.solarize_p", (0.2,), "solarize_p"),
     ("byol", "data.batch_size", 1, "batch_size"),
+    ("byol", "method.target_init", "clone", "target_init"),
+    ("byol", "model.padding", "same", "padding"),
     ("dino", "method.teacher_temp", 0.0, "teacher_temp"),
     ("dino", "method.warmup_teacher_temp_epochs", 5, "warmup_teacher_temp_epochs"),
     ("dino", "model.patch_size", 5, "patch_size"),

@@ -15,7 +15,58 @@ import pytest
 OFFICIAL = {}
 
 # --- byol ---
-OFFICIAL["byol"] = []
+# :imagenet = deepmind-research byol (d8df415) `python -m byol.main_loop --experiment_mode=pretrain
+# --worker_mode=train --pretrain_epochs=1000` (main_loop's default --batch_size=4096), i.e.
+# configs/byol.get_config(1000, 4096); published: 74.3% linear top-1 (paper Table 1; README: 74.0-74.5).
+_BYOL_CMD = "deepmind-research byol/main_loop.py --pretrain_epochs=1000 -> configs/byol.py get_config(1000, 4096)"
+_BYOL_AUG = "deepmind-research byol/utils/augmentations.py augment_config"
+_BYOL_DATA = "deepmind-research byol/utils/dataset.py _decode_and_random_crop / normalize_images"
+_BYOL_CIFAR = "no official BYOL CIFAR-10 recipe: the official 300-epoch preset, get_config(300, .)"
+_BYOL_COMMON = [
+    ("views.crop_ratio", (3 / 4, 4 / 3), _BYOL_DATA + ": log-uniform aspect (3/4, 4/3)"),
+    ("views.flip_p", 0.5, _BYOL_AUG + ": random_flip"),
+    ("views.color_jitter", (0.4, 0.4, 0.2, 0.1), _BYOL_AUG + ": brightness, contrast, saturation, hue"),
+    ("views.color_p", 0.8, _BYOL_AUG + ": color_jitter_prob"),
+    ("views.gray_p", 0.2, _BYOL_AUG + ": to_grayscale_prob"),
+    ("views.blur_p", (1.0, 0.1), _BYOL_AUG + ": gaussian_blur apply_prob view1 / view2"),
+    ("views.solarize_p", (0.0, 0.2), _BYOL_AUG + ": solarize apply_prob view1 / view2"),
+    ("views.crop_scale", (0.08, 1.0), _BYOL_DATA + ": area uniform in (0.08, 1)"),
+    ("model.proj_hidden_dim", 4096, "configs/byol.py network_config.projector_hidden_size"),
+    ("model.proj_dim", 256, "configs/byol.py network_config.projector_output_size"),
+    ("model.pred_hidden_dim", 4096, "configs/byol.py network_config.predictor_hidden_size"),
+    ("model.bn_momentum", 0.9, "configs/byol.py bn_config.decay_rate 0.9 (NNX momentum = decay)"),
+    ("model.padding", "haiku", "byol/utils/networks.py ResNetTorso: hk.Conv2D / max_pool padding='SAME'"),
+    ("method.target_init", "independent", "byol_experiment.py _make_initial_state: rng_online, rng_target"),
+    ("optim.momentum", 0.9, "configs/byol.py optimizer_config.momentum"),
+    ("optim.trust_coefficient", 1e-3, "configs/byol.py optimizer_config.eta"),
+    ("optim.warmup_epochs", 10.0, "configs/byol.py warmup_steps = 10 * train_images_per_epoch // batch_size"),
+]
+OFFICIAL["byol"] = [
+    *[("imagenet", *row) for row in _BYOL_COMMON],
+    ("imagenet", "data.name", "imagenet2012", _BYOL_DATA + ": TFDS imagenet2012 train (TRAIN_AND_VALID)"),
+    ("imagenet", "data.batch_size", 4096, "byol/main_loop.py --batch_size default 4096"),
+    ("imagenet", "optim.epochs", 1000.0, _BYOL_CMD + ": max_steps = 1000 * 1281167 // 4096"),
+    ("imagenet", "optim.lr", 0.2, _BYOL_CMD + ": _LR_PRESETS[1000], x batch / 256 (schedules.learning_schedule)"),
+    ("imagenet", "optim.weight_decay", 1.5e-6, _BYOL_CMD + ": _WD_PRESETS[1000]"),
+    ("imagenet", "method.base_ema", 0.996, _BYOL_CMD + ": _EMA_PRESETS[1000]"),
+    ("imagenet", "model.name", "resnet50", _BYOL_CMD + ": encoder_class 'ResNet50', width_multiplier 1"),
+    ("imagenet", "model.stem", "imagenet", "byol/utils/networks.py ResNetTorso: 7x7/2 conv + 3x3/2 max-pool"),
+    ("imagenet", "model.zero_init_residual", True, "haiku BlockV1 (0673817) batchnorm_2 scale_init zeros"),
+    ("imagenet", "views.crop_size", 224, _BYOL_DATA + ": resize to 224 x 224"),
+    ("imagenet", "views.mean", (0.485, 0.456, 0.406), _BYOL_DATA + ": mean_rgb"),
+    ("imagenet", "views.std", (0.229, 0.224, 0.225), _BYOL_DATA + ": stddev_rgb"),
+    *[("cifar10", *row) for row in _BYOL_COMMON],
+    ("cifar10", "data.name", "cifar10", _BYOL_CIFAR),
+    ("cifar10", "data.batch_size", 512, _BYOL_CIFAR + "; batch 512 chosen for one accelerator (official 4096)"),
+    ("cifar10", "optim.epochs", 300.0, _BYOL_CIFAR),
+    ("cifar10", "optim.lr", 0.3, _BYOL_CIFAR + ": _LR_PRESETS[300], x batch / 256"),
+    ("cifar10", "optim.weight_decay", 1e-6, _BYOL_CIFAR + ": _WD_PRESETS[300]"),
+    ("cifar10", "method.base_ema", 0.99, _BYOL_CIFAR + ": _EMA_PRESETS[300]"),
+    ("cifar10", "model.name", "resnet18", "preset's choice for 32 px (official ResNet-50; README imagenette ResNet18)"),
+    ("cifar10", "model.stem", "cifar", "preset's choice: 3x3/1 stem, no max-pool, for 32 px images"),
+    ("cifar10", "model.zero_init_residual", False, "haiku BlockV1 zero-inits bottlenecks only (ResNet-18: none)"),
+    ("cifar10", "views.crop_size", 32, "preset's choice: CIFAR-10's native 32 px (official 224)"),
+]
 # --- end byol ---
 
 # --- dino ---
