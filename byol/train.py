@@ -14,7 +14,9 @@ where p_v is the online prediction of view v, z'_v the target projection of view
 stop-gradient, and tau rises from base_ema to 1 along a cosine.
 
 Paper: J.-B. Grill et al., "Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning",
-NeurIPS 2020, https://arxiv.org/abs/2006.07733. Checked against deepmind/deepmind-research byol/.
+NeurIPS 2020, https://arxiv.org/abs/2006.07733. Checked against deepmind/deepmind-research byol/: the
+loss, schedules and EMA, and four whole official steps (`update` on the case's views, with the Haiku
+ResNet and a separately drawn target: `python scripts/check_reference.py tests/reference/steps/byol_*`).
 
     python byol/train.py --config byol/config.py --workdir runs/byol
 
@@ -26,6 +28,7 @@ reaches, and on which machine.
 """
 
 import functools
+import math
 import pathlib
 import sys
 
@@ -75,6 +78,16 @@ def create_body(model, img_size, rngs):
         bn_unbiased=False,
         rngs=rngs,
     )
+
+
+def haiku_init(module, key):
+    """Redraws every conv and Linear kernel of `module` as Haiku's default initialiser draws the official
+    networks': a normal truncated at 2 sigma, sigma = 1 / sqrt(fan_in). Biases (0) and batch-norm scales
+    (1, or 0 for zero_init_residual) are the same in both conventions."""
+    kernels = [m.kernel for _, m in nnx.iter_graph(module) if isinstance(m, (nnx.Conv, nnx.Linear))]
+    for i, kernel in enumerate(kernels):
+        init = jax.nn.initializers.truncated_normal(math.prod(kernel.shape[:-1]) ** -0.5)
+        kernel[...] = init(jax.random.fold_in(key, i), kernel.shape, kernel[...].dtype)
 
 
 class Encoder(nnx.Module):
@@ -285,13 +298,16 @@ def create_state(config, steps_per_epoch):
     learning rate and tau are functions of the optimizer's step counter, which is in the state, so a
     resumed run continues both schedules exactly.
     """
+    encoder = lambda rngs: Encoder(create_body(config.model, config.views.crop_size, rngs), config.model, rngs)
     rngs = nnx.Rngs(config.seed)
-    online = BYOL(
-        Encoder(create_body(config.model, config.views.crop_size, rngs), config.model, rngs), config.model, rngs
-    )
+    online = BYOL(encoder(rngs), config.model, rngs)
+    if config.model.init == "haiku":
+        haiku_init(online, jax.random.fold_in(jax.random.key(config.seed), 2))
     if config.method.target_init == "independent":  # official: xi drawn with a key of its own
         rngs = nnx.Rngs(jax.random.fold_in(jax.random.key(config.seed), 1))
-        target = Encoder(create_body(config.model, config.views.crop_size, rngs), config.model, rngs)
+        target = encoder(rngs)
+        if config.model.init == "haiku":
+            haiku_init(target, jax.random.fold_in(jax.random.key(config.seed), 3))
     else:  # 'copy': xi starts as theta (body and projector), in buffers of its own, because the loop's
         # jit donates the state and one buffer cannot be donated twice
         target = nnx.clone(online.encoder, arrays=True)
@@ -395,6 +411,8 @@ def check_config(config):
             problems.append(f"views.{name}={tuple(p)} must be two probabilities (view 1, view 2)")
     if config.method.target_init not in ("copy", "independent"):
         problems.append(f"method.target_init={config.method.target_init!r} must be 'copy' or 'independent'")
+    if config.model.init not in ("torch", "haiku"):
+        problems.append(f"model.init={config.model.init!r} must be 'torch' or 'haiku' (official)")
     if config.model.padding not in ("torch", "haiku"):
         problems.append(f"model.padding={config.model.padding!r} must be 'torch' or 'haiku' (official)")
     if config.optim.epochs <= 0 or config.optim.warmup_epochs < 0:

@@ -101,6 +101,21 @@ def test_target_init(target_init):
     assert all(same) if target_init == "copy" else not any(same)
 
 
+def test_haiku_init_draws_kernels_as_haiku():
+    # Haiku's default w_init for Conv2D and Linear: TruncatedNormal(stddev=1/sqrt(fan_in)), cut at
+    # +-2 stddev and not rescaled, so the drawn std is 0.880 / sqrt(fan_in).
+    config = helpers.smoke_config("byol", **{"model.init": "haiku", "method.target_init": "independent"})
+    parts = nnx.merge(*byol.create_state(config, steps_per_epoch=4)[:2])
+    for network in (parts["online"], parts["target"]):
+        kernels = [m.kernel[...] for _, m in nnx.iter_graph(network) if isinstance(m, (nnx.Conv, nnx.Linear))]
+        assert len(kernels) > 5
+        for w in kernels:
+            sigma = np.prod(w.shape[:-1]) ** -0.5
+            assert np.abs(w).max() <= 2 * sigma * (1 + 1e-6)
+            if w.size >= 4096:
+                np.testing.assert_allclose(np.std(w), 0.8796 * sigma, rtol=0.05)
+
+
 # ------------------------------------------------------------------------------------------------
 # Views, and the EMA target in the shared smoke run
 # ------------------------------------------------------------------------------------------------

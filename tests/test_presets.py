@@ -36,6 +36,7 @@ _BYOL_COMMON = [
     ("model.pred_hidden_dim", 4096, "configs/byol.py network_config.predictor_hidden_size"),
     ("model.bn_momentum", 0.9, "configs/byol.py bn_config.decay_rate 0.9 (NNX momentum = decay)"),
     ("model.padding", "haiku", "byol/utils/networks.py ResNetTorso: hk.Conv2D / max_pool padding='SAME'"),
+    ("model.init", "haiku", "haiku Conv2D / Linear default w_init TruncatedNormal(1 / sqrt(fan_in))"),
     ("method.target_init", "independent", "byol_experiment.py _make_initial_state: rng_online, rng_target"),
     ("optim.momentum", 0.9, "configs/byol.py optimizer_config.momentum"),
     ("optim.trust_coefficient", 1e-3, "configs/byol.py optimizer_config.eta"),
