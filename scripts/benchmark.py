@@ -2,6 +2,8 @@
 
     python scripts/benchmark.py --config simclr/config.py            # the method is the config's folder
     python scripts/benchmark.py --config dino/config.py:imagenet --config.data.name=synthetic ...
+    python scripts/benchmark.py --config simclr/config.py --augment_only --config.data.name=synthetic \
+        --config.data.image_size=224 --config.views.crop_size=224 --config.data.batch_size=32
 
 Prints images/s (images of the data set, not views), the compile time of the step, and the step's
 FLOP rate from XLA's cost analysis, with MFU against --peak_tflops when given (e.g. 989 for an H100's
@@ -32,6 +34,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "A method's config, e.
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps for each measurement (after warm-up).")
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "The device's peak TFLOP/s, for MFU (0: not printed).")
 _JSON = flags.DEFINE_string("json", "", "Also write the figures to this JSON file.")
+_AUGMENT_ONLY = flags.DEFINE_bool(
+    "augment_only", False, "Time only the method's make_views on one batch (no state, step or loop)."
+)
 
 
 def timed(fn, n):
@@ -52,11 +57,28 @@ def main(argv):
     dataset = data.load(config.data, config.data.train_split)
     loader = data.Loader(dataset, config.data.batch_size, config.seed, mesh)
     batch_size = config.data.batch_size
+    key = jax.random.key(0)
+    if _AUGMENT_ONLY.value:
+        batch = loader.get(0)
+        views = jax.jit(lambda k, images: module.make_views(k, images, config.views))
+        start = time.perf_counter()
+        jax.block_until_ready(views(key, batch["image"]))
+        figures = {
+            "method": method,
+            "device": str(jax.devices()[0].device_kind),
+            "batch_size": batch_size,
+            "image_shape": list(dataset.image_shape),
+            "augment_compile_and_first_s": round(time.perf_counter() - start, 2),
+            "augment_images_per_s": round(batch_size / timed(lambda: views(key, batch["image"]), _STEPS.value), 1),
+        }
+        print(json.dumps(figures))
+        if _JSON.value:
+            pathlib.Path(_JSON.value).write_text(json.dumps(figures, indent=2))
+        return
     inputs = loop.state_inputs(module, config, dataset)
     graphdef, state, step_fn = module.create_state(config, loader.steps_per_epoch, **inputs)
     state = checkpoint.replicate(state, mesh)
     batch = loader.get(0)
-    key = jax.random.key(0)
 
     start = time.perf_counter()
     compiled = jax.jit(step_fn, donate_argnums=0).lower(state, batch, key).compile()
