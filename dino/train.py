@@ -214,17 +214,11 @@ def make_views(key, images, cfg):
 def dino_loss(student_out, teacher_out, center, student_temp, teacher_temp, center_momentum):
     """Cross-entropy between the centred, sharpened teacher and the student over crop pairs.
 
-    Args:
-        student_out: [n_crops, B, K] student head outputs (before temperature); crops 0 and 1 are
-            the global crops, the rest local crops.
-        teacher_out: [2, B, K] teacher head outputs on the two global crops.
-        center: [1, K] running centre of the teacher outputs (a buffer, zeros at the start).
-        student_temp: tau_s (0.1).
-        teacher_temp: tau_t at the current EPOCH, from `teacher_temp_schedule` (may be traced).
-        center_momentum: m of the centre EMA (0.9).
-    Returns:
-        (loss, new_center): scalar loss, averaged over the (teacher crop, student crop) pairs with
-        different crops and over the global batch; new_center [1, K].
+    student_out: [n_crops, B, K] student head outputs (before temperature), crops 0 and 1 global;
+    teacher_out: [2, B, K] teacher outputs on the global crops; center: [1, K] running centre c;
+    student_temp: tau_s (0.1); teacher_temp: tau_t at the current EPOCH (may be traced);
+    center_momentum: m (0.9). Returns (loss, new_center [1, K]): the loss averaged over the
+    (teacher crop, student crop) pairs of different crops and over the global batch.
     """
     n_global, n_crops = teacher_out.shape[0], student_out.shape[0]
     log_p_student = jax.nn.log_softmax(student_out / student_temp, axis=-1)  # [n_crops, B, K]
@@ -263,12 +257,8 @@ def teacher_temp_schedule(warmup_teacher_temp, teacher_temp, warmup_teacher_temp
 
     np.linspace includes its endpoint, so the last warmup epoch already has `teacher_temp`.
     """
-    return np.concatenate(
-        (
-            np.linspace(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs),
-            np.ones(nepochs - warmup_teacher_temp_epochs) * teacher_temp,
-        )
-    )
+    warmup = np.linspace(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs)
+    return np.concatenate((warmup, np.ones(nepochs - warmup_teacher_temp_epochs) * teacher_temp))
 
 
 def cosine_scheduler(base_value, final_value, epochs, niter_per_ep, warmup_epochs=0, start_warmup_value=0):
@@ -289,14 +279,10 @@ def cosine_scheduler(base_value, final_value, epochs, niter_per_ep, warmup_epoch
 
 
 def step_schedules(config, steps_per_epoch):
-    """Every schedule as one float64 array indexed by the step (the official numpy values); the state
-    holds them as float32 device arrays, so the jitted step reads its values from the checkpointed step
-    counter (resume is exact) rather than from host state.
-
-    cosine_scheduler counts whole epochs of niter_per_ep iterations; called with iterations as
-    'epochs' and niter_per_ep = 1 it gives the same arrays and allows the CPU presets' fractions of
-    an epoch. Returns {'lr', 'weight_decay', 'momentum', 'teacher_temp', 'last_layer_frozen'}.
-    """
+    """{'lr', 'weight_decay', 'momentum', 'teacher_temp', 'last_layer_frozen'}: float64 arrays (the
+    official numpy values) indexed by the step; the jitted step reads them (as float32) at the
+    checkpointed step counter, so resume is exact. cosine_scheduler called with iterations as 'epochs'
+    and niter_per_ep = 1 gives the official arrays and allows the CPU presets' fractions of an epoch."""
     o, m = config.optim, config.method
     total = max(1, int(o.epochs * steps_per_epoch))
     warmup = min(total, int(o.warmup_epochs * steps_per_epoch))
@@ -304,23 +290,18 @@ def step_schedules(config, steps_per_epoch):
     lr = cosine_scheduler(o.lr * config.data.batch_size / 256, o.final_lr, total, 1, warmup)
     weight_decay = cosine_scheduler(o.weight_decay, o.weight_decay_end, total, 1)
     momentum = cosine_scheduler(m.momentum_teacher, 1.0, total, 1)  # lambda: cosine to 1 (Sec. 3.1)
-    # Whole epochs the run touches; never fewer than the warmup (a run shorter than it stays in it).
+    # Whole epochs the run touches, never fewer than the warmup (a shorter run stays in it).
     epochs = max(math.ceil(total / steps_per_epoch), m.warmup_teacher_temp_epochs)
     per_epoch = teacher_temp_schedule(m.warmup_teacher_temp, m.teacher_temp, m.warmup_teacher_temp_epochs, epochs)
     teacher_temp = per_epoch[np.arange(total) // steps_per_epoch]  # official: indexed by epoch
     # The head's last layer is fixed during the first epoch(s) (official: while epoch < freeze_last_layer).
-    last_layer_frozen = np.arange(total) < int(o.freeze_last_layer * steps_per_epoch)
-    return {
-        "lr": lr,
-        "weight_decay": weight_decay,
-        "momentum": momentum,
-        "teacher_temp": teacher_temp,
-        "last_layer_frozen": last_layer_frozen.astype(np.float64),
-    }
+    frozen = (np.arange(total) < int(o.freeze_last_layer * steps_per_epoch)).astype(np.float64)
+    return dict(
+        lr=lr, weight_decay=weight_decay, momentum=momentum, teacher_temp=teacher_temp, last_layer_frozen=frozen
+    )
 
 
-def _name(key):  # a pytree path entry's name
-    return getattr(key, "key", getattr(key, "name", None))
+_name = lambda key: getattr(key, "key", getattr(key, "name", None))  # a pytree path entry's name
 
 
 def regularized(params):
@@ -359,10 +340,8 @@ def make_optimizer(name, schedules, frozen_steps):
         return optax.chain(decay, trust_ratio, optax.trace(decay=0.9), optax.scale_by_learning_rate(lr))
 
     last_layer = optax.transforms.conditionally_mask(optimizer(frozen_steps), lambda count: count >= frozen_steps)
-    in_last_layer = lambda path: any(_name(k) == "last_layer" for k in path)
-    labels = lambda params: jax.tree_util.tree_map_with_path(
-        lambda path, _: "last_layer" if in_last_layer(path) else "trained", params
-    )
+    group = lambda path, _: "last_layer" if any(_name(k) == "last_layer" for k in path) else "trained"
+    labels = lambda params: jax.tree_util.tree_map_with_path(group, params)
     return optax.multi_transform({"trained": optimizer(0), "last_layer": last_layer}, labels)
 
 
@@ -396,10 +375,8 @@ def create_state(config, steps_per_epoch, student=None):
 
 
 def ema_update(teacher, student, m):
-    """Teacher update theta_t <- m * theta_t + (1 - m) * theta_s (paper Sec. 3.1), on pytrees.
-
-    m follows `cosine_scheduler(momentum_teacher, 1, epochs, niter_per_ep)`, indexed by iteration.
-    """
+    """Teacher update theta_t <- m * theta_t + (1 - m) * theta_s (paper Sec. 3.1), on pytrees; m follows
+    `cosine_scheduler(momentum_teacher, 1, epochs, niter_per_ep)`, indexed by iteration."""
     return jax.tree.map(lambda theta_t, theta_s: theta_t * m + (1 - m) * theta_s, teacher, student)
 
 
@@ -411,8 +388,7 @@ def clip_gradients(grads, clip):
 
 
 def train_step(graphdef, config, schedules, state, batch, key):
-    """One step on the global batch; jitted with `graphdef, config, schedules` bound: the views, then
-    `update` with this step's schedule values."""
+    """One step on the global batch (jitted with `graphdef, config, schedules` bound): views, then update."""
     parts = nnx.merge(graphdef, state)
     step = parts["optimizer"].step[...]
     s = {name: values[jnp.minimum(step, values.shape[0] - 1)] for name, values in schedules.items()}
@@ -423,14 +399,11 @@ def train_step(graphdef, config, schedules, state, batch, key):
 
 
 def update(config, parts, crops, s, key):
-    """Everything after the views, in the official order: teacher and student forwards, the loss and
-    the centre, per-tensor gradient clipping, the student's optimizer step (the last layer's frozen
-    while s['last_layer_frozen']: see make_optimizer), then the teacher's EMA. Changes `parts` in place.
-
-    crops: [global [2, B, S, S, 3], local [n, B, s, s, 3]] (local only when n > 0); s: this step's
-    schedule values; key: the student's stochastic depth. Returns (metrics, outputs) with outputs =
-    {'student_out', 'teacher_out', 'grad_norm'} for the reference checks.
-    """
+    """Everything after the views, in the official order: teacher and student forwards, loss and centre,
+    per-tensor clipping, the student's optimizer step (see make_optimizer for the frozen last layer),
+    the teacher's EMA. Changes `parts` in place. crops: [global [2, B, S, S, 3], local [n, B, s, s, 3]];
+    s: this step's schedule values; key: the student's stochastic depth. Returns (metrics, outputs):
+    outputs = {'student_out', 'teacher_out', 'grad_norm'} for the reference checks."""
     student, teacher, centre, optimizer = (parts[k] for k in ("student", "teacher", "centre", "optimizer"))
     # The teacher sees the two global crops only. It is outside the differentiated function, and the
     # paper's stop-gradient (Alg. 1, t.detach()) is also inside dino_loss.
@@ -439,14 +412,8 @@ def update(config, parts, crops, s, key):
 
     def loss_fn(student):
         student_out = student(crops, key if config.model.drop_path_rate > 0 else None)  # [n_crops, B, K]
-        loss, new_center = dino_loss(
-            student_out,
-            teacher_out,
-            center,
-            config.method.student_temp,
-            s["teacher_temp"],
-            config.method.center_momentum,
-        )
+        tau_s, m = config.method.student_temp, config.method.center_momentum
+        loss, new_center = dino_loss(student_out, teacher_out, center, tau_s, s["teacher_temp"], m)
         return loss, (new_center, student_out)
 
     (loss, (new_center, student_out)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(student)
@@ -459,14 +426,7 @@ def update(config, parts, crops, s, key):
     # theta_t <- lambda theta_t + (1 - lambda) theta_s with the updated student (Sec. 3.1).
     nnx.update(teacher, ema_update(nnx.state(teacher, nnx.Param), nnx.state(student, nnx.Param), s["momentum"]))
     finite = checkpoint.all_finite(loss, nnx.state(parts, nnx.Param))  # student and teacher parameters
-    metrics = {
-        "loss": loss,
-        "lr": s["lr"],
-        "weight_decay": s["weight_decay"],
-        "momentum": s["momentum"],
-        "teacher_temp": s["teacher_temp"],
-        "finite": finite,
-    }
+    metrics = {"loss": loss, "finite": finite, **{k: s[k] for k in ("lr", "weight_decay", "momentum", "teacher_temp")}}
     return metrics, {"student_out": student_out, "teacher_out": teacher_out, "grad_norm": grad_norm}
 
 
@@ -493,6 +453,7 @@ def check_config(config):
     """Fails fast, before any data loading or compiling, on values the method cannot run with."""
     problems = []
     v, m, o = config.views, config.method, config.optim
+    sizes = ("crop_size", "local_crop_size")
     if config.data.batch_size < 1:
         problems.append(f"data.batch_size={config.data.batch_size} must be >= 1")
     if m.student_temp <= 0 or m.teacher_temp <= 0 or m.warmup_teacher_temp <= 0:
@@ -502,20 +463,14 @@ def check_config(config):
     if o.epochs <= 0 or o.warmup_epochs < 0 or o.freeze_last_layer < 0 or o.clip_grad < 0:
         problems.append("optim.epochs must be > 0; warmup_epochs, freeze_last_layer and clip_grad >= 0")
     elif m.warmup_teacher_temp_epochs > math.ceil(o.epochs):
-        problems.append(
-            f"method.warmup_teacher_temp_epochs={m.warmup_teacher_temp_epochs} is longer than "
-            f"the run ({math.ceil(o.epochs)} epochs)"
-        )
+        problems.append(f"method.warmup_teacher_temp_epochs={m.warmup_teacher_temp_epochs} exceeds the run's epochs")
     if o.optimizer not in ("adamw", "sgd", "lars"):
         problems.append(f"optim.optimizer={o.optimizer!r} is not one of 'adamw', 'sgd', 'lars'")
     if v.local_crops_number < 0 or len(v.blur_p) != 3:
         problems.append("views.local_crops_number must be >= 0 and views.blur_p three probabilities")
     if config.model.name.startswith("vit"):
-        for name in ("crop_size", "local_crop_size"):
-            if v[name] % config.model.patch_size:
-                problems.append(
-                    f"views.{name}={v[name]} is not a multiple of model.patch_size={config.model.patch_size}"
-                )
+        p = config.model.patch_size
+        problems += [f"views.{n}={v[n]} is not a multiple of model.patch_size={p}" for n in sizes if v[n] % p]
     elif config.model.drop_path_rate > 0:
         problems.append("model.drop_path_rate > 0 needs a ViT body")
     if problems:
