@@ -918,9 +918,23 @@ def byol_haiku(ck, path="checkpoint"):
 # ---------------------------------------------------------------------------------------------------
 
 # The input normalisation each official release was trained with (torch / Haiku: ImageNet's mean and
-# std; SimCLR's TensorFlow pipeline: none, images in [0, 1]).
+# std (SwAV: 0.228 for red); SimCLR's TensorFlow pipeline: none, images in [0, 1]).
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-NORMALISATION = {fmt: (IMAGENET_MEAN, IMAGENET_STD) for fmt in FORMATS} | {"simclr_tf2": ((0.0,) * 3, (1.0,) * 3)}
+NORMALISATION = {fmt: (IMAGENET_MEAN, IMAGENET_STD) for fmt in FORMATS} | {
+    "simclr_tf2": ((0.0,) * 3, (1.0,) * 3),
+    "swav": (IMAGENET_MEAN, (0.228, 0.224, 0.225)),  # main_swav.py's std
+}
+# The method a format's checkpoints come from (the default --config is its :imagenet preset).
+DEFAULT_METHOD = {
+    "moco": "moco",
+    "swav": "swav",
+    "dino": "dino",
+    "paws": "paws",
+    "vissl": "pirl",
+    "torchvision": "moco",
+    "simclr_tf2": "simclr2",
+    "byol": "byol",
+}
 # Where the second network of a checkpoint goes: state paths containing one of these names.
 OTHER_NETWORK = {"moco": ("encoder_k",), "dino": ("student",), "byol": ("target",)}
 
@@ -1084,10 +1098,12 @@ def main():
     from absl import app, flags
     from ml_collections import config_flags
 
-    config = config_flags.DEFINE_config_file("config", None, "The method's config, e.g. moco/config.py:imagenet.")
+    config = config_flags.DEFINE_config_file(
+        "config", None, "The method's config, e.g. moco/config.py:imagenet (default: the format's method, :imagenet)."
+    )
     fmt = flags.DEFINE_enum("format", None, FORMATS, "The official checkpoint's format.")
     workdir = flags.DEFINE_string("workdir", None, "A new workdir for the converted run.")
-    flags.mark_flags_as_required(["config", "format", "workdir"])
+    flags.mark_flags_as_required(["format", "workdir"])
 
     def run(argv):
         from common import loop
@@ -1098,8 +1114,16 @@ def main():
             raise app.UsageError(
                 "usage: python -m common.convert SRC --format FMT --workdir W --config M/config.py[:preset]"
             )
+        config_value = config.value
+        config_path = flags.FLAGS["config"].config_filename if config_value is not None else None
+        if config_value is None:  # the method whose official code wrote the format, its ImageNet preset
+            import importlib
+
+            method = DEFAULT_METHOD[fmt.value]
+            config_value = importlib.import_module(f"{method}.config").get_config("imagenet")
+            config_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), method, "config.py")
         try:
-            convert_to_workdir(argv[1], fmt.value, workdir.value, config.value, flags.FLAGS["config"].config_filename)
+            convert_to_workdir(argv[1], fmt.value, workdir.value, config_value, config_path)
         except (CheckpointError, ValueError, FileNotFoundError, FileExistsError) as e:
             sys.exit(f"convert: {type(e).__name__}: {e}")
 
