@@ -48,13 +48,28 @@ from common import augment, checkpoint, loop, models
 # ------------------------------------------------------------------------------------------------
 
 
+def torch_linear(in_dim, out_dim, rngs, use_bias=True):
+    """nn.Linear with PyTorch's default initialisation (the official heads keep it): weight and bias
+    ~ U(-1/sqrt(in_dim), 1/sqrt(in_dim))."""
+    bound = in_dim**-0.5
+    return nnx.Linear(
+        in_dim,
+        out_dim,
+        use_bias=use_bias,
+        kernel_init=jax.nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+        bias_init=lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound),
+        rngs=rngs,
+    )
+
+
 class ProjectionHead(nnx.Module):
-    """Linear-BN-ReLU-Linear, as the official `projection_head` (hidden_mlp, then feat_dim)."""
+    """Linear-BN-ReLU-Linear, as the official `projection_head` (hidden_mlp, then feat_dim); its
+    BatchNorm1d keeps PyTorch's unbiased running variance."""
 
     def __init__(self, in_dim, hidden_dim, out_dim, bn_momentum, rngs):
-        self.fc1 = nnx.Linear(in_dim, hidden_dim, rngs=rngs)
-        self.bn1 = nnx.BatchNorm(hidden_dim, momentum=bn_momentum, rngs=rngs)
-        self.fc2 = nnx.Linear(hidden_dim, out_dim, rngs=rngs)
+        self.fc1 = torch_linear(in_dim, hidden_dim, rngs)
+        self.bn1 = models.BatchNorm(hidden_dim, unbiased=True, momentum=bn_momentum, epsilon=1e-5, rngs=rngs)
+        self.fc2 = torch_linear(hidden_dim, out_dim, rngs)
 
     def __call__(self, h):
         return self.fc2(jax.nn.relu(self.bn1(self.fc1(h))))
@@ -69,10 +84,11 @@ class Queue(nnx.Variable):
 
 class SwAV(nnx.Module):
     """Body f, projection head g and prototypes C (a bias-free linear layer; its kernel [D, K] holds
-    one prototype per column)."""
+    one prototype per column). `body`: a ready body module instead of config.model's (e.g. the
+    reference cases' tiny ResNet)."""
 
-    def __init__(self, config, rngs):
-        self.body = models.create_body(
+    def __init__(self, config, rngs, body=None):
+        self.body = body or models.create_body(
             config.model.name,
             stem=config.model.stem,
             img_size=config.views.crop_size,
@@ -82,20 +98,28 @@ class SwAV(nnx.Module):
         self.head = ProjectionHead(
             self.body.num_features, config.model.proj_hidden_dim, config.model.proj_dim, config.model.bn_momentum, rngs
         )
-        self.prototypes = nnx.Linear(config.model.proj_dim, config.model.num_prototypes, use_bias=False, rngs=rngs)
+        self.prototypes = torch_linear(config.model.proj_dim, config.model.num_prototypes, rngs, use_bias=False)
+        self.bn_groups = config.method.bn_groups
 
     def __call__(self, crops):
         """crops: one crop-major stack [n_g, B, S_g, S_g, 3] per crop size.
 
         Returns the embeddings z [V, B, D] (unit norm) and the prototype scores z C [V, B, K], V crops.
         """
-        n_crops, batch_size = sum(c.shape[0] for c in crops), crops[0].shape[1]
-        # One body pass per crop size (so batch norm statistics are per size, as the official forward);
-        # the head then sees all crops together.
-        h = jnp.concatenate([self.body(c.reshape(-1, *c.shape[2:])) for c in crops])  # [V * B, F]
-        z = l2_normalize(self.head(h))  # [V * B, D]
-        scores = self.prototypes(z)  # [V * B, K]
-        return z.reshape(n_crops, batch_size, -1), scores.reshape(n_crops, batch_size, -1)
+        groups, batch_size = self.bn_groups, crops[0].shape[1]
+
+        def by_group(x):  # [n, B, ...] -> [G * n * B/G, ...]: the rows of one BN group (one "GPU group") together
+            x = x.reshape(x.shape[0], groups, batch_size // groups, *x.shape[2:])
+            return x.swapaxes(0, 1).reshape(-1, *x.shape[3:])
+
+        # Official MultiCropWrapper-like forward: one body pass per crop size (batch norm statistics per
+        # size), then ONE head pass over all crops. Batch norm runs per group of B / bn_groups images
+        # (the official SyncBN process groups), over the global batch when bn_groups = 1.
+        h = [models.grouped_forward(self.body, by_group(c), groups) for c in crops]  # [G * n_g * B/G, F] each
+        h = jnp.concatenate([x.reshape(groups, -1, x.shape[-1]) for x in h], axis=1)  # [G, V * B/G, F]
+        z = l2_normalize(models.grouped_forward(self.head, h.reshape(-1, h.shape[-1]), groups))
+        z = z.reshape(groups, -1, batch_size // groups, z.shape[-1]).swapaxes(0, 1).reshape(-1, batch_size, z.shape[-1])
+        return z, self.prototypes(z)  # [V, B, D], [V, B, K]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -249,23 +273,48 @@ def queue_is_full(queue):
 
 
 def learning_rate_schedule(cfg, steps_per_epoch):
-    """Linear warmup from start_lr to lr, then cosine decay to final_lr (official lr_schedule).
+    """Per-step rate of the official `lr_schedule`: np.linspace(start_lr, lr, warmup) (endpoint
+    included: the last warmup step is already at lr), then cosine from lr to final_lr over the rest.
 
     The rate is the one for the configured batch: SwAV gives it per batch size (4.8 at 4096, 0.6 at 256).
     """
-    total = max(1, int(cfg.epochs * steps_per_epoch))
-    warmup = max(1, min(total - 1, int(cfg.warmup_epochs * steps_per_epoch)))
-    # A run of one step still has a schedule (optax needs decay steps beyond the warmup); longer runs
-    # have warmup < total, so this max changes none of their rates.
-    return optax.warmup_cosine_decay_schedule(
-        cfg.start_lr, cfg.lr, warmup, max(total, warmup + 1), end_value=cfg.final_lr
-    )
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    decay_steps = max(1, int(cfg.epochs * steps_per_epoch) - warmup)
+
+    def schedule(step):
+        ramp = cfg.start_lr + (cfg.lr - cfg.start_lr) * step / max(1, warmup - 1)
+        t = jnp.clip(step - warmup, 0, decay_steps)
+        cosine = cfg.final_lr + 0.5 * (cfg.lr - cfg.final_lr) * (1 + jnp.cos(jnp.pi * t / decay_steps))
+        return jnp.where(step < warmup, ramp, cosine)
+
+    return schedule
+
+
+def larc(trust_coefficient, weight_decay, eps=1e-8):
+    """apex LARC (clip=False), which takes over SGD's weight decay, on every parameter (BN and biases
+    included): g <- (g + wd p) * eta ||p|| / (||g|| + wd ||p|| + eps), and g unchanged (no decay) where
+    ||p|| = 0 or ||g|| = 0. A frozen (zero-gradient) parameter therefore gets no decay and, after
+    the momentum below, no update and an empty buffer: the official `p.grad = None`."""
+
+    def update(grads, state, params):
+        def scale(g, p):
+            p_norm, g_norm = jnp.linalg.norm(p), jnp.linalg.norm(g)
+            trust = trust_coefficient * p_norm / (g_norm + weight_decay * p_norm + eps)
+            return jnp.where((p_norm > 0) & (g_norm > 0), (g + weight_decay * p) * trust, g)
+
+        return jax.tree.map(scale, grads, params), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def make_optimizer(cfg, schedule):
-    """LARS on every parameter, as the official SGD wrapped in apex LARC (which excludes none)."""
-    return optax.lars(
-        schedule, weight_decay=cfg.weight_decay, trust_coefficient=cfg.trust_coefficient, momentum=cfg.momentum
+    """The official LARC(SGD(momentum)): LARC rescales the gradient, SGD's momentum buffer sums the
+    rescaled gradients (buf = m buf + g) and the rate multiplies the buffer (p -= lr_t buf). optax.lars
+    differs: it scales by the rate before its momentum, and uses another trust ratio."""
+    return optax.chain(
+        larc(cfg.trust_coefficient, cfg.weight_decay),
+        optax.trace(decay=cfg.momentum),
+        optax.scale_by_learning_rate(schedule),
     )
 
 
@@ -274,14 +323,14 @@ def make_optimizer(cfg, schedule):
 # ------------------------------------------------------------------------------------------------
 
 
-def create_state(config, steps_per_epoch):
+def create_state(config, steps_per_epoch, body=None):
     """Everything that changes during training, and the step that changes it.
 
     Returns (graphdef, state, step_fn): the parts {model, optimizer, queue} (no queue when
     method.queue_length is 0) split into a static graph and a pytree of arrays, and step_fn(state,
-    batch, key) -> (state, metrics), pure, for jax.jit.
+    batch, key) -> (state, metrics), pure, for jax.jit. `body`: optional ready body (see SwAV).
     """
-    model = SwAV(config, nnx.Rngs(config.seed))
+    model = SwAV(config, nnx.Rngs(config.seed), body)
     schedule = learning_rate_schedule(config.optim, steps_per_epoch)
     optimizer = nnx.Optimizer(model, make_optimizer(config.optim, schedule), wrt=nnx.Param)
     parts = {"model": model, "optimizer": optimizer}
@@ -298,12 +347,20 @@ def create_state(config, steps_per_epoch):
 # ------------------------------------------------------------------------------------------------
 
 
-def train_step(graphdef, config, schedule, queue_start_step, state, batch, key):
-    """One step on the global batch; jitted with `graphdef, config, schedule, queue_start_step` bound."""
-    parts = nnx.merge(graphdef, state)
-    model, optimizer, queue = parts["model"], parts["optimizer"], parts.get("queue")
-    crops = make_views(key, batch["image"], config.views)
+def normalize_prototypes(model):
+    """Prototypes back on the unit sphere before the forward pass, so that the scores are cosines
+    (official: in place under torch.no_grad at the start of every iteration)."""
+    model.prototypes.kernel[...] = l2_normalize(model.prototypes.kernel[...], axis=0)
+
+
+def objective(model, crops, queued, use_queue, config):
+    """The swapped-prediction loss of one batch of crops -> (loss, {"z": [V, B, D], "scores": [V, B, K]}).
+
+    queued: the queue [A, L, D] (None without one); use_queue: whether it is full, so that Sinkhorn
+    runs over its L rows and the batch's B rows.
+    """
     m = config.method
+    z, scores = model(crops)
     loss_at = functools.partial(
         swav_loss,
         temperature=m.temperature,
@@ -311,33 +368,39 @@ def train_step(graphdef, config, schedule, queue_start_step, state, batch, key):
         n_iters=m.sinkhorn_iterations,
         crops_for_assign=tuple(m.crops_for_assign),
     )
-    # Prototypes back on the unit sphere before the forward pass, so that the scores are cosines
-    # (official: in place under torch.no_grad at the start of every iteration).
-    model.prototypes.kernel[...] = l2_normalize(model.prototypes.kernel[...], axis=0)
+    if queued is None:
+        return loss_at(scores), {"z": z, "scores": scores}
+    queue_scores = queued @ model.prototypes.kernel[...]  # [A, L, K], current prototypes; no gradient (Sinkhorn)
+    loss = jax.lax.cond(use_queue, lambda: loss_at(scores, queue_scores=queue_scores), lambda: loss_at(scores))
+    return loss, {"z": z, "scores": scores}
+
+
+def train_step(graphdef, config, schedule, queue_start_step, state, batch, key):
+    """One step on the global batch; jitted with `graphdef, config, schedule, queue_start_step` bound."""
+    crops = make_views(key, batch["image"], config.views)
+    return update(graphdef, config, schedule, queue_start_step, state, crops)
+
+
+def update(graphdef, config, schedule, queue_start_step, state, crops):
+    """The step after the views (the reference cases feed their stored crops here) -> (state, metrics)."""
+    parts = nnx.merge(graphdef, state)
+    model, optimizer, queue = parts["model"], parts["optimizer"], parts.get("queue")
+    m = config.method
+    normalize_prototypes(model)
     queued = None if queue is None else queue[...]  # [A, L, D]
     queue_in_use = queue is not None and queue_is_full(queued)
-
-    def loss_fn(model):
-        z, scores = model(crops)
-        if queue is None:
-            return loss_at(scores), z
-        queue_scores = queued @ model.prototypes.kernel[...]  # [A, L, K], current prototypes
-        loss = jax.lax.cond(queue_in_use, lambda: loss_at(scores, queue_scores=queue_scores), lambda: loss_at(scores))
-        return loss, z
-
-    (loss, z), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    (loss, outputs), grads = nnx.value_and_grad(objective, has_aux=True)(model, crops, queued, queue_in_use, config)
     step = optimizer.step[...]
-    # Prototypes frozen for the first steps (official: their gradient is dropped). LARS still adds
-    # weight decay, which moves each prototype along itself only; the next normalisation undoes it.
+    # Prototypes frozen for the first steps (official: their gradient is None). A zero gradient gets
+    # no weight decay from LARC and leaves the momentum buffer empty: no update at all.
     frozen = step < m.freeze_prototypes_steps
     grads["prototypes"] = jax.tree.map(lambda g: jnp.where(frozen, 0.0, g), grads["prototypes"])
-    lr = schedule(step)
     optimizer.update(model, grads)
-    metrics = {"loss": loss, "lr": lr, "finite": checkpoint.all_finite(loss, nnx.state(model, nnx.Param))}
+    metrics = {"loss": loss, "lr": schedule(step), "finite": checkpoint.all_finite(loss, nnx.state(model, nnx.Param))}
     if queue is not None:
         # This batch's embeddings of the assigned crops join the queue once it has started (official:
         # from epoch `epoch_queue_starts`); it is used from the step after it is full.
-        z_assigned = jax.lax.stop_gradient(z[jnp.asarray(m.crops_for_assign)])  # [A, B, D]
+        z_assigned = jax.lax.stop_gradient(outputs["z"][jnp.asarray(m.crops_for_assign)])  # [A, B, D]
         queue[...] = jnp.where(step >= queue_start_step, update_queue(queued, z_assigned), queued)
         metrics["queue_in_use"] = queue_in_use.astype(jnp.float32)
     return nnx.state(parts), metrics
@@ -378,6 +441,10 @@ def check_config(config):
         problems.append(
             f"method.queue_length={m.queue_length} must be a multiple of data.batch_size="
             f"{config.data.batch_size} (0 = no queue)"
+        )
+    if m.bn_groups < 1 or config.data.batch_size % m.bn_groups:
+        problems.append(
+            f"method.bn_groups={m.bn_groups} must be >= 1 and divide data.batch_size={config.data.batch_size}"
         )
     if config.optim.epochs <= 0 or config.optim.warmup_epochs < 0:
         problems.append("optim.epochs must be > 0 and optim.warmup_epochs >= 0")
