@@ -206,3 +206,55 @@ def _smoke_config(method):
     import importlib
 
     return importlib.import_module(f"{method}.config").get_config("smoke")
+
+
+def test_simclr_tf1_checkpoint_names_map_by_creation_order(tmp_path):
+    """A TF1-named SimCLR checkpoint (base_model/conv2d_<n>, batch_normalization_<n>, optimizer slots
+    and heads beside them) written with TensorFlow, read back by load_tf and mapped into the project's
+    ResNet(padding='tf'); the counters are sorted numerically (conv2d_10 after conv2d_9)."""
+    import tensorflow as tf
+    from flax import nnx
+
+    from common import models
+
+    rng = np.random.default_rng(0)
+    variables, kernels, n = {}, [], 0
+
+    def layer(shape):
+        nonlocal n
+        suffix = f"_{n}" if n else ""
+        kernel = rng.standard_normal(shape).astype(np.float32)
+        variables[f"base_model/conv2d{suffix}/kernel"] = kernel
+        variables[f"base_model/conv2d{suffix}/kernel/Momentum"] = np.zeros(shape, np.float32)
+        for leaf in ("gamma", "beta", "moving_mean", "moving_variance"):
+            variables[f"base_model/batch_normalization{suffix}/{leaf}"] = rng.random(shape[-1]).astype(np.float32)
+        kernels.append(kernel)
+        n += 1
+
+    layer((7, 7, 3, 4))
+    cin = 4
+    for i in range(4):  # stages (1, 1, 1, 1), widths 4, 8, 16, 32: projection, then the three convs
+        w = 4 * 2**i
+        layer((1, 1, cin, 4 * w))
+        layer((1, 1, cin, w))
+        layer((3, 3, w, w))
+        layer((1, 1, w, 4 * w))
+        cin = 4 * w
+    variables["head_contrastive/nl_0/dense/kernel"] = rng.standard_normal((cin, 8)).astype(np.float32)
+    variables["global_step"] = np.array(7, np.int64)
+    prefix = str(tmp_path / "model.ckpt-7")
+    names = sorted(variables)
+    tf.raw_ops.SaveV2(
+        prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names), tensors=[variables[k] for k in names]
+    )
+    converted = convert.simclr_tf2(convert.load_tf(prefix), prefix)
+    assert converted["arch"]["stage_sizes"] == (1, 1, 1, 1) and converted["arch"]["width"] == 4
+    body = nnx.eval_shape(
+        lambda: models.ResNet(
+            (1, 1, 1, 1), models.Bottleneck, width=4, padding="tf", bn_unbiased=False, rngs=nnx.Rngs(0)
+        )
+    )
+    convert.assign(body, converted["body"], strict=True)
+    np.testing.assert_array_equal(np.asarray(body.stages[2][0].conv2.kernel.get_value()), kernels[11])  # conv2d_11
+    np.testing.assert_array_equal(np.asarray(body.stages[3][0].downsample_conv.kernel.get_value()), kernels[13])
+    assert converted["heads"]["head"][(0, "fc", "kernel")].shape == (cin, 8)
