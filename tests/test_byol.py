@@ -87,6 +87,18 @@ def test_paper_presets_build_the_official_haiku_resnet():
     batch_norms = [m for _, m in nnx.iter_graph(body) if isinstance(m, nnx.BatchNorm)]
     assert len(batch_norms) == 53 and not any(m.unbiased for m in batch_norms)
 
+    # LARS's mask (ndim > 1) on the real online network = the official exclude_bias_and_norm: decay and
+    # trust ratio for every conv / Linear kernel ('w'), none for Linear biases ('b') and batch norms.
+    def online_network():
+        rngs = nnx.Rngs(0)
+        body = byol.create_body(config.model, config.views.crop_size, rngs)
+        return byol.BYOL(byol.Encoder(body, config.model, rngs), config.model, rngs)
+
+    online = nnx.eval_shape(online_network)
+    params = nnx.to_flat_state(nnx.state(online, nnx.Param))
+    assert len(params) == 171 - 2  # the official ResNet-50 layout less the classifier's w and b
+    assert all((p.ndim > 1) == (path[-1] == "kernel") for path, p in params)
+
 
 @pytest.mark.parametrize("target_init", ["copy", "independent"])
 def test_target_init(target_init):
