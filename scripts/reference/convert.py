@@ -207,6 +207,12 @@ def run_formula(entry, arrays):
         return compare_outputs(entry, arrays, ours)
     if case == "convert_simclr2_r50_1x_sk0_tf2":
         converted = convert.simclr_tf2(weights, case)
+        # The same variables under a TF2 SavedModel's positional checkpoint keys (weights.params' last column).
+        keys = {row[0]: row[5][0] for row in entry["weights"]["params"]}
+        positional = convert.simclr_tf2({keys[k]: v for k, v in weights.items()}, case)["body"]
+        same = set(positional) == set(converted["body"])
+        same = same and all(np.array_equal(positional[k], converted["body"][k]) for k in positional)
+        positional_check = ("SavedModel positional keys give the same body", float(same), 1.0, 0.0, 0.0)
         x = jnp.asarray(arrays["input/x_nhwc"])
         body = load_body(converted["body"], converted["arch"])
         means = [np.asarray(m) for m in jit_stage_means(body, x)]
@@ -227,7 +233,7 @@ def run_formula(entry, arrays):
         # The NOT-official cross-check: the same converted weights with the symmetric (PyTorch) max-pool.
         body.pool_same = False
         ours["crosscheck/final_avg_pool_symmetric_maxpool"] = np.asarray(forward(body, x))
-        return compare_outputs(entry, arrays, ours)
+        return compare_outputs(entry, arrays, ours) + [positional_check]
     raise NotImplementedError(f"no forward_formula branch for case {case}")
 
 
