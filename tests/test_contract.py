@@ -114,8 +114,10 @@ DIVERGE = {
     "byol": {**_EIGHT_STEPS, "optim.warmup_epochs": 2 * 16 / 60000},
     "dino": {**_EIGHT_STEPS, "optim.warmup_epochs": 2 * 16 / 60000},
     "swav": {**_EIGHT_STEPS, "optim.warmup_epochs": 2 * 16 / 60000},
-    "moco": _EIGHT_STEPS,
-    "pirl": _EIGHT_STEPS,
+    # No warmup in MoCo or PIRL: a tame first step (lr 100, |w| < 1e6, saved), then SGD's momentum
+    # 1e38 carries it past float32's range at the second.
+    "moco": {**_EIGHT_STEPS, "optim.lr": 100.0, "optim.momentum": 1e38},
+    "pirl": {**_EIGHT_STEPS, "optim.lr": 100.0, "optim.momentum": 1e38},
     "paws": {**_EIGHT_STEPS, "optim.warmup_epochs": 2 * 16 / 60000, "optim.start_lr": 0.0},
     # Fine-tuning from scratch, the cheapest stage to compile: 600 labelled images, 37 batches of 16.
     "simclr2": {"stage": "finetune", "finetune.epochs": 8 / 37, "finetune.warmup_epochs": 2 / 37, "finetune.lr": 1e30},
@@ -153,6 +155,7 @@ BAD_CONFIGS = [
     ("moco", "method.bn_groups", 16, "bn_groups"),
     ("moco", "method.temperature", 0.0, "temperature"),
     ("moco", "method.momentum", 1.5, "momentum"),
+    ("moco", "optim.lr_schedule", "hourly", "lr_schedule"),
     ("byol", "method.base_ema", 1.5, "base_ema"),
     ("byol", "views.solarize_p", (0.2,), "solarize_p"),
     ("byol", "data.batch_size", 1, "batch_size"),
@@ -174,6 +177,8 @@ BAD_CONFIGS = [
     ("pirl", "method.memory_size", 1000, "memory_size"),  # must equal the 60000 training images
     ("pirl", "data.batch_size", 1, "batch_size"),
     ("pirl", "method.memory_init", "zeros", "memory_init"),
+    ("pirl", "method.bn_groups", 3, "bn_groups"),
+    ("pirl", "optim.lr_schedule", "hourly", "lr_schedule"),
     ("paws", "method.tau", 0.0, "tau"),
     ("paws", "data.label_fraction", 0.0, "label_fraction"),
     ("paws", "method.s_per_class", 0, "s_per_class"),
