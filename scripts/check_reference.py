@@ -39,24 +39,33 @@ class Result:
 
 
 def entry_for(path):
-    """The cases.json entry of the case file `path`."""
-    listing = os.path.join(os.path.dirname(os.path.abspath(path)), "cases.json")
-    if not os.path.exists(listing):
-        raise FileNotFoundError(
-            f"{path}: no cases.json beside it; a reference case is listed in the cases.json of its folder"
-        )
+    """The cases.json entry of the case file `path`: the entry whose "file" is it, or whose
+    "checkpoint_files" (paths relative to the cases.json) list it; the cases.json is the one beside the
+    file or in a folder above it."""
+    path = os.path.abspath(os.path.normpath(path))
+    folder = os.path.dirname(path)
+    while True:
+        listing = os.path.join(folder, "cases.json")
+        if os.path.exists(listing):
+            break
+        if os.path.dirname(folder) == folder:
+            raise FileNotFoundError(
+                f"{path}: no cases.json beside it or above it; "
+                "a reference case is listed in the cases.json of its folder"
+            )
+        folder = os.path.dirname(folder)
     cases = json.load(open(listing))["cases"]
-    entries = cases.values() if isinstance(cases, dict) else cases
-    name = os.path.basename(os.path.normpath(path))
-    for entry in entries:
-        if entry.get("file") == name:
+    relative = os.path.relpath(path, folder)
+    for entry in cases.values() if isinstance(cases, dict) else cases:
+        if entry.get("file") == relative or relative in (entry.get("checkpoint_files") or []):
             return entry
-    raise KeyError(f"{path}: {listing} has no entry with file {name!r}")
+    raise KeyError(f"{path}: {listing} has no entry with file {relative!r}")
 
 
 def runner_for(path, entry):
     """The runner module for a case: its folder's (convert/) or its method's."""
-    folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    parts = os.path.abspath(path).split(os.sep)
+    folder = "convert" if "convert" in parts[-3:-1] else parts[-2]
     container = not path.endswith(".npz") or str(entry.get("kind", "")).startswith("checkpoint")
     name = "convert" if folder == "convert" or container else str(entry.get("method", "")).split(",")[0].split(" ")[0]
     try:

@@ -17,9 +17,10 @@ def _cases():
     for listing in sorted(helpers.REFERENCE.rglob("cases.json")):
         cases = json.load(open(listing))["cases"]
         for entry in cases.values() if isinstance(cases, dict) else cases:
-            path = listing.parent / entry["file"]
-            if path.exists():
-                found.append(str(path.relative_to(helpers.REFERENCE)))
+            for name in [entry["file"], *(entry.get("checkpoint_files") or [])]:
+                path = listing.parent / name
+                if path.exists():
+                    found.append(str(path.relative_to(helpers.REFERENCE)))
     return found
 
 
