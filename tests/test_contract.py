@@ -114,7 +114,9 @@ DIVERGE = {
     # BYOL: LARS bounds each update by eta ||w||, so a huge rate alone leaves exploded but finite weights
     # (which the guard refuses with another message); lr 0 at step 0, then momentum 1e38 overflows.
     "byol": {**_EIGHT_STEPS, "optim.warmup_epochs": 2 * 16 / 60000, "optim.momentum": 1e38},
-    "dino": {**_EIGHT_STEPS, "optim.warmup_epochs": 2 * 16 / 60000},
+    # DINO: AdamW moves each weight by about lr, so lr 1e30 leaves finite weights of 6e28 (the |w| guard's
+    # message); lr 0 at step 0, then a peak beyond float32's range (inf) makes step 2 non-finite.
+    "dino": {**_EIGHT_STEPS, "optim.warmup_epochs": 2 * 16 / 60000, "optim.lr": 1e40},
     "swav": {**_EIGHT_STEPS, "optim.warmup_epochs": 2 * 16 / 60000},
     # No warmup in MoCo or PIRL: a tame first step (lr 100, |w| < 1e6, saved), then SGD's momentum
     # 1e38 carries it past float32's range at the second.
