@@ -84,7 +84,9 @@ def get_config(arg=None):
     c.model.name = "resnet_tiny"  # paper: ResNet-50 to ResNet-152 (3x + SK)
     c.model.stem = "small"  # 'imagenet' (7x7/2 + max-pool), 'cifar' (3x3/1), 'small' (3x3/2)
     c.model.bn_momentum = 0.9  # NNX convention: running = m * running + (1 - m) * batch; official decay 0.9
-    c.model.zero_init_residual = True  # last BN gamma of each residual block at 0, as the official resnet.py
+    # Last BN gamma of each residual block at 0 (official resnet.py: True, the paper presets). Off in the
+    # default preset: measured there it cost kNN (0.5 epoch: 77.5% vs 78.9% without).
+    c.model.zero_init_residual = False
     c.model.proj_layers = 3  # paper: 3 (SimCLR: 2)
     c.model.proj_hidden_dim = 128  # paper: 2048 (= body width)
     c.model.proj_dim = 64  # paper: 128
@@ -168,6 +170,7 @@ def get_config(arg=None):
         c.views.std = (1.0, 1.0, 1.0)
         c.model.name = "resnet18"
         c.model.stem = "cifar"
+        c.model.zero_init_residual = True
         c.model.student_name = "resnet18"
         c.model.proj_hidden_dim = 512
         c.model.proj_dim = 128
@@ -201,6 +204,7 @@ def get_config(arg=None):
         c.views.std = (1.0, 1.0, 1.0)
         c.model.name = "resnet50"
         c.model.stem = "imagenet"
+        c.model.zero_init_residual = True
         c.model.student_name = "resnet50"
         c.model.proj_hidden_dim = 2048
         c.model.proj_dim = 128
