@@ -75,7 +75,7 @@ class BatchNorm(nnx.BatchNorm):
         if use_running_average:
             mean, var = self.mean[...], self.var[...]
         else:
-            x32 = x.astype(jnp.float32)
+            x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # float32, or float64 under x64
             mean = jnp.mean(x32, axis=axes)
             var = jnp.mean(jnp.square(x32 - mean), axis=axes)
             n = math.prod(x.shape[a] for a in axes)
@@ -86,7 +86,7 @@ class BatchNorm(nnx.BatchNorm):
         mul = jax.lax.rsqrt(var + self.epsilon)
         if self.scale is not None:
             mul = mul * self.scale[...]
-        y = (x.astype(jnp.float32) - mean) * mul
+        y = (x.astype(jnp.promote_types(x.dtype, jnp.float32)) - mean) * mul
         if self.bias is not None:
             y = y + self.bias[...]
         return y.astype(x.dtype if self.dtype is None else self.dtype)
