@@ -34,6 +34,11 @@ from flax import nnx
 _conv_init = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
+def _at_least_f32(x):
+    """x in float32 (from bfloat16 under mixed precision), or float64 when it is (the x64 checks)."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def _conv(in_features, out_features, kernel_size, strides, padding, rngs, same=False, dtype=None):
     """A bias-free conv. By default PyTorch's explicit symmetric padding; `same=True` is TensorFlow's
     and Haiku's 'SAME' (for a strided conv on an even size it pads one pixel less at the top/left,
@@ -75,7 +80,7 @@ class BatchNorm(nnx.BatchNorm):
         if use_running_average:
             mean, var = self.mean[...], self.var[...]
         else:
-            x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # float32, or float64 under x64
+            x32 = _at_least_f32(x)
             mean = jnp.mean(x32, axis=axes)
             var = jnp.mean(jnp.square(x32 - mean), axis=axes)
             n = math.prod(x.shape[a] for a in axes)
@@ -86,7 +91,7 @@ class BatchNorm(nnx.BatchNorm):
         mul = jax.lax.rsqrt(var + self.epsilon)
         if self.scale is not None:
             mul = mul * self.scale[...]
-        y = (x.astype(jnp.promote_types(x.dtype, jnp.float32)) - mean) * mul
+        y = (_at_least_f32(x) - mean) * mul
         if self.bias is not None:
             y = y + self.bias[...]
         return y.astype(x.dtype if self.dtype is None else self.dtype)
@@ -284,7 +289,7 @@ class ResNet(nnx.Module):
         return x
 
     def __call__(self, x):  # [B, H, W, C] -> [B, num_features]
-        return jnp.mean(self.forward_features(x).astype(jnp.float32), axis=(1, 2))
+        return jnp.mean(_at_least_f32(self.forward_features(x)), axis=(1, 2))
 
 
 def resnet18(*, stem, rngs: nnx.Rngs, **kw):
@@ -361,7 +366,7 @@ class Attention(nnx.Module):
         # so DINO's qkv weights map over with a transpose only ([out, in] -> [in, out]).
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, heads, head_dim]
-        logits = jnp.einsum("bqhc,bkhc->bhqk", q, k).astype(jnp.float32) * self.scale
+        logits = _at_least_f32(jnp.einsum("bqhc,bkhc->bhqk", q, k)) * self.scale
         attn = jax.nn.softmax(logits, axis=-1)  # float32 whatever the compute dtype
         out = jnp.einsum("bhqk,bkhc->bqhc", attn.astype(v.dtype), v).reshape(b, n, d)
         return self.proj(out), attn
@@ -491,7 +496,7 @@ class VisionTransformer(nnx.Module):
 
     def _tokens(self, x):
         """[B, H, W, C] -> class token + patch tokens with position embeddings [B, 1 + N, D]."""
-        x = self.patch_embed(x).astype(jnp.float32)  # [B, H / p, W / p, D]
+        x = _at_least_f32(self.patch_embed(x))  # [B, H / p, W / p, D]
         b, gh, gw, d = x.shape
         x = x.reshape(b, gh * gw, d)  # row-major, as PyTorch's flatten(2).transpose(1, 2)
         cls = jnp.broadcast_to(self.cls_token[...], (b, 1, d))
