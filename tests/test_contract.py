@@ -122,7 +122,9 @@ DIVERGE = {
     # 1e38 carries it past float32's range at the second.
     "moco": {**_EIGHT_STEPS, "optim.lr": 100.0, "optim.momentum": 1e38},
     "pirl": {**_EIGHT_STEPS, "optim.lr": 100.0, "optim.momentum": 1e38},
-    "paws": {**_EIGHT_STEPS, "optim.warmup_epochs": 2 * 16 / 60000, "optim.start_lr": 0.0},
+    # PAWS: LARS bounds the kernels' steps by eta ||w||, and a huge lr leaves finite huge weights (the
+    # |w| guard's message); lr 1e3 leaves a good step 1 whose momentum buffer, times 1e38, overflows.
+    "paws": {**_EIGHT_STEPS, "optim.start_lr": 1e3, "optim.lr": 1e3, "optim.momentum": 1e38},
     # Fine-tuning from scratch, the cheapest stage to compile: 600 labelled images, 37 batches of 16.
     "simclr2": {"stage": "finetune", "finetune.epochs": 8 / 37, "finetune.warmup_epochs": 2 / 37, "finetune.lr": 1e30},
 }
