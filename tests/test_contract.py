@@ -110,7 +110,9 @@ def test_eight_devices_equal_one(method):
 # a warmup from lr 0 over two, towards lr 1e30 (or 1e30 at once where the first step stays finite).
 _EIGHT_STEPS = {"optim.epochs": 8 * 16 / 60000, "optim.lr": 1e30}
 DIVERGE = {
-    "simclr": {**_EIGHT_STEPS, "optim.warmup_epochs": 2 * 16 / 60000},
+    # SimCLR: a huge rate leaves exploded but finite weights (the |w| guard's message); lr 0 at step 0
+    # and a tame step 1 (lr 200, saved), whose momentum buffer, times 1e38, overflows at step 2.
+    "simclr": {**_EIGHT_STEPS, "optim.warmup_epochs": 2 * 16 / 60000, "optim.lr": 100.0, "optim.momentum": 1e38},
     # BYOL: LARS bounds each update by eta ||w||, so a huge rate alone leaves exploded but finite weights
     # (which the guard refuses with another message); lr 0 at step 0, then momentum 1e38 overflows.
     "byol": {**_EIGHT_STEPS, "optim.warmup_epochs": 2 * 16 / 60000, "optim.momentum": 1e38},
@@ -126,7 +128,13 @@ DIVERGE = {
     # |w| guard's message); lr 1e3 leaves a good step 1 whose momentum buffer, times 1e38, overflows.
     "paws": {**_EIGHT_STEPS, "optim.start_lr": 1e3, "optim.lr": 1e3, "optim.momentum": 1e38},
     # Fine-tuning from scratch, the cheapest stage to compile: 600 labelled images, 37 batches of 16.
-    "simclr2": {"stage": "finetune", "finetune.epochs": 8 / 37, "finetune.warmup_epochs": 2 / 37, "finetune.lr": 1e30},
+    "simclr2": {
+        "stage": "finetune",
+        "finetune.epochs": 8 / 37,
+        "finetune.warmup_epochs": 2 / 37,
+        "finetune.lr": 100.0,
+        "optim.momentum": 1e38,  # LARS momentum of every stage: a tame step 1, then overflow, as simclr
+    },
 }
 
 
