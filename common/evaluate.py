@@ -614,6 +614,7 @@ def load_body(workdir, steps_per_epoch, restore=True):
     module = importlib.import_module(module_name)
     # steps_per_epoch only shapes the run's learning-rate schedule, which evaluation never uses.
     graphdef, state, _ = module.create_state(config, steps_per_epoch)
+    state = checkpoint.replicate(state, data.make_mesh())  # on every device of every process, as in training
     step = 0
     if restore:
         ckpt = checkpoint.Checkpointer(workdir)
@@ -804,13 +805,13 @@ def evaluate_run(
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w") as f:
             json.dump(result, f, indent=2)
-    print(
-        f"{method} {protocol}"
-        + (f" {100 * label_fraction:g}% labels" if protocol in ("finetune", "supervised") else "")
-        + f": top-1 {result['top1']:.2f}%, top-5 {result['top5']:.2f}%"
-        + (f" (kNN top-1 {result['knn_top1']:.2f}%)" if protocol == "pixels" else "")
-        + f"; wrote {path}"
-    )
+        print(
+            f"{method} {protocol}"
+            + (f" {100 * label_fraction:g}% labels" if protocol in ("finetune", "supervised") else "")
+            + f": top-1 {result['top1']:.2f}%, top-5 {result['top5']:.2f}%"
+            + (f" (kNN top-1 {result['knn_top1']:.2f}%)" if protocol == "pixels" else "")
+            + f"; wrote {path}"
+        )
     return result
 
 
@@ -832,6 +833,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="JSON path (default W/eval_<protocol>[_<pct>pct].json).")
     args = parser.parse_args(argv)
+    checkpoint.maybe_initialize_distributed()  # several processes: JAX_COORDINATOR_ADDRESS etc., as training
+    checkpoint.use_compilation_cache()
     return evaluate_run(
         args.workdir,
         args.protocol,

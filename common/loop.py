@@ -192,7 +192,7 @@ def cli(main):
         if not verbose:
             quiet()
         checkpoint.maybe_initialize_distributed()  # before main's first JAX call
-        use_compilation_cache()
+        checkpoint.use_compilation_cache()
         try:
             main(config.value, workdir.value)  # returns None: app.run would exit 1 on a dict
         except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
@@ -210,17 +210,6 @@ def cli(main):
             f"{name}: a --config.<field>=<value> override names no field of the config ({hint}); "
             f"the fields are listed in {name}/config.py."
         )
-
-
-def use_compilation_cache():
-    """A persistent XLA compilation cache, so a rerun (a resume, the next preset, common.evaluate) loads
-    the compiled step instead of compiling it again: DINO's `:imagenet` step took 31 s cold on the
-    project's 2-core CPU and 10-14 s from a cache. JAX_COMPILATION_CACHE_DIR (or an earlier
-    jax.config setting) wins; otherwise ~/.cache/ssljax/xla, or $XDG_CACHE_HOME/ssljax/xla."""
-    if jax.config.jax_compilation_cache_dir or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        return
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    jax.config.update("jax_compilation_cache_dir", os.path.join(root, "ssljax", "xla"))
 
 
 def quiet():
