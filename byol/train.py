@@ -142,11 +142,14 @@ def color_transform(key, image, cfg):
     return augment.random_grayscale(k_gray, x, p=cfg.gray_p)
 
 
-def make_view(key, image, cfg, blur_p, solarize_p):
-    """One BYOL view of one float image [H, W, 3] in [0, 1] (Sec. 3.3, Table 6): crop, flip, colour,
-    blur with probability blur_p, solarize with probability solarize_p, clip, normalise."""
+def make_view(key, image, cfg, blur_p, solarize_p, extent=None):
+    """One BYOL view of one float image [H, W, 3] in [0, 1] (Sec. 3.3, Table 6): crop (inside the image's
+    valid `extent` of the canvas; None: all of it), flip, colour, blur with probability blur_p, solarize
+    with probability solarize_p, clip, normalise."""
     k_crop, k_flip, k_color, k_blur, k_sigma, k_solarize = jax.random.split(key, 6)
-    x = augment.random_resized_crop(k_crop, image, cfg.crop_size, scale=cfg.crop_scale, ratio=cfg.crop_ratio)
+    x = augment.random_resized_crop(
+        k_crop, image, cfg.crop_size, scale=cfg.crop_scale, ratio=cfg.crop_ratio, extent=extent
+    )
     x = augment.random_flip(k_flip, x, p=cfg.flip_p)
     x = color_transform(k_color, x, cfg)
     if blur_p > 0:  # kernel 10% of the side, sigma ~ U(0.1, 2.0), zero padding as the official code
@@ -158,8 +161,9 @@ def make_view(key, image, cfg, blur_p, solarize_p):
     return augment.normalize(jnp.clip(x, 0.0, 1.0), cfg.mean, cfg.std)
 
 
-def make_views(key, images, cfg):
-    """uint8 [B, H, W, 3] -> two stacks of views [B, S, S, 3], one key per image and view.
+def make_views(key, images, cfg, extents=None):
+    """uint8 [B, H, W, 3] (extents [B, 2]: the batch's `extent`) -> two stacks of views [B, S, S, 3],
+    one key per image and view.
 
     The recipe is asymmetric (Table 6): views.blur_p and views.solarize_p hold (view 1, view 2).
     """
@@ -167,7 +171,10 @@ def make_views(key, images, cfg):
     k1, k2 = jax.random.split(key)
     view1 = functools.partial(make_view, cfg=cfg, blur_p=cfg.blur_p[0], solarize_p=cfg.solarize_p[0])
     view2 = functools.partial(make_view, cfg=cfg, blur_p=cfg.blur_p[1], solarize_p=cfg.solarize_p[1])
-    return augment.apply_per_image(view1, k1, images), augment.apply_per_image(view2, k2, images)
+    return (
+        augment.apply_per_image(view1, k1, images, extents=extents),
+        augment.apply_per_image(view2, k2, images, extents=extents),
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -375,7 +382,7 @@ def update(parts, views, lr_schedule, tau_schedule):
 def train_step(graphdef, config, lr_schedule, tau_schedule, state, batch, key):
     """One step on the global batch: the views, then `update`; jitted with the first four bound."""
     parts = nnx.merge(graphdef, state)
-    views = make_views(key, batch["image"], config.views)
+    views = make_views(key, batch["image"], config.views, batch.get("extent"))
     metrics = update(parts, views, lr_schedule, tau_schedule)
     return nnx.state(parts), metrics
 

@@ -190,8 +190,9 @@ def make_view(key, image, crop, cfg):
     return augment.normalize(x, cfg.mean, cfg.std)
 
 
-def make_views(key, images, cfg):
-    """uint8 [B, H, W, 3] -> [global [2, B, S, S, 3], local [n, B, s, s, 3]] (local only when n > 0).
+def make_views(key, images, cfg, extents=None):
+    """uint8 [B, H, W, 3] -> [global [2, B, S, S, 3], local [n, B, s, s, 3]] (local only when n > 0);
+    every crop inside its image's valid `extents` [B, 2] of the canvas (None: all of it).
 
     torchvision semantics throughout, as the official code; the random resized crops are bilinear
     (the official code: bicubic).
@@ -203,7 +204,7 @@ def make_views(key, images, cfg):
         scales.append(cfg.local_crop_scale)
         counts.append(cfg.local_crops_number)
     view = functools.partial(make_view, cfg=cfg)
-    return augment.multi_crop(key, images, sizes, scales, counts, view, ratio=tuple(cfg.crop_ratio))
+    return augment.multi_crop(key, images, sizes, scales, counts, view, ratio=tuple(cfg.crop_ratio), extents=extents)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -393,7 +394,9 @@ def train_step(graphdef, config, schedules, state, batch, key):
     step = parts["optimizer"].step[...]
     s = {name: values[jnp.minimum(step, values.shape[0] - 1)] for name, values in schedules.items()}
     k_views, k_drop = jax.random.split(key)
-    crops = make_views(k_views, batch["image"], config.views)  # [global [2, B, ...], local [n, B, ...]]
+    crops = make_views(
+        k_views, batch["image"], config.views, batch.get("extent")
+    )  # [global [2, B, ...], local [n, B, ...]]
     metrics, _ = update(config, parts, crops, s, k_drop)
     return nnx.state(parts), metrics
 

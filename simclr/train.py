@@ -85,11 +85,11 @@ class SimCLR(nnx.Module):
 # ------------------------------------------------------------------------------------------------
 
 
-def make_view(key, image, cfg):
+def make_view(key, image, cfg, extent=None):
     """One SimCLR view of one float image [H, W, 3] in [0, 1] (Appendix A)."""
     k_crop, k_flip, k_color, k_gray, k_blur, k_sigma = jax.random.split(key, 6)
     # TensorFlow's sample_distorted_bounding_box (min_object_covered 0.1, 100 attempts) + bicubic resize.
-    x = augment.tf_random_crop(k_crop, image, cfg.crop_size, area=cfg.crop_scale, ratio=cfg.crop_ratio)
+    x = augment.tf_random_crop(k_crop, image, cfg.crop_size, area=cfg.crop_scale, ratio=cfg.crop_ratio, extent=extent)
     x = augment.random_flip(k_flip, x, p=cfg.flip_p)
     x = augment.simclr_color_jitter(k_color, x, cfg.color_strength, p=cfg.color_p)
     x = jnp.clip(augment.random_grayscale(k_gray, x, p=cfg.gray_p), 0.0, 1.0)  # official: clip, then blur
@@ -100,12 +100,12 @@ def make_view(key, image, cfg):
     return augment.normalize(x, cfg.mean, cfg.std)
 
 
-def make_views(key, images, cfg):
+def make_views(key, images, cfg, extents=None):
     """uint8 [B, H, W, 3] -> two stacks of views [B, S, S, 3], one key per image and view."""
     images = augment.to_float(images)
     k1, k2 = jax.random.split(key)
     view = functools.partial(make_view, cfg=cfg)
-    return augment.apply_per_image(view, k1, images), augment.apply_per_image(view, k2, images)
+    return tuple(augment.apply_per_image(view, k, images, extents=extents) for k in (k1, k2))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -222,7 +222,7 @@ def train_step(graphdef, config, schedule, state, batch, key):
     """One step on the global batch: make_views, then update; jitted with `graphdef, config, schedule`
     bound."""
     parts = nnx.merge(graphdef, state)
-    x1, x2 = make_views(key, batch["image"], config.views)
+    x1, x2 = make_views(key, batch["image"], config.views, batch.get("extent"))
     metrics = update(parts, x1, x2, config.method.temperature, schedule)
     return nnx.state(parts), metrics
 

@@ -142,11 +142,11 @@ class Classifier(nnx.Module):
 # ------------------------------------------------------------------------------------------------
 
 
-def make_view(key, image, cfg):
+def make_view(key, image, cfg, extent=None):
     """One SimCLR view of one float image [H, W, 3] in [0, 1] (Appendix A of SimCLR)."""
     k_crop, k_flip, k_color, k_gray, k_blur, k_sigma = jax.random.split(key, 6)
     # TensorFlow's sample_distorted_bounding_box (min_object_covered 0.1, 100 attempts) + bicubic resize.
-    x = augment.tf_random_crop(k_crop, image, cfg.crop_size, area=cfg.crop_scale, ratio=cfg.crop_ratio)
+    x = augment.tf_random_crop(k_crop, image, cfg.crop_size, area=cfg.crop_scale, ratio=cfg.crop_ratio, extent=extent)
     x = augment.random_flip(k_flip, x, p=cfg.flip_p)
     x = augment.simclr_color_jitter(k_color, x, cfg.color_strength, p=cfg.color_p)
     x = jnp.clip(augment.random_grayscale(k_gray, x, p=cfg.gray_p), 0.0, 1.0)  # official: clip, then blur
@@ -157,26 +157,27 @@ def make_view(key, image, cfg):
     return augment.normalize(x, cfg.mean, cfg.std)
 
 
-def make_views(key, images, cfg):
+def make_views(key, images, cfg, extents=None):
     """Pretraining: uint8 [B, H, W, 3] -> two stacks of views [B, S, S, 3], one key per image and view."""
     images = augment.to_float(images)
     k1, k2 = jax.random.split(key)
     view = functools.partial(make_view, cfg=cfg)
-    return augment.apply_per_image(view, k1, images), augment.apply_per_image(view, k2, images)
+    return tuple(augment.apply_per_image(view, k, images, extents=extents) for k in (k1, k2))
 
 
-def make_crop_flip_view(key, image, cfg):
+def make_crop_flip_view(key, image, cfg, extent=None):
     """Fine-tuning and distillation: random crop and horizontal flip only (paper, Appendix; the
     official code turns colour distortion off outside pretraining). [H, W, 3] -> [S, S, 3]."""
     k_crop, k_flip = jax.random.split(key)
-    x = augment.tf_random_crop(k_crop, image, cfg.crop_size, area=cfg.crop_scale, ratio=cfg.crop_ratio)
+    x = augment.tf_random_crop(k_crop, image, cfg.crop_size, area=cfg.crop_scale, ratio=cfg.crop_ratio, extent=extent)
     x = jnp.clip(augment.random_flip(k_flip, x, p=cfg.flip_p), 0.0, 1.0)  # bicubic can overshoot [0, 1]
     return augment.normalize(x, cfg.mean, cfg.std)
 
 
-def make_crop_flip_views(key, images, cfg):
+def make_crop_flip_views(key, images, cfg, extents=None):
     """uint8 [B, H, W, 3] -> one stack of crop-and-flip views [B, S, S, 3]."""
-    return augment.apply_per_image(functools.partial(make_crop_flip_view, cfg=cfg), key, augment.to_float(images))
+    view = functools.partial(make_crop_flip_view, cfg=cfg)
+    return augment.apply_per_image(view, key, augment.to_float(images), extents=extents)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -374,14 +375,17 @@ def train_step(graphdef, config, schedule, state, batch, key):
     `graphdef, config, schedule` bound. Distillation uses the images only, not their labels."""
     parts = nnx.merge(graphdef, state)
     if config.stage == "pretrain":
-        x1, x2 = make_views(key, batch["image"], config.views)
+        x1, x2 = make_views(key, batch["image"], config.views, batch.get("extent"))
         metrics = pretrain_update(parts, x1, x2, config.method.temperature, schedule)
     elif config.stage == "finetune":
         metrics = finetune_update(
-            parts, make_crop_flip_views(key, batch["image"], config.views), batch["label"], schedule
+            parts,
+            make_crop_flip_views(key, batch["image"], config.views, batch.get("extent")),
+            batch["label"],
+            schedule,
         )
     else:
-        x = make_crop_flip_views(key, batch["image"], config.views)
+        x = make_crop_flip_views(key, batch["image"], config.views, batch.get("extent"))
         metrics = distill_update(parts, x, config.method.distill_temperature, schedule)
     return nnx.state(parts), metrics
 

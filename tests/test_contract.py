@@ -249,3 +249,25 @@ def test_a_copied_folder_is_a_method_of_its_own(tmp_path):
     assert knn["method"] == "mysimclr"
     # The smoke preset's monitor uses the same first 200 / 100 images: the same numbers.
     assert knn["top1"] == pytest.approx(saved["knn_top1"], abs=1e-6)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_views_never_read_outside_each_images_extent(method):
+    # Whole-image fit: each image sits in the top-left of its canvas, `extent` says where. Whatever
+    # fills the rest of the canvas, every view (crops, multi-crops, patches) must be the same.
+    import jax
+
+    module = importlib.import_module(f"{method}.train")
+    config = helpers.smoke_config(method)
+    size = 2 * max(config.views.get("crop_size", 28), 28)
+    rng = np.random.default_rng(0)
+    extents = np.array([[size, size // 2], [size * 3 // 4, size], [size // 2, size // 3], [size, size]], np.int32)
+    images = rng.integers(0, 256, (4, size, size, 3), dtype=np.uint8)
+    inside = np.zeros(images.shape, bool)
+    for i, (h, w) in enumerate(extents):
+        inside[i, :h, :w] = True
+    views = jax.jit(lambda key, x: module.make_views(key, x, config.views, extents))
+    zeros = views(jax.random.key(0), np.where(inside, images, 0).astype(np.uint8))
+    noise = views(jax.random.key(0), np.where(inside, images, 255 - images).astype(np.uint8))
+    for a, b in zip(jax.tree.leaves(zeros), jax.tree.leaves(noise)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
