@@ -144,16 +144,19 @@ def make_view(key, image, crop, cfg):
     return augment.normalize(x, cfg.mean, cfg.std)
 
 
-def make_views(key, images, cfg):
+def make_views(key, images, cfg, extents=None):
     """Unlabelled views, torchvision semantics: uint8 [B, H, W, 3] -> (global [2, B, S, S, 3],
-    local [local_crops_number, B, s, s, 3]) crop-major; local is None without multi-crop."""
+    local [local_crops_number, B, s, s, 3]) crop-major (local None without multi-crop); every crop
+    inside its image's valid `extents` [B, 2] of the canvas (None: all of it)."""
     sizes, scales, counts = [cfg.crop_size], [cfg.crop_scale], [2]
     if cfg.local_crops_number:
         sizes.append(cfg.local_crop_size)
         scales.append(cfg.local_crop_scale)
         counts.append(cfg.local_crops_number)
     view = functools.partial(make_view, cfg=cfg)
-    stacks = augment.multi_crop(key, augment.to_float(images), sizes, scales, counts, view, cfg.crop_ratio)
+    stacks = augment.multi_crop(
+        key, augment.to_float(images), sizes, scales, counts, view, cfg.crop_ratio, extents=extents
+    )
     return stacks[0], (stacks[1] if cfg.local_crops_number else None)
 
 
@@ -402,7 +405,7 @@ def train_step(graphdef, config, schedule, state, batch, key):
     # Supports: a new class-balanced draw each step, a pure function of (seed, step) through `key`.
     support_images, _ = sample_supports(k_supports, labelled.images[...], m.classes_per_batch, m.s_per_class)
     x_s = make_support_views(k_support_views, support_images, config.views)  # [V * S, ...]
-    x_g, x_l = make_views(k_views, batch["image"], config.views)  # [2, B, ...], [local, B, ...]
+    x_g, x_l = make_views(k_views, batch["image"], config.views, batch.get("extent"))  # [2, B, ...], [local, B, ...]
     return update(graphdef, config, schedule, state, x_s, x_g, x_l)
 
 
