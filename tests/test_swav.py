@@ -1,34 +1,22 @@
 """SwAV: Sinkhorn codes and the swapped-prediction loss against facebookresearch/swav outputs; the queue,
 the prototypes and the train step by value (the loop, resume, devices and bad configs: test_contract)."""
 
-import json
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
+import optax
 from flax import nnx
 
 from swav import train as swav
 from tests import helpers
 
-REFERENCE = pathlib.Path(__file__).parent / "reference"
-CASES = json.loads((REFERENCE / "cases.json").read_text())["cases"]
-SINKHORN_CASES = [c for c in CASES if c["function"].startswith("sinkhorn(")]
-LOSS_CASES = [c for c in CASES if c["function"].startswith("swav_loss(")]
-# Reference checks run jitted (one compilation, faster than op-by-op); test_eager_equals_jit
-# checks that the eager call gives the same value.
-sinkhorn = jax.jit(swav.sinkhorn, static_argnames="n_iters")
+LOSS_CASE = helpers.reference_cases("swav", "swav_loss")[0]  # the official values: scripts/check_reference.py
 swav_loss = jax.jit(swav.swav_loss, static_argnames=("n_iters", "crops_for_assign"))
+sinkhorn = jax.jit(swav.sinkhorn, static_argnames="n_iters")
 
 
 def load(case):
-    return np.load(REFERENCE / case["file"])
-
-
-def assert_close(got, want, tol):
-    np.testing.assert_allclose(np.asarray(got), want, rtol=tol["rtol"], atol=tol["atol"])
+    return np.load(helpers.REFERENCE / case["file"])
 
 
 def official_sinkhorn_f64(scores, epsilon, n_iters):
@@ -42,29 +30,8 @@ def official_sinkhorn_f64(scores, epsilon, n_iters):
     return (q * batch_size).T
 
 
-def test_cases_found():
-    assert len(SINKHORN_CASES) == 2 and len(LOSS_CASES) == 2
-
-
-@pytest.mark.parametrize("case", SINKHORN_CASES, ids=lambda c: c["case"])
-def test_sinkhorn_matches_official(case):
-    z, hyper = load(case), case["hyper"]
-    q = sinkhorn(jnp.asarray(z["scores"]), hyper["epsilon"], hyper["n_iters"])
-    assert_close(q, z["q_f64"], case["tolerance"]["q"])
-    np.testing.assert_allclose(np.asarray(q).sum(axis=1), 1.0, rtol=1e-5)
-
-
-@pytest.mark.parametrize("case", LOSS_CASES, ids=lambda c: c["case"])
-def test_swav_loss_matches_official(case):
-    z, hyper = load(case), case["hyper"]
-    args = (hyper["temperature"], hyper["epsilon"], hyper["n_iters"], tuple(hyper["crops_for_assign"]))
-    loss = swav_loss(jnp.asarray(z["scores"]), *args)
-    assert_close(loss, z["loss_f64"], case["tolerance"]["loss"])
-
-
 def test_eager_equals_jit():
-    case = LOSS_CASES[0]
-    z, hyper = load(case), case["hyper"]
+    z, hyper = load(LOSS_CASE), LOSS_CASE["hyper"]
     args = (hyper["temperature"], hyper["epsilon"], hyper["n_iters"], tuple(hyper["crops_for_assign"]))
     scores = jnp.asarray(z["scores"])
     np.testing.assert_allclose(swav.swav_loss(scores, *args), swav_loss(scores, *args), rtol=1e-6)
@@ -85,8 +52,7 @@ def test_sinkhorn_stable_for_small_epsilon():
 def test_codes_carry_no_gradient():
     # With the codes held constant, d loss / d scores[v] = sum_{a != v} (softmax(scores[v] / T) - q_a)
     # / (T B (V - 1) |A|); a gradient flowing through Sinkhorn would add to this.
-    case = LOSS_CASES[0]
-    z, hyper = load(case), case["hyper"]
+    z, hyper = load(LOSS_CASE), LOSS_CASE["hyper"]
     scores = np.asarray(z["scores"], np.float64)
     temperature, crops = hyper["temperature"], hyper["crops_for_assign"]
     n_crops, batch_size, _ = scores.shape
@@ -214,3 +180,61 @@ def test_smoke_run_checkpoints_the_queue_as_its_own_part(smoke_runs):
     assert queue4.shape == (2, 32, helpers.smoke_config("swav").model.proj_dim)
     np.testing.assert_allclose(np.linalg.norm(queue4, axis=-1), 1.0, rtol=1e-5)  # full: unit rows only
     np.testing.assert_array_equal(queue4[:, 16:], queue3[:, :16])  # step 4 pushed the oldest 16 rows out
+
+
+# ------------------------------------------------------------------------------------------------
+# Optimizer, schedule and batch-norm groups (the whole official step: scripts/check_reference.py)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_optimizer_is_larc_then_sgd_momentum():
+    # apex LARC + torch SGD written out: g' = (g + wd p) eta |p| / (|g| + wd |p| + 1e-8), unscaled when
+    # |p| = 0 or |g| = 0; buf = 0.9 buf + g'; p -= lr_t buf. A zero gradient (frozen) moves nothing.
+    wd, eta, rates = 1e-4, 1e-3, [0.1, 0.5, 0.3]
+    cfg = helpers.smoke_config("swav").optim
+    cfg.weight_decay, cfg.trust_coefficient, cfg.momentum = wd, eta, 0.9
+    tx = swav.make_optimizer(cfg, lambda step: jnp.asarray(rates)[step])
+    rng = np.random.default_rng(0)
+    params = {"w": rng.normal(size=(3, 4)), "zero": np.zeros(4), "frozen": rng.normal(size=5)}
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+    state, want, buf = tx.init(params), jax.tree.map(np.asarray, params), {k: 0.0 for k in params}
+    for lr in rates:
+        grads = {"w": rng.normal(size=(3, 4)), "zero": rng.normal(size=4), "frozen": np.zeros(5)}
+        for k, g in grads.items():
+            p = want[k].astype(np.float64)
+            p_norm, g_norm = np.linalg.norm(p), np.linalg.norm(g)
+            if p_norm > 0 and g_norm > 0:
+                g = (g + wd * p) * eta * p_norm / (g_norm + wd * p_norm + 1e-8)
+            buf[k] = 0.9 * buf[k] + g
+            want[k] = p - lr * buf[k]
+        updates, state = tx.update(jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), grads), state, params)
+        params = optax.apply_updates(params, updates)
+    for k in params:
+        np.testing.assert_allclose(params[k], want[k], rtol=1e-5, atol=1e-7)
+    assert np.abs(params["zero"]).max() > 0  # |p| = 0: a plain SGD step, no trust ratio
+
+
+def test_warmup_includes_its_endpoint_as_the_official_linspace():
+    cfg = helpers.smoke_config("swav").optim
+    cfg.epochs, cfg.warmup_epochs, cfg.lr, cfg.start_lr, cfg.final_lr = 3.0, 1.0, 0.6, 0.06, 0.0006
+    schedule = swav.learning_rate_schedule(cfg, steps_per_epoch=4)
+    cosine = [0.0006 + 0.5 * (0.6 - 0.0006) * (1 + np.cos(np.pi * t / 8)) for t in range(8)]
+    want = np.concatenate([np.linspace(0.06, 0.6, 4), cosine])  # main_swav.py lr_schedule
+    np.testing.assert_allclose([schedule(jnp.asarray(s)) for s in range(12)], want, rtol=1e-5)
+
+
+def test_bn_groups_normalise_each_group_of_images_alone():
+    # bn_groups = 2: the model's output for each half of the images equals a bn_groups = 1 model run on
+    # that half alone (every crop size and the head normalised per group of B/2 images).
+    config = helpers.smoke_config("swav", **{"method.bn_groups": 2})
+    crops = (
+        jax.random.normal(jax.random.key(0), (2, 8, 16, 16, 3)),
+        jax.random.normal(jax.random.key(1), (2, 8, 8, 8, 3)),
+    )
+    grouped = swav.SwAV(config, nnx.Rngs(0))
+    single = swav.SwAV(helpers.smoke_config("swav"), nnx.Rngs(0))
+    z, scores = nnx.jit(lambda m, c: m(c))(grouped, crops)
+    for half in (slice(0, 4), slice(4, 8)):
+        z_half, scores_half = nnx.jit(lambda m, c: m(c))(nnx.clone(single), tuple(c[:, half] for c in crops))
+        np.testing.assert_allclose(z[:, half], z_half, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(scores[:, half], scores_half, rtol=1e-4, atol=1e-5)

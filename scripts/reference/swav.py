@@ -12,6 +12,7 @@ with the case's float32 `rules`, first matching pattern wins).
 """
 
 import fnmatch
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,9 @@ from flax import nnx
 from common import convert, models
 from swav import config as swav_config
 from swav import train as swav
+
+# LLVM's backend optimisations take a large part of the compile time of these tiny steps.
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 def run(entry, arrays, path):
@@ -144,7 +148,7 @@ def run_steps(entry, arrays):
 
     def outputs(state, crops):
         """What step k computes before its update, recomputed with the project's functions on a copy."""
-        parts = nnx.merge(graphdef, state)
+        parts = nnx.clone(nnx.merge(graphdef, state))  # a copy: merge shares the state's variables with update
         model, queued = parts["model"], parts["queue"][...]
         swav.normalize_prototypes(model)
         use_queue = swav.queue_is_full(queued)
@@ -166,7 +170,7 @@ def run_steps(entry, arrays):
         grads_larc = larc.update(grads, optax.EmptyState(), params)[0]
         return {"z": out["z"], "scores": out["scores"], "q": jnp.stack(codes), "kernel": kernel}, grads, grads_larc
 
-    @jax.jit  # one compilation: XLA shares the forward and backward that both halves compute
+    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)  # one compilation for both halves
     def step(state, crops):
         return outputs(state, crops), swav.update(*step_fn.args, state, crops)  # train_step's bound arguments
 
