@@ -140,9 +140,10 @@ def make_view(key, image, index, cfg):
     return augment.normalize(x, cfg.mean, cfg.std)
 
 
-def make_views(key, images, cfg):
+def make_views(key, images, cfg, extents=None):
     """uint8 [B, H, W, 3] -> multi-crop views, torchvision semantics, one key per image and crop: the two
-    large crops [2, B, S, S, 3] and, when views.local_crops_number > 0, the small crops [n, B, s, s, 3]."""
+    large crops [2, B, S, S, 3] and, when views.local_crops_number > 0, the small crops [n, B, s, s, 3];
+    every crop inside its image's valid `extents` [B, 2] of the canvas (None: all of it)."""
     groups = [(cfg.crop_size, tuple(cfg.crop_scale), 2)]  # (size, area range, count) per crop size
     if cfg.local_crops_number:
         groups.append((cfg.local_crop_size, tuple(cfg.local_crop_scale), cfg.local_crops_number))
@@ -155,6 +156,7 @@ def make_views(key, images, cfg):
         counts,
         view_fn=functools.partial(make_view, cfg=cfg),
         ratio=tuple(cfg.crop_ratio),
+        extents=extents,
     )
 
 
@@ -377,7 +379,7 @@ def objective(model, crops, queued, use_queue, config):
 
 def train_step(graphdef, config, schedule, queue_start_step, state, batch, key):
     """One step on the global batch; jitted with `graphdef, config, schedule, queue_start_step` bound."""
-    crops = make_views(key, batch["image"], config.views)
+    crops = make_views(key, batch["image"], config.views, batch.get("extent"))
     return update(graphdef, config, schedule, queue_start_step, state, crops)
 
 

@@ -80,7 +80,9 @@ def test_smoke_run_then_resume_after_sigterm_equals_uninterrupted_run(method, sm
 DEVICE_TOLERANCE = {
     # LARS divides by each gradient's norm, so reduction-order noise over 8 devices grows in small
     # tensors (31 of 622k values differed by up to 6.4e-5 with colour strength 0.5).
-    "swav": {"*": (1e-4, 1e-4)},
+    # LARC divides by small gradient norms: a head bias whose true gradient is 0 carries amplified
+    # float32 rounding noise (one of 311k values 1.4e-4 apart after 4 steps).
+    "swav": {"*": (1e-4, 1e-4), "model": (1e-4, 3e-4)},
     # One of 3.6M values, a weight near 0, differed by 1.1e-5 with teacher momentum 0.97.
     "dino": {"*": (1e-4, 5e-5)},
     # The optimizer's momentum buffer is a raw gradient, a sum of ~1e4 terms of both signs: summed in
@@ -119,7 +121,9 @@ DIVERGE = {
     # DINO: AdamW moves each weight by about lr, so lr 1e30 leaves finite weights of 6e28 (the |w| guard's
     # message); lr 0 at step 0, then a peak beyond float32's range (inf) makes step 2 non-finite.
     "dino": {**_EIGHT_STEPS, "optim.warmup_epochs": 2 * 16 / 60000, "optim.lr": 1e40},
-    "swav": {**_EIGHT_STEPS, "optim.warmup_epochs": 2 * 16 / 60000},
+    # SwAV: LARC bounds each update, so lr 1e30 leaves exploded but finite weights; as simclr, a tame
+    # step 1 (lr 100) whose momentum buffer, times 1e38, overflows at step 2.
+    "swav": {**_EIGHT_STEPS, "optim.warmup_epochs": 2 * 16 / 60000, "optim.lr": 100.0, "optim.momentum": 1e38},
     # No warmup in MoCo or PIRL: a tame first step (lr 100, |w| < 1e6, saved), then SGD's momentum
     # 1e38 carries it past float32's range at the second.
     "moco": {**_EIGHT_STEPS, "optim.lr": 100.0, "optim.momentum": 1e38},
