@@ -158,7 +158,7 @@ def get_config(arg=None):
         # --mlp --moco-t 0.2 --aug-plus --cos (8 GPUs of 32 images: per-GPU batch norm = 8 groups);
         # 67.5 +- 0.1 linear top-1 after 200 epochs (README table; v1 without the four v2 flags: 60.6).
         c.data.name = "imagenet2012"
-        c.data.image_size = 256
+        c.data.image_size = 512  # whole image, longer side <= 512: most ImageNet photos (500x375) stay native
         c.data.eval_split = "validation"
         c.eval.image_size = 224  # Resize(256) + CenterCrop(224)
         c.eval.crop_fraction = 0.875

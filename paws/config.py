@@ -114,6 +114,12 @@ def get_config(arg=None):
     c.eval.knn_train_examples = 0  # 0 = all; a positive number uses the first N (faster monitor)
     c.eval.knn_test_examples = 0  # also the snn test set
     c.eval.batch_size = 1000
+    # The evaluation view (kNN monitor, common.evaluate): Resize(image_size / crop_fraction) and
+    # CenterCrop(image_size) ('torch'), or SimCLR's centre crop + bicubic resize ('tf'); image_size 0 =
+    # the whole canvas the host delivers (the default data's 28 px images).
+    c.eval.image_size = 0
+    c.eval.crop_fraction = 1.0
+    c.eval.crop_style = "torch"
 
     # Checkpoints and logging.
     c.checkpoint_every_steps = 200
@@ -168,7 +174,11 @@ def get_config(arg=None):
         c.checkpoint_every_steps = 2000
     elif preset == "imagenet":  # configs/paws/imgnt_train.yaml, 64 GPUs x (64 unlabelled, 15 x 7 supports)
         c.data.name = "imagenet2012"
-        c.data.image_size = 256
+        c.data.image_size = 512  # whole image, longer side <= 512: most ImageNet photos (500x375) stay native
+        c.eval.image_size = (
+            224  # PAWS' linear/fine-tune eval (suncet src/data_manager.py): Resize(256) + CenterCrop(224)
+        )
+        c.eval.crop_fraction = 0.875
         c.data.eval_split = "validation"
         c.data.batch_size = 4096
         c.data.label_fraction = 0.01  # unlabeled_frac 0.99; the yaml's 0.9 (10%) needs a ~25 GB pool

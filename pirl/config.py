@@ -164,7 +164,7 @@ def get_config(arg=None):
         # (4 nodes x 8 GPUs x 32 images, 800 epochs, linear heads): 64.29 linear top-1 in VISSL's model
         # zoo (paper Table 1: 63.6).
         c.data.name = "imagenet2012"
-        c.data.image_size = 256
+        c.data.image_size = 512  # whole image, longer side <= 512: most ImageNet photos (500x375) stay native
         c.data.eval_split = "validation"
         c.eval.image_size = 224  # Resize(256) + CenterCrop(224)
         c.eval.crop_fraction = 0.875

@@ -34,10 +34,15 @@ FRACTIONS = (0.01, 0.1)
 
 # Published ImageNet-1k results (linear probe on a frozen body unless noted), with where they are from.
 PUBLISHED = {
-    "simclr": ("69.3 (ResNet-50, 1000 ep)", "Chen et al., ICML 2020, arXiv:2002.05709, Table 6"),
+    "simclr": (
+        "64.5 (ResNet-50, 100 ep, batch 4096: the `:imagenet` command); 69.3 after 1000 ep",
+        "google-research/simclr README (pretraining + linear-eval commands, 'around 64.5%'); "
+        "Chen et al., ICML 2020, arXiv:2002.05709, Table 6 for the 1000-epoch 69.3",
+    ),
     "moco": (
-        "71.1 (MoCo v2, ResNet-50, 800 ep)",
-        "Chen et al., arXiv:2003.04297, Table 2; facebookresearch/moco README",
+        "67.5 (MoCo v2, ResNet-50, 200 ep: the `:imagenet` command); 71.1 after 800 ep",
+        "facebookresearch/moco README (main_moco.py --mlp --moco-t 0.2 --aug-plus --cos, 200 ep); "
+        "Chen et al., arXiv:2003.04297, Table 2",
     ),
     "byol": ("74.3 (ResNet-50, 1000 ep)", "Grill et al., NeurIPS 2020, arXiv:2006.07733, Table 1"),
     "swav": (
@@ -45,17 +50,22 @@ PUBLISHED = {
         "Caron et al., NeurIPS 2020, arXiv:2006.09882, Table 1; facebookresearch/swav README",
     ),
     "dino": (
-        "77.0 (ViT-S/16); 75.3 (ResNet-50)",
-        "Caron et al., ICCV 2021, arXiv:2104.14294, Table 2; facebookresearch/dino README",
+        "74.0 linear / 69.3 kNN (ViT-S/16, 100 ep: the `:imagenet` command); 77.0 after 800 ep, 10 local crops",
+        "facebookresearch/dino README, 'Vanilla DINO training' (main_dino.py --arch vit_small, 8 GPUs); "
+        "Caron et al., ICCV 2021, arXiv:2104.14294, Table 2 for 77.0",
     ),
-    "pirl": ("63.6 (ResNet-50)", "Misra & van der Maaten, CVPR 2020, arXiv:1912.01991, Table 1"),
+    "pirl": (
+        "64.29 (ResNet-50, 800 ep: VISSL pirl_jigsaw_4node_resnet50, the `:imagenet` config); paper 63.6",
+        "VISSL model zoo (facebookresearch/vissl MODEL_ZOO.md); Misra & van der Maaten, CVPR 2020, "
+        "arXiv:1912.01991, Table 1",
+    ),
     "simclr2": (
         "71.7 (ResNet-50 1x, SK0); fine-tuned 1% / 10%: 57.9 / 68.4",
         "Chen et al., NeurIPS 2020, arXiv:2006.10029, Table 1; google-research/simclr README",
     ),
     "paws": (
-        "semi-supervised, fine-tuned 1% / 10%: 66.5 / 75.5 (ResNet-50, 300 ep)",
-        "Assran et al., ICCV 2021, arXiv:2104.13963, Table 1; facebookresearch/suncet README",
+        "snn 1% / 10%: 61.5 / 71.0; fine-tuned (paws.finetune): 63.8 / 73.9 (ResNet-50, 100 ep, imgnt_train.yaml)",
+        "facebookresearch/suncet README (100-epoch row); Assran et al., ICCV 2021, arXiv:2104.13963",
     ),
 }
 
@@ -325,11 +335,13 @@ def write_table(methods, args):
         "training labels. simclr2: stage 2 (fine-tuning from the first projection layer) of the pretrained "
         "run, then stage 3 (self-distillation into the same body); paws: pretraining with that labelled "
         "fraction, classified by soft nearest neighbours over the labelled images (the paper's evaluation "
-        "without fine-tuning). In brackets: those runs' wall time. Compare with the Weak Sup baselines below "
+        "without fine-tuning; `python -m paws.finetune` is the official fine-tuning). In brackets: those "
+        "runs' wall time. Compare with the Weak Sup baselines below "
         "(the same body from scratch on the same labels). '—' = not part of the protocol for that method "
         "(`--finetune_all` fine-tunes every method with `common.evaluate`).",
-        "- **Published**: ImageNet-1k top-1 from the papers (different data, bodies and budgets: a "
-        "reference point, not a comparison).",
+        "- **Published**: ImageNet-1k top-1 published for the official command that the method's `:imagenet` "
+        "preset reproduces (named in its config docstring), then a longer recipe's number where the paper "
+        "headlines one: a reference point for the recipe, not a comparison with these CPU runs.",
         "",
         "| method | body | epochs | wall time, machine | kNN top-1 / top-5 | linear top-1 / top-5 | "
         "semi-supervised 1% / 10% top-1 | steps | published ImageNet top-1 |",

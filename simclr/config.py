@@ -102,6 +102,12 @@ def get_config(arg=None):
     c.eval.knn_train_examples = 0  # 0 = all; a positive number uses the first N (faster monitor)
     c.eval.knn_test_examples = 0
     c.eval.batch_size = 1000
+    # The evaluation view (kNN monitor, common.evaluate): Resize(image_size / crop_fraction) and
+    # CenterCrop(image_size) ('torch'), or SimCLR's centre crop + bicubic resize ('tf'); image_size 0 =
+    # the whole canvas the host delivers (the default data's 28 px images).
+    c.eval.image_size = 0
+    c.eval.crop_fraction = 1.0
+    c.eval.crop_style = "tf"
 
     # Checkpoints and logging.
     c.checkpoint_every_steps = 200
@@ -141,7 +147,9 @@ def get_config(arg=None):
         c.checkpoint_every_steps = 2000
     elif preset == "imagenet":  # the README's ImageNet command (see the docstring)
         c.data.name = "imagenet2012"
-        c.data.image_size = 256
+        c.data.image_size = 512  # whole image, longer side <= 512: most ImageNet photos (500x375) stay native
+        c.eval.image_size = 224  # SimCLR's data_util.center_crop: 87.5% of the shorter side, bicubic resize to 224
+        c.eval.crop_fraction = 0.875
         c.data.eval_split = "validation"
         c.data.batch_size = 4096
         c.views.crop_size = 224
