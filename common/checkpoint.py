@@ -393,7 +393,10 @@ def write_json(path, obj):
     """Writes `obj` as JSON, atomically (a crash leaves the old file or the new one, never half), and
     from process 0 only: every process holds the same numbers."""
     if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise FileExistsError(f"--workdir {folder} is a file, not a folder; choose another --workdir.")
+        os.makedirs(folder, exist_ok=True)
         with open(path + ".tmp", "w") as f:
             json.dump(obj, f, indent=2)
         os.replace(path + ".tmp", path)
