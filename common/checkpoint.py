@@ -95,8 +95,8 @@ class Checkpointer:
             damage = self._verify(step)
             if damage is None:
                 try:
-                    if partial:  # read on this process, then laid out as the template (every process)
-                        restored = jax.tree.map(_like, _intersect(restore_tree(self.directory, step), pure), pure)
+                    if partial:  # read on this process; laid out as the template below
+                        restored = _intersect(restore_tree(self.directory, step), pure)
                     else:
                         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, pure)
                         restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
@@ -107,7 +107,11 @@ class Checkpointer:
                 else:
                     if all_finite(jnp.zeros(()), restored):
                         if isinstance(state, nnx.State):
+                            leaves, treedef = jax.tree.flatten(state)
                             nnx.replace_by_pure_dict(state, restored)
+                            if partial:  # onto the template's devices (every process's), not this one's
+                                placed = map(_like, jax.tree.leaves(state), leaves)
+                                state = jax.tree.unflatten(treedef, list(placed))
                             return state, step
                         return restored, step
                     damage = "it holds non-finite values"
