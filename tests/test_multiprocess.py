@@ -27,12 +27,13 @@ METHODS = helpers.METHODS if _CHOSEN == "all" else _CHOSEN.split(",")
 # Wider than the 8-vs-1 tolerances, measured: gloo's all-reduce orders MoCo's momentum buffer (a raw
 # gradient sum) differently again (one of 310k values moved by 1.09e-4 at 0.0038); PAWS' LARS divides
 # by small gradient norms (one of 312k body values moved by 3.9e-4 at 0.17).
-# SimCLR with the official LARS masks and TF crops: 126 of 311k body values moved by up to 1.3e-3
-# after four steps (measured; 8 devices in one process stay within 1e-4 after two).
+# SimCLR with the official LARS masks and TF crops: 126 of 311k body values and 183 of 310k momentum
+# values moved by up to 1.3e-3 after four steps (measured; 8 devices in one process stay within 1e-4
+# after two).
 MULTIPROCESS_TOLERANCE = {
     "moco": {"optimizer": (1e-3, 3e-4)},
     "paws": {"*": (1e-4, 5e-4)},
-    "simclr": {"model": (1e-3, 2e-3)},
+    "simclr": {"*": (1e-3, 2e-3)},
 }
 
 
