@@ -96,15 +96,16 @@ def finetune(
     graphdef, state = nnx.split({"model": model, "optimizer": optimizer})
     state = checkpoint.replicate(state, mesh)
 
-    def view(key, image):  # the "basic" augmentations: random resized crop + flip, no colour
+    def view(key, image, extent):  # the "basic" augmentations: random resized crop + flip, no colour
         k_crop, k_flip = jax.random.split(key)
-        x = augment.random_resized_crop(k_crop, image, size, scale=tuple(crop_scale))
+        x = augment.random_resized_crop(k_crop, image, size, scale=tuple(crop_scale), extent=extent)
         return augment.random_flip(k_flip, x)
 
     @functools.partial(jax.jit, donate_argnums=0)
-    def step(state, images, labels, key):
+    def step(state, images, extents, labels, key):
         parts = nnx.merge(graphdef, state)
-        x = augment.normalize(augment.apply_per_image(view, key, augment.to_float(images)), mean, std)
+        x = augment.apply_per_image(view, key, augment.to_float(images), extents=extents)
+        x = augment.normalize(x, mean, std)
 
         def loss_fn(model):
             return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(model(x), labels))
@@ -118,7 +119,7 @@ def finetune(
     for s, batch in batches:
         if s >= total:
             break
-        state, loss = step(state, batch["image"], batch["label"], jax.random.fold_in(root, s))
+        state, loss = step(state, batch["image"], batch["extent"], batch["label"], jax.random.fold_in(root, s))
         evaluate._progress("PAWS fine-tuning", s + 1, total, start)
     batches.close()
     if not np.isfinite(float(loss)):
@@ -126,9 +127,16 @@ def finetune(
     model = nnx.merge(graphdef, state)["model"]
     model.eval()
     eval_graphdef, eval_state = nnx.split(model)
-    logits_fn = jax.jit(lambda st, images: nnx.merge(eval_graphdef, st)(evaluate.preprocess(images, mean, std)))
+    eval_view = evaluate.protocol_view(config)  # the run's evaluation view (resize + centre crop), as every protocol
+    logits_fn = jax.jit(
+        lambda st, images, extents: nnx.merge(eval_graphdef, st)(
+            evaluate.preprocess(images, mean, std, eval_view, extents)
+        )
+    )
+    eval_logits = lambda images, extents: logits_fn(eval_state, images, extents)
+    eval_logits.takes_extent = True
     eval_batch = evaluate.batch_size_for(int(config.eval.batch_size), test_dataset.num_examples, mesh)
-    logits, labels = evaluate.extract_features(lambda im: logits_fn(eval_state, im), test_dataset, eval_batch, mesh)
+    logits, labels = evaluate.extract_features(eval_logits, test_dataset, eval_batch, mesh)
     return evaluate.topk_accuracy(logits, labels)
 
 
@@ -183,7 +191,7 @@ def finetune_run(
     if jax.process_index() == 0:
         with open(path, "w") as f:
             json.dump(result, f, indent=2)
-    print(f"paws fine-tuned on {labelled.num_examples} labelled images: top-1 {result['top1']:.2f}%; wrote {path}")
+        print(f"paws fine-tuned on {labelled.num_examples} labelled images: top-1 {result['top1']:.2f}%; wrote {path}")
     return result
 
 
@@ -198,6 +206,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
+    checkpoint.maybe_initialize_distributed()  # several processes, as training and common.evaluate
+    checkpoint.use_compilation_cache()
     return finetune_run(
         args.workdir,
         label_fraction=args.label_fraction,

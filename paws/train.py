@@ -116,9 +116,11 @@ class LabelledSet(nnx.Module):
     """The labelled fraction, sorted by class: the pool of the support batches. Constant, but in
     the state so that the step is a pure function of (state, batch, key) and a checkpoint records it."""
 
-    def __init__(self, images, indices):
+    def __init__(self, images, indices, extents=None):
         self.images = nnx.Variable(jnp.asarray(images))  # uint8 [C, n, H, W, 3], n per class
         self.indices = nnx.Variable(jnp.asarray(indices, jnp.int32))  # [C, n] into the train split
+        whole = jnp.broadcast_to(jnp.asarray(images.shape[2:4], jnp.int32), (*images.shape[:2], 2))
+        self.extents = nnx.Variable(whole if extents is None else jnp.asarray(extents, jnp.int32))  # [C, n, 2]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -160,21 +162,30 @@ def make_views(key, images, cfg, extents=None):
     return stacks[0], (stacks[1] if cfg.local_crops_number else None)
 
 
-def make_support_views(key, images, cfg):
+def make_support_views(key, images, cfg, extents=None):
     """Labelled views: `supervised_views` large crops of each support image, as the unlabelled
-    global views. uint8 [S, H, W, 3] -> [supervised_views * S, S', S', 3], view-major."""
+    global views (inside each image's `extents`). uint8 [S, H, W, 3] -> [supervised_views * S, S', S', 3],
+    view-major."""
     view = functools.partial(make_view, cfg=cfg)
     (crops,) = augment.multi_crop(
-        key, augment.to_float(images), [cfg.crop_size], [cfg.crop_scale], [cfg.supervised_views], view, cfg.crop_ratio
+        key,
+        augment.to_float(images),
+        [cfg.crop_size],
+        [cfg.crop_scale],
+        [cfg.supervised_views],
+        view,
+        cfg.crop_ratio,
+        extents=extents,
     )
     return crops.reshape(-1, *crops.shape[2:])
 
 
 def sample_supports(key, pool, classes_per_batch, s_per_class):
-    """A support batch from the class-sorted pool uint8 [C, n, H, W, 3], as the official
-    ClassStratifiedSampler: `classes_per_batch` distinct classes, `s_per_class` distinct images of
-    each, rows [a, b, c, a, b, c, ...] (the layout `labels_matrix` assumes). Returns images uint8
-    [s_per_class * classes_per_batch, H, W, 3] and their true classes int32."""
+    """A support batch from the class-sorted pool [C, n, ...] (images uint8 [C, n, H, W, 3], or their
+    extents [C, n, 2]: the same key picks the same rows), as the official ClassStratifiedSampler:
+    `classes_per_batch` distinct classes, `s_per_class` distinct images of each, rows [a, b, c, a, b,
+    c, ...] (the layout `labels_matrix` assumes). Returns the rows [s_per_class * classes_per_batch, ...]
+    and their true classes int32."""
     k_classes, k_images = jax.random.split(key)
     num_classes, per_class = pool.shape[:2]
     classes = jax.random.permutation(k_classes, num_classes)[:classes_per_batch]  # [c]
@@ -329,6 +340,7 @@ def labelled_indices(config, train_data):
 
 def state_inputs(config, train_data):
     """What create_state needs from the training set: {"labelled": {"images": uint8 [C, n, H, W, 3],
+    "extents": int32 [C, n, 2] (each image's valid box in its canvas),
     "indices": [C, n]}}, the labelled fraction sorted by class. Refuses a support batch it cannot fill."""
     indices = labelled_indices(config, train_data)
     if config.method.s_per_class > indices.shape[1] or config.method.classes_per_batch > indices.shape[0]:
@@ -338,8 +350,15 @@ def state_inputs(config, train_data):
             f"{indices.shape[1]}); lower method.classes_per_batch / method.s_per_class or raise "
             "data.label_fraction."
         )
-    images = train_data.get(indices.ravel())["image"]
-    return {"labelled": {"images": images.reshape(*indices.shape, *images.shape[1:]), "indices": indices}}
+    rows = train_data.get(indices.ravel())
+    images, extents = rows["image"], rows["extent"]
+    return {
+        "labelled": {
+            "images": images.reshape(*indices.shape, *images.shape[1:]),
+            "indices": indices,
+            "extents": extents.reshape(*indices.shape, 2),
+        }
+    }
 
 
 def create_state(config, steps_per_epoch, labelled=None):
@@ -351,7 +370,7 @@ def create_state(config, steps_per_epoch, labelled=None):
     optimizer = nnx.Optimizer(model, make_optimizer(config.optim, schedule), wrt=nnx.Param)
     parts = {"model": model, "optimizer": optimizer}
     if labelled is not None:
-        parts["labelled"] = LabelledSet(labelled["images"], labelled["indices"])
+        parts["labelled"] = LabelledSet(labelled["images"], labelled["indices"], labelled.get("extents"))
     graphdef, state = nnx.split(parts)
     return graphdef, state, functools.partial(train_step, graphdef, config, schedule)
 
@@ -404,7 +423,8 @@ def train_step(graphdef, config, schedule, state, batch, key):
     k_views, k_supports, k_support_views = jax.random.split(key, 3)
     # Supports: a new class-balanced draw each step, a pure function of (seed, step) through `key`.
     support_images, _ = sample_supports(k_supports, labelled.images[...], m.classes_per_batch, m.s_per_class)
-    x_s = make_support_views(k_support_views, support_images, config.views)  # [V * S, ...]
+    support_extents, _ = sample_supports(k_supports, labelled.extents[...], m.classes_per_batch, m.s_per_class)
+    x_s = make_support_views(k_support_views, support_images, config.views, support_extents)  # [V * S, ...]
     x_g, x_l = make_views(k_views, batch["image"], config.views, batch.get("extent"))  # [2, B, ...], [local, B, ...]
     return update(graphdef, config, schedule, state, x_s, x_g, x_l)
 

@@ -111,6 +111,35 @@ def test_support_batch_is_class_balanced_in_the_official_layout():
     assert not np.array_equal(np.asarray(other), images)
 
 
+def test_support_views_are_cropped_inside_each_labelled_images_extent():
+    # Whole-image fit: a labelled image sits in the top-left of its canvas. The same key draws the
+    # same rows from the pool's images and extents, and the support views never read the padding.
+    config = helpers.smoke_config("paws")
+    size = 2 * config.views.crop_size
+    rng = np.random.default_rng(0)
+    extents = rng.integers(size // 3, size + 1, (3, 4, 2)).astype(np.int32)  # [C, n, 2]
+    images = rng.integers(0, 256, (3, 4, size, size, 3), dtype=np.uint8)
+    inside = np.zeros(images.shape, bool)
+    for c, i in np.ndindex(3, 4):
+        inside[c, i, : extents[c, i, 0], : extents[c, i, 1]] = True
+    set_ = paws.LabelledSet(images, np.arange(12).reshape(3, 4), extents)
+
+    def views(pool):
+        picked, _ = paws.sample_supports(jax.random.key(1), pool, 2, 2)
+        boxes, _ = paws.sample_supports(jax.random.key(1), set_.extents[...], 2, 2)
+        return paws.make_support_views(jax.random.key(2), picked, config.views, boxes), picked, boxes
+
+    zeros, picked, boxes = views(jnp.asarray(np.where(inside, images, 0), jnp.uint8))
+    noise, _, _ = views(jnp.asarray(np.where(inside, images, 255 - images), jnp.uint8))
+    np.testing.assert_array_equal(np.asarray(zeros), np.asarray(noise))
+    rows = np.asarray(picked)  # each drawn extent belongs to the drawn image
+    for row, box in zip(rows, np.asarray(boxes)):
+        (c, i) = next(
+            (c, i) for c, i in np.ndindex(3, 4) if np.array_equal(np.where(inside[c, i], images[c, i], 0), row)
+        )
+        np.testing.assert_array_equal(box, extents[c, i])
+
+
 def test_labels_matrix_is_the_official_smoothed_one_hot():
     # Official make_labels_matrix(num_classes=3, s_batch_size=2, world_size=1, smoothing=0.1):
     # off = 0.1 / 3 everywhere, row j hot in column j % 3 with 1 - 0.1 + off.
