@@ -36,6 +36,7 @@ from it, so it never takes GPU memory from JAX; importing this module is cheap.
 
 import concurrent.futures
 import difflib
+import io
 import itertools
 import os
 import queue
@@ -49,9 +50,12 @@ from PIL import Image
 
 DEFAULT_DATASET = "fashion_mnist_local"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-# A tfrecord-only TFDS data set is decoded into host memory when it fits in this many bytes.
+# A tfrecord-only TFDS data set is decoded into host memory when it fits in this many bytes; an
+# array_record split that fits keeps each decoded image in memory after its first read.
 MAX_IN_MEMORY_BYTES = 4 * 2**30
-_NUM_THREADS = 8  # PIL releases the GIL while decoding, so threads overlap decodes.
+# Decode threads per data set (data.workers overrides it). PIL releases the GIL while it decodes and
+# resizes, so threads overlap decodes of real photos; scripts/benchmark_data.py measures the scaling.
+DEFAULT_WORKERS = 8
 
 
 # --------------------------------------------------------------------------------------------------
@@ -99,9 +103,11 @@ class Dataset:
       read: indices int [n] -> (images uint8 [n, H, W, 3], labels int32 [n], -1 when unlabelled,
         and optionally extents int32 [n, 2], the valid (height, width); absent: the whole canvas).
       read_labels: indices int [n] -> labels int32 [n], without decoding images where possible.
+      decoded_once: True when each example is decoded on its first read and kept in host memory
+        (array_record splits that fit in MAX_IN_MEMORY_BYTES), so later reads only copy.
     """
 
-    def __init__(self, name, split, num_examples, num_classes, image_shape, read, read_labels):
+    def __init__(self, name, split, num_examples, num_classes, image_shape, read, read_labels, decoded_once=False):
         self.name = name
         self.split = split
         self.num_examples = num_examples
@@ -109,6 +115,7 @@ class Dataset:
         self.image_shape = tuple(image_shape)
         self.read = read
         self.read_labels = read_labels
+        self.decoded_once = decoded_once
 
     def __repr__(self):
         return (
@@ -252,7 +259,8 @@ def load(data_config, split: str) -> Dataset:
       data_config: ConfigDict with `name` (TFDS name), `folder` (image folder; used instead of TFDS
         when non-empty), `data_dir` (TFDS data dir, '' = TFDS default: $TFDS_DATA_DIR or
         ~/tensorflow_datasets), `image_size` (the host-side square canvas, 0 = native size) and
-        `fit` ('whole' (default when absent) or 'centre', see the module docstring).
+        `fit` ('whole' (default when absent) or 'centre', see the module docstring) and `workers`
+        (decode threads, DEFAULT_WORKERS when absent).
       split: e.g. 'train', 'test', or a TFDS slice such as 'train[:10%]'.
     Raises:
       ValueError / FileNotFoundError saying what is wrong and how to fix it.
@@ -260,11 +268,14 @@ def load(data_config, split: str) -> Dataset:
     fit = data_config.get("fit", "whole")
     if fit not in FITS:
         raise ValueError(f"data.fit must be one of {FITS}, got {fit!r}.")
+    workers = data_config.get("workers", DEFAULT_WORKERS)
+    if not (isinstance(workers, int) and workers >= 1):
+        raise ValueError(f"data.workers (decode threads) must be a positive integer, got {workers!r}.")
     if data_config.folder:
-        return _load_folder(data_config.folder, split, data_config.image_size, fit)
+        return _load_folder(data_config.folder, split, data_config.image_size, fit, workers)
     if data_config.name == "synthetic":
         return synthetic(split, data_config.image_size)
-    return _load_tfds(data_config.name, split, data_config.data_dir, data_config.image_size, fit)
+    return _load_tfds(data_config.name, split, data_config.data_dir, data_config.image_size, fit, workers)
 
 
 def synthetic(split, image_size, num_examples=50_000, num_classes=10):
@@ -349,7 +360,13 @@ def _not_prepared_message(name, data_dir):
     )
 
 
-def _load_tfds(name, split, data_dir, image_size, fit="whole"):
+# Array_record splits small enough to keep in memory, by (prepared folder, split, image_size, fit): every
+# load of the same split shares one Dataset, so the images the kNN monitor decodes at step 0 (all of
+# the training split) serve the training batches too. A prepared split never changes.
+_SHARED = {}
+
+
+def _load_tfds(name, split, data_dir, image_size, fit="whole", workers=DEFAULT_WORKERS):
     tfds = _import_tfds()
     try:
         builder = tfds.builder(name, data_dir=data_dir or None)
@@ -363,6 +380,9 @@ def _load_tfds(name, split, data_dir, image_size, fit="whole"):
         ) from None
     if not builder.is_prepared():
         raise FileNotFoundError(_not_prepared_message(name, data_dir))
+    key = (str(builder.data_dir), split, image_size, fit)
+    if key in _SHARED:
+        return _SHARED[key]
     info = builder.info
     try:
         num_examples = info.splits[split].num_examples
@@ -391,31 +411,45 @@ def _load_tfds(name, split, data_dir, image_size, fit="whole"):
 
     formats = {f.value for f in info.available_file_formats()}
     if "array_record" in formats:
-        source = builder.as_data_source(split=split, file_format="array_record")
-        labels_source = builder.as_data_source(
+        # Records with the image still encoded, decoded here with PIL: TFDS' own decoding cost about
+        # 1.6 ms per 28x28 PNG (its example parser), reading the bytes and PIL about 0.3 ms (measured on
+        # this 2-core machine, loaded; 256 random Fashion-MNIST examples).
+        source = builder.as_data_source(
             split=split, file_format="array_record", decoders={"image": tfds.decode.SkipDecoding()}
         )
-        pool = concurrent.futures.ThreadPoolExecutor(_NUM_THREADS)
+        pool = concurrent.futures.ThreadPoolExecutor(workers)
 
-        def decode(i):
+        def decode(i, example):
             try:
-                example = source[int(i)]
+                with Image.open(io.BytesIO(example["image"])) as image:
+                    image, extent = _fit(image, image_size, fit)
             except Exception as e:  # Say which record failed; the cause stays chained.
                 raise ValueError(f"Cannot decode example {i} of {name}:{split}: {e}") from e
-            image, extent = _fit_array(example["image"], image_size, fit)
+            if image.shape != image_shape:
+                raise ValueError(f"Example {i} of {name}:{split} has shape {image.shape}, not {image_shape}.")
             return image, to_label(example), extent
 
+        def read_records(indices):
+            try:
+                return source.__getitems__([int(i) for i in indices])
+            except Exception as e:  # Say which records failed; the cause stays chained.
+                raise ValueError(f"Cannot read examples {list(indices[:4])}... of {name}:{split}: {e}") from e
+
         def read(indices):
-            return _stack(list(pool.map(decode, indices)), image_shape)
+            return _stack(list(pool.map(decode, indices, read_records(indices))), image_shape)
 
         def read_labels(indices):
             # In chunks, to bound memory: each record still carries its encoded image.
             chunks = np.array_split(indices, len(indices) // 4096 + 1)
-            return np.array(
-                [to_label(e) for chunk in chunks for e in labels_source.__getitems__(chunk.tolist())], np.int32
-            )
+            return np.array([to_label(e) for chunk in chunks for e in read_records(chunk)], np.int32)
 
-        return Dataset(name, split, num_examples, num_classes, image_shape, read, read_labels)
+        in_memory = num_examples * int(np.prod(image_shape)) <= MAX_IN_MEMORY_BYTES
+        if in_memory:
+            read = _decoded_once(read, num_examples, image_shape)
+        dataset = Dataset(name, split, num_examples, num_classes, image_shape, read, read_labels, in_memory)
+        if in_memory:
+            _SHARED[key] = dataset
+        return dataset
 
     # Only tfrecord (sequential access): decode into memory when small enough.
     size = num_examples * int(np.prod(image_shape))
@@ -445,6 +479,27 @@ def _load_tfds(name, split, data_dir, image_size, fit="whole"):
     )
 
 
+def _decoded_once(read, num_examples, image_shape):
+    """`read` behind a host-memory copy of every example it has decoded: each example is decoded once,
+    on its first read, then copied from memory. The arrays are allocated up front but cost memory only
+    where written. Two threads reading the same new example both decode it and write the same values;
+    an example counts as decoded only once its row is written."""
+    images = np.empty((num_examples, *image_shape), np.uint8)
+    labels = np.empty((num_examples,), np.int32)
+    extents = np.empty((num_examples, 2), np.int32)
+    done = np.zeros((num_examples,), bool)
+
+    def read_cached(indices):
+        indices = np.asarray(indices, np.int64)
+        new = np.unique(indices[~done[indices]])
+        if new.size:
+            images[new], labels[new], extents[new] = read(new)
+            done[new] = True
+        return images[indices], labels[indices], extents[indices]
+
+    return read_cached
+
+
 def _stack(decoded, image_shape):
     """[(image, label, extent)] -> (images uint8 [n, *image_shape], labels int32 [n], extents int32 [n, 2])."""
     images = np.empty((len(decoded), *image_shape), np.uint8)
@@ -468,7 +523,7 @@ def _subfolders(folder):
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
 
 
-def _load_folder(root, split, image_size, fit="whole"):
+def _load_folder(root, split, image_size, fit="whole", workers=DEFAULT_WORKERS):
     """An image folder: labelled `root/<split>/<class>/*`, or flat and unlabelled `root/*`.
 
     Labelled: the classes are the sorted union of the class folder names of all splits, so a label
@@ -514,7 +569,7 @@ def _load_folder(root, split, image_size, fit="whole"):
         except Exception as e:
             raise ValueError(f"Unreadable image {path}: {e}. Delete or replace the file.") from e
 
-    pool = concurrent.futures.ThreadPoolExecutor(_NUM_THREADS)
+    pool = concurrent.futures.ThreadPoolExecutor(workers)
     sizes = list(pool.map(header_size, paths))
     if image_size:
         image_shape = (image_size, image_size, 3)

@@ -66,6 +66,31 @@ def _format_scores(scores, init=None):
     )
 
 
+def steps(step_fn, state, loader, root_key, start_step, total_steps):
+    """Runs the training steps start_step .. total_steps - 1: yields (step, state, metrics) after each,
+    `step` counting the steps completed. The one path from data to update that `train` and
+    scripts/benchmark.py share.
+
+    step_fn: the method's step, jitted with the state donated (`jax.jit(step_fn, donate_argnums=0)`,
+        or that compiled ahead of time), so each call returns as soon as the step is queued. Nothing
+        here waits for the device: the loader (`data.Loader.iterate`) decodes the next batches and
+        places them on the devices in a background thread while the step runs, and the caller
+        decides when to read a metric (a host sync); `train` does it only at its log lines. The key
+        of step s is fold_in(root_key, s), so a resumed run draws what an uninterrupted one draws.
+        The state yielded is donated to the next step: use it before asking for the next item.
+        Closing the generator stops the loader's thread.
+    """
+    batches = loader.iterate(start_step)
+    try:
+        for step, batch in batches:
+            if step >= total_steps:
+                return
+            state, metrics = step_fn(state, batch, jax.random.fold_in(root_key, step))
+            yield step + 1, state, metrics
+    finally:
+        batches.close()
+
+
 def train(
     config, workdir, create_state, get_body, *, epochs, train_data=None, scores=None, initialize=None, results=None
 ):
@@ -124,18 +149,13 @@ def train(
             with open(results_path) as f:
                 results = json.load(f)
 
-        step_fn = jax.jit(step_fn, donate_argnums=0)
-        root_key = jax.random.key(config.seed)
         start_time = last_time = time.time()
         step = last_step = start_step
-        batches = loader.iterate(start_step)
+        step_fn = jax.jit(step_fn, donate_argnums=0)
+        run = steps(step_fn, state, loader, jax.random.key(config.seed), start_step, total_steps)
         try:
-            for step, batch in batches:
-                if step >= total_steps:
-                    break
-                state, metrics = step_fn(state, batch, jax.random.fold_in(root_key, step))
-                step += 1  # steps completed
-                ckpt.watch(step, metrics["finite"])
+            for step, state, metrics in run:
+                ckpt.watch(step, metrics["finite"])  # a device bool, read at the next log line
                 if step % config.log_every_steps == 0 or step == total_steps:
                     ckpt.check_finite()
                     metrics = {k: float(v) for k, v in metrics.items() if k != "finite"}
@@ -160,7 +180,7 @@ def train(
                     log(f"Pre-empted: saved step {step} to {ckpt.directory}; rerun with the same --workdir to resume.")
                     return None
         finally:
-            batches.close()  # stops the prefetch thread before the interpreter can shut down under it
+            run.close()  # stops the loader's thread before the interpreter can shut down under it
             writer.flush()
             ckpt.close()
 

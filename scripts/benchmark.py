@@ -1,19 +1,36 @@
-"""Throughput of one method: the jitted train step alone, the augmentations alone, the full loop.
+"""Throughput of one method: the host pipeline, the augmentations, the jitted train step, the full loop.
 
     python scripts/benchmark.py --config simclr/config.py            # the method is the config's folder
     python scripts/benchmark.py --config dino/config.py:imagenet --config.data.name=synthetic ...
     python scripts/benchmark.py --config simclr/config.py --augment_only --config.data.name=synthetic \
         --config.data.image_size=224 --config.views.crop_size=224 --config.data.batch_size=32
 
-Prints images/s (images of the data set, not views), the compile time of the step, and the step's
-FLOP rate from XLA's cost analysis, with MFU against --peak_tflops when given (e.g. 989 for an H100's
-dense bf16, 67 for its fp32 without tensor cores). The step-alone figure reuses one device batch, so
-it measures the accelerator; the full-loop figure adds host data loading and transfer.
+Several processes (one JSON line, from process 0; every figure is global, over all devices):
+    JAX_COORDINATOR_ADDRESS=127.0.0.1:1234 JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=0|1 \
+        python scripts/benchmark.py --config simclr/config.py:smoke --steps 2
 
-Caveat, seen on an H100: XLA's cost analysis does not count convolutions that run as cuDNN custom
-calls, so for ResNets `step_tflops` and `mfu_percent` are far below the truth (SimCLR ResNet-50 at
-1141 images/s does about 28 TFLOP/s by the analytic 3 x 4.1 GFLOPs per view, not the 0.78 reported).
-For ViTs, whose matmuls XLA does count, the figure is meaningful.
+Prints one JSON line (and writes it to --json): images/s of the data set (images, not views) for
+  host      the loader alone (decode, fit, batch, placement on the devices) on rows not read before;
+  augment   the method's make_views alone on one device batch;
+  step      the compiled train step alone, on one device batch reused;
+  loop      `common.loop.steps`, the path a training run takes (the loader's thread decoding and
+            placing the next batches while the step runs, a new key and batch every step), after
+            warm-up steps that leave the loader's queue in its steady state;
+and the step's compile time (lowering + compilation, cold unless the compilation cache holds it).
+
+FLOPs: `flops_per_image` is XLA's cost analysis of the LOWERED step (StableHLO, before compilation;
+the global batch, before partitioning over devices) divided by the global batch. On CPU it agrees with
+the compiled executable's analysis (`compiled_flops_per_image`, printed beside it). On GPU the
+compiled analysis misses every convolution that runs as a cuDNN custom call (a ResNet-50's step then
+reported 0.78 TFLOP/s where 3 x 4.1 GFLOPs per view x 1141 images/s is about 28), while the lowered
+program still holds the convolutions as ordinary ops and counts them. `step_tflops` is
+flops_per_image x step images/s, and `mfu_percent` sets it against --peak_tflops per device times the
+number of devices (e.g. 989 for an H100 SXM's dense bf16, 67 for its fp32 without tensor cores).
+
+In a training run whose kNN monitor reads the whole training split at step 0 (eval.knn_train_examples
+0) and whose split fits in host memory (data.MAX_IN_MEMORY_BYTES), every training image has been
+decoded once before step 1 and later reads copy it from memory; the loop figure is taken in that
+state too (`warm_data: true` in the output), after the host figure is taken on rows not read before.
 """
 
 import importlib
@@ -32,15 +49,20 @@ from common import checkpoint, data, loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A method's config, e.g. simclr/config.py:smoke.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps for each measurement (after warm-up).")
-_PEAK = flags.DEFINE_float("peak_tflops", 0.0, "The device's peak TFLOP/s, for MFU (0: not printed).")
-_JSON = flags.DEFINE_string("json", "", "Also write the figures to this JSON file.")
+_PEAK = flags.DEFINE_float("peak_tflops", 0.0, "One device's peak TFLOP/s, for MFU (0: not printed).")
+_JSON = flags.DEFINE_string("json", "", "Also write the figures to this JSON file (process 0).")
 _AUGMENT_ONLY = flags.DEFINE_bool(
     "augment_only", False, "Time only the method's make_views on one batch (no state, step or loop)."
 )
+# Enough warm-up for the first call's compilation and for the loader's queue (two batches ahead and
+# one in the making) to reach its steady state, so that batches prepared during the compilation do
+# not flatter the loop figure.
+LOOP_WARMUP_STEPS = 5
 
 
 def timed(fn, n):
-    jax.block_until_ready(fn())  # warm-up
+    """Seconds per call of `fn` (returning device arrays), after one call of warm-up."""
+    jax.block_until_ready(fn())
     start = time.perf_counter()
     for _ in range(n):
         out = fn()
@@ -48,44 +70,72 @@ def timed(fn, n):
     return (time.perf_counter() - start) / n
 
 
+def report(figures):
+    """One JSON line (and the --json file), from process 0 only."""
+    if jax.process_index() == 0:
+        print(json.dumps(figures), flush=True)
+        if _JSON.value:
+            pathlib.Path(_JSON.value).write_text(json.dumps(figures, indent=2))
+
+
+def flops_of(stage):
+    """XLA's cost analysis 'flops' of a lowered or compiled computation (0.0 where it has none)."""
+    cost = stage.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float((cost or {}).get("flops", 0.0))
+
+
 def main(argv):
+    loop.quiet()
+    checkpoint.maybe_initialize_distributed()  # before any other JAX call
+    checkpoint.use_compilation_cache()
     config = _CONFIG.value
     method = pathlib.Path(flags.FLAGS["config"].config_filename.split(":")[0]).resolve().parent.name
     module = importlib.import_module(f"{method}.train")
     mesh = data.make_mesh()
-    data.check_batch_size(config.data.batch_size, mesh)
+    batch_size = config.data.batch_size  # global, over every device of every process
+    data.check_batch_size(batch_size, mesh)
     dataset = data.load(config.data, config.data.train_split)
-    loader = data.Loader(dataset, config.data.batch_size, config.seed, mesh)
-    batch_size = config.data.batch_size
+    loader = data.Loader(dataset, batch_size, config.seed, mesh)  # each process decodes only its rows
     key = jax.random.key(0)
+    views = jax.jit(lambda k, b: module.make_views(k, b["image"], config.views, b["extent"]))
+    figures = {
+        "method": method,
+        "device": str(jax.devices()[0].device_kind),
+        "devices": jax.device_count(),
+        "processes": jax.process_count(),
+        "batch_size": batch_size,
+        "image_shape": list(dataset.image_shape),
+    }
+
     if _AUGMENT_ONLY.value:
         batch = loader.get(0)
-        views = jax.jit(lambda k, images: module.make_views(k, images, config.views))
         start = time.perf_counter()
-        jax.block_until_ready(views(key, batch["image"]))
-        figures = {
-            "method": method,
-            "device": str(jax.devices()[0].device_kind),
-            "batch_size": batch_size,
-            "image_shape": list(dataset.image_shape),
-            "augment_compile_and_first_s": round(time.perf_counter() - start, 2),
-            "augment_images_per_s": round(batch_size / timed(lambda: views(key, batch["image"]), _STEPS.value), 1),
-        }
-        print(json.dumps(figures))
-        if _JSON.value:
-            pathlib.Path(_JSON.value).write_text(json.dumps(figures, indent=2))
+        jax.block_until_ready(views(key, batch))
+        figures["augment_compile_and_first_s"] = round(time.perf_counter() - start, 2)
+        figures["augment_images_per_s"] = round(batch_size / timed(lambda: views(key, batch), _STEPS.value), 1)
+        report(figures)
         return
+
+    # The host pipeline alone, on batches of the first epoch that the loop below does not read first.
+    unread = iter(range(loader.steps_per_epoch // 2, loader.steps_per_epoch // 2 + _STEPS.value + 1))
+    host_s = timed(lambda: loader.get(next(unread)), _STEPS.value)
+    figures["warm_data"] = bool(dataset.decoded_once and not config.eval.knn_train_examples)
+    if figures["warm_data"]:  # as the run's step-0 kNN monitor does: the whole split read once
+        for _ in data.eval_batches(dataset, config.eval.batch_size, mesh):
+            pass
+
     inputs = loop.state_inputs(module, config, dataset)
     graphdef, state, step_fn = module.create_state(config, loader.steps_per_epoch, **inputs)
     state = checkpoint.replicate(state, mesh)
     batch = loader.get(0)
 
     start = time.perf_counter()
-    compiled = jax.jit(step_fn, donate_argnums=0).lower(state, batch, key).compile()
+    lowered = jax.jit(step_fn, donate_argnums=0).lower(state, batch, key)
+    compiled = lowered.compile()
     compile_s = time.perf_counter() - start
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float((cost or {}).get("flops", 0.0))
+    flops_per_image = flops_of(lowered) / batch_size  # the global program: the whole batch
+    compiled_flops_per_image = flops_of(compiled) * jax.device_count() / batch_size  # per device
 
     holder = {"state": state}
 
@@ -94,37 +144,36 @@ def main(argv):
         return metrics["loss"]
 
     step_s = timed(one_step, _STEPS.value)
-    views = jax.jit(lambda k, images: module.make_views(k, images, config.views))
-    augment_s = timed(lambda: views(key, batch["image"]), _STEPS.value)
+    augment_s = timed(lambda: views(key, batch), _STEPS.value)
 
-    iterator = loader.iterate(1)
-    next(iterator)
-    start = time.perf_counter()
-    for _ in range(_STEPS.value):
-        _, b = next(iterator)
-        holder["state"], metrics = compiled(holder["state"], b, key)
-    jax.block_until_ready(metrics["loss"])
-    loop_s = (time.perf_counter() - start) / _STEPS.value
-    # Stops the loader's prefetch thread now: left running into interpreter shutdown, it aborted the
-    # process after the figures were printed (seen for moco on CPU).
-    iterator.close()
+    # The loop: common.loop.steps as loop.train runs it (the same executable), from step 0 of the data order.
+    total = LOOP_WARMUP_STEPS + _STEPS.value
+    run = loop.steps(compiled, holder.pop("state"), loader, jax.random.key(config.seed), 0, total)
+    try:
+        for step, _, metrics in run:
+            if step == LOOP_WARMUP_STEPS:
+                jax.block_until_ready(metrics["loss"])
+                start = time.perf_counter()
+        jax.block_until_ready(metrics["loss"])
+        loop_s = (time.perf_counter() - start) / _STEPS.value
+    finally:
+        run.close()  # stops the loader's thread before the interpreter shuts down
 
-    figures = {
-        "method": method,
-        "device": str(jax.devices()[0].device_kind),
-        "devices": jax.device_count(),
-        "batch_size": batch_size,
-        "compile_s": round(compile_s, 2),
-        "step_images_per_s": round(batch_size / step_s, 1),
-        "augment_images_per_s": round(batch_size / augment_s, 1),
-        "loop_images_per_s": round(batch_size / loop_s, 1),
-        "step_tflops": round(flops / step_s / 1e12, 3),
-    }
+    step_images_per_s = batch_size / step_s
+    figures.update(
+        compile_s=round(compile_s, 2),
+        host_images_per_s=round(batch_size / host_s, 1),
+        augment_images_per_s=round(batch_size / augment_s, 1),
+        step_images_per_s=round(step_images_per_s, 1),
+        loop_images_per_s=round(batch_size / loop_s, 1),
+        loop_over_step=round(step_s / loop_s, 3),
+        flops_per_image=flops_per_image,
+        compiled_flops_per_image=compiled_flops_per_image,
+        step_tflops=round(flops_per_image * step_images_per_s / 1e12, 4),
+    )
     if _PEAK.value:
-        figures["mfu_percent"] = round(100 * flops / step_s / 1e12 / _PEAK.value, 2)  # XLA costs the per-device program
-    print(json.dumps(figures))
-    if _JSON.value:
-        pathlib.Path(_JSON.value).write_text(json.dumps(figures, indent=2))
+        figures["mfu_percent"] = round(100 * figures["step_tflops"] / (_PEAK.value * jax.device_count()), 2)
+    report(figures)
 
 
 if __name__ == "__main__":
