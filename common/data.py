@@ -15,7 +15,10 @@ Fit (`data.fit`):
 
 Sources, chosen by `load(data_config, split)`:
   * TFDS in array_record format, read with random access through `tfds.data_source` (any size;
-    prepare large data sets with `tfds build NAME --file_format=array_record`).
+    prepare large data sets with `tfds build NAME --file_format=array_record`). A split whose canvas
+    images fit in MAX_IN_MEMORY_BYTES (Fashion-MNIST, CIFAR, STL-10) keeps every image in host memory
+    once decoded, shared by every `load` of the split in the process: the kNN monitor's pass at step 0
+    decodes the training split once for the whole run.
   * TFDS in tfrecord format (the TFDS default), decoded into memory when small (CIFAR-10, STL-10).
   * Image folders: labelled `root/<split>/<class>/*` or a flat unlabelled `root/*`, decoded with PIL
     on demand.
@@ -29,6 +32,9 @@ resumed run therefore sees exactly the batches of an uninterrupted one; a checkp
 step. Each process loads only its own rows of the global batch, which
 `jax.make_array_from_process_local_data` assembles into one array sharded along the mesh axis
 'data'.
+
+Decoding runs in `data.workers` threads per data set (PIL releases the GIL while it decodes and
+resizes); scripts/benchmark_data.py measures the rate per core on ImageNet-sized JPEGs.
 
 TensorFlow is imported only inside the functions that load TFDS data, with the accelerators hidden
 from it, so it never takes GPU memory from JAX; importing this module is cheap.
@@ -282,22 +288,24 @@ def synthetic(split, image_size, num_examples=50_000, num_classes=10):
     """Random uint8 images whose pixels are a pure function of (split, index), 10 random labels.
 
     For benchmarks of the accelerator at a real input size (`--config.data.name=synthetic
-    --config.data.image_size=256`) with no data set on disk; nothing can be learnt from it.
+    --config.data.image_size=256`) with no data set on disk; nothing can be learnt from it. Image i is
+    a window of one random pool of bytes at an offset of its own (distinct for the first 65,536
+    indices), so that a batch costs the host a copy, not a random draw per pixel (which capped the
+    loop of an accelerator at a few hundred images/s).
     """
     size = image_size or 224
     salt = sum(map(ord, split))
+    pixels = size * size * 3
+    pool = np.random.default_rng([salt]).integers(0, 256, pixels + 2**16, np.uint8)
 
     def read_labels(indices):
         return (np.asarray(indices) * 7 + salt) % num_classes
 
     def read(indices):
-        images = (
-            np.stack(
-                [np.random.default_rng([salt, int(i)]).integers(0, 256, (size, size, 3), np.uint8) for i in indices]
-            )
-            if len(indices)
-            else np.zeros((0, size, size, 3), np.uint8)
-        )
+        images = np.empty((len(indices), size, size, 3), np.uint8)
+        for row, i in enumerate(indices):
+            offset = (int(i) * 40503) % 2**16  # odd multiplier: a bijection of 0 .. 2**16 - 1
+            images[row] = pool[offset : offset + pixels].reshape(size, size, 3)
         return images, read_labels(indices)
 
     return Dataset("synthetic", split, num_examples, num_classes, (size, size, 3), read, read_labels)
@@ -360,7 +368,7 @@ def _not_prepared_message(name, data_dir):
     )
 
 
-# Array_record splits small enough to keep in memory, by (prepared folder, split, image_size, fit): every
+# Array_record splits small enough to keep in memory, by (prepared folder, split, image_size, fit, workers): every
 # load of the same split shares one Dataset, so the images the kNN monitor decodes at step 0 (all of
 # the training split) serve the training batches too. A prepared split never changes.
 _SHARED = {}
@@ -380,7 +388,7 @@ def _load_tfds(name, split, data_dir, image_size, fit="whole", workers=DEFAULT_W
         ) from None
     if not builder.is_prepared():
         raise FileNotFoundError(_not_prepared_message(name, data_dir))
-    key = (str(builder.data_dir), split, image_size, fit)
+    key = (str(builder.data_dir), split, image_size, fit, workers)
     if key in _SHARED:
         return _SHARED[key]
     info = builder.info
@@ -699,8 +707,10 @@ class Loader:
         return _to_global(local, self.global_batch_size, self.mesh)
 
     def iterate(self, start_step: int = 0):
-        """Yields (step, batch) for step = start_step, start_step + 1, ... without end, decoding a
-        couple of batches ahead in a background thread."""
+        """Yields (step, batch) for step = start_step, start_step + 1, ... without end. A background
+        thread decodes each batch and places it on the devices (`get`: the transfer into the mesh
+        sharding starts there), two batches ahead of the consumer and a third in the making, so the
+        host work and the transfer overlap the step that runs meanwhile."""
         return _prefetch((step, self.get(step)) for step in itertools.count(start_step))
 
 

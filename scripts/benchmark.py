@@ -49,6 +49,7 @@ from common import checkpoint, data, loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A method's config, e.g. simclr/config.py:smoke.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps for each measurement (after warm-up).")
+_ROUNDS = flags.DEFINE_integer("rounds", 2, "Step and loop measurements, alternated; the means are reported.")
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "One device's peak TFLOP/s, for MFU (0: not printed).")
 _JSON = flags.DEFINE_string("json", "", "Also write the figures to this JSON file (process 0).")
 _AUGMENT_ONLY = flags.DEFINE_bool(
@@ -143,21 +144,28 @@ def main(argv):
         holder["state"], metrics = compiled(holder["state"], batch, key)
         return metrics["loss"]
 
-    step_s = timed(one_step, _STEPS.value)
-    augment_s = timed(lambda: views(key, batch), _STEPS.value)
+    def loop_seconds(start_step):
+        """Seconds per step of common.loop.steps, as loop.train runs it (the same executable), from
+        `start_step` of the data order, after LOOP_WARMUP_STEPS."""
+        end = start_step + LOOP_WARMUP_STEPS + _STEPS.value
+        run = loop.steps(compiled, holder.pop("state"), loader, jax.random.key(config.seed), start_step, end)
+        try:
+            for step, state, metrics in run:
+                holder["state"] = state  # the last one is not donated: the next round starts from it
+                if step == start_step + LOOP_WARMUP_STEPS:
+                    jax.block_until_ready(metrics["loss"])
+                    start = time.perf_counter()
+            jax.block_until_ready(metrics["loss"])
+            return (time.perf_counter() - start) / _STEPS.value
+        finally:
+            run.close()  # stops the loader's thread before the interpreter shuts down
 
-    # The loop: common.loop.steps as loop.train runs it (the same executable), from step 0 of the data order.
-    total = LOOP_WARMUP_STEPS + _STEPS.value
-    run = loop.steps(compiled, holder.pop("state"), loader, jax.random.key(config.seed), 0, total)
-    try:
-        for step, _, metrics in run:
-            if step == LOOP_WARMUP_STEPS:
-                jax.block_until_ready(metrics["loss"])
-                start = time.perf_counter()
-        jax.block_until_ready(metrics["loss"])
-        loop_s = (time.perf_counter() - start) / _STEPS.value
-    finally:
-        run.close()  # stops the loader's thread before the interpreter shuts down
+    # Step and loop alternate (_ROUNDS times), so that a shared machine's changing load falls on both.
+    step_s = loop_s = 0.0
+    for r in range(_ROUNDS.value):
+        step_s += timed(one_step, _STEPS.value) / _ROUNDS.value
+        loop_s += loop_seconds(r * (LOOP_WARMUP_STEPS + _STEPS.value)) / _ROUNDS.value
+    augment_s = timed(lambda: views(key, batch), _STEPS.value)
 
     step_images_per_s = batch_size / step_s
     figures.update(

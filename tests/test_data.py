@@ -97,6 +97,47 @@ def test_image_size_resizes_the_default(data_dir):
     assert not batch["image"][0, 28:].any() and not batch["image"][0, :, 28:].any()
 
 
+def test_a_small_split_is_decoded_once_and_shared_by_every_load(data_dir, monkeypatch):
+    # A canvas size no other test reads: this split's memory starts empty.
+    cfg = config(data_dir=data_dir, image_size=20, fit="centre")
+    ds = data.load(cfg, "test")
+    assert ds.decoded_once and data.load(cfg, "test") is ds  # the kNN monitor's load is the loader's
+    opened = []
+    real_open = data.Image.open
+    monkeypatch.setattr(data.Image, "open", lambda *args, **kwargs: opened.append(1) or real_open(*args, **kwargs))
+    picks = [3, 9998, 41, 3]
+    first = ds.get(picks)
+    assert len(opened) == 3  # each new example decoded once, the repeated one too
+    again = ds.get(picks[::-1])
+    assert len(opened) == 3  # from memory
+    raw = raw_idx("t10k-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)
+    for row, i in enumerate(picks):
+        want = np.asarray(Image.fromarray(raw[i]).resize((20, 20), Image.BILINEAR))
+        for c in range(3):
+            np.testing.assert_array_equal(first["image"][row, ..., c], want)
+            np.testing.assert_array_equal(again["image"][len(picks) - 1 - row, ..., c], want)
+    np.testing.assert_array_equal(first["label"], raw_idx("t10k-labels-idx1-ubyte.gz", 8)[picks])
+    np.testing.assert_array_equal(first["extent"], [[20, 20]] * 4)
+
+    # Beyond MAX_IN_MEMORY_BYTES a split is decoded on every read, and not shared.
+    monkeypatch.setattr(data, "MAX_IN_MEMORY_BYTES", 100)
+    big = data.load(config(data_dir=data_dir, image_size=21, fit="centre"), "test")
+    assert not big.decoded_once and data.load(config(data_dir=data_dir, image_size=21, fit="centre"), "test") is not big
+    before = len(opened)
+    big.get([5, 5])
+    big.get([5])
+    assert len(opened) == before + 3
+
+
+def test_decode_workers_are_a_config_knob(data_dir):
+    one = data.load(config(data_dir=data_dir, image_size=22, workers=1), "test")
+    two = data.load(config(data_dir=data_dir, image_size=22, workers=2), "test")
+    assert one is not two  # each its own thread pool
+    np.testing.assert_array_equal(one.get([0, 1, 2])["image"], two.get([2, 1, 0])["image"][::-1])
+    with pytest.raises(ValueError, match="data.workers"):
+        data.load(config(data_dir=data_dir, workers=0), "test")
+
+
 def test_missing_debian_files_say_how_to_install(tmp_path, monkeypatch):
     from common.datasets.fashion_mnist_local import fashion_mnist_local_dataset_builder as builder
 
