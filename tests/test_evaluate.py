@@ -357,6 +357,21 @@ def test_benchmark_table_reads_the_json_files_and_says_what_has_not_run(tmp_path
     assert "| Strong Sup (100% labels) | not run |" in text
     byol_row = next(row for row in text.splitlines() if row.startswith("| byol |"))
     assert "not run" in byol_row and "74.3" in byol_row
+    assert "| Weak Sup (10% labels, PAWS' labelled budget) | not run |" in text
+
+    # Weak Sup with PAWS' labelled budget: 468 steps x 10 classes x 8 images x 1 view = 37,440
+    # presentations of 6,000 labelled images = 6 epochs (the protocol's 30 would show 180,000).
+    config = {"data": {"label_fraction": 0.1}, "method": {"classes_per_batch": 10, "s_per_class": 8}}
+    config["optim"], config["model"] = {"epochs": 1.0}, {"name": "resnet_tiny"}
+    (tmp_path / "paws" / "config.json").write_text(json.dumps({**config, "views": {"supervised_views": 1}}))
+    (tmp_path / "paws" / "labelled.json").write_text(json.dumps({"indices": list(range(6000))}))
+    assert table.paws_presentations(tmp_path) == 37440 and table.paws_matched_epochs(tmp_path, 0.1) == 6
+    assert table.paws_matched_epochs(tmp_path, 0.01) is None  # the run is the 10% one
+    weak = {"top1": 70.0, "top5": 95.0, "epochs": 6, "labelled_examples": 6000, "body": "resnet_tiny"}
+    (tmp_path / "baselines" / table.PAWS_BUDGET_NAME).write_text(json.dumps(weak))
+    text = table.write_table(["paws"], table.argparse.Namespace(runs=str(tmp_path), output=str(out)))
+    row = next(row for row in text.splitlines() if "PAWS' labelled budget" in row and row.startswith("| Weak"))
+    assert "6 ep x 6000 images = 36,000 presentations; PAWS' support batches showed 37,440" in row, row
 
 
 def test_benchmark_table_train_skips_finished_runs_and_rerun_keeps_the_old_one(tmp_path, monkeypatch):
