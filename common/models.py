@@ -56,6 +56,21 @@ def _conv(in_features, out_features, kernel_size, strides, padding, rngs, same=F
     )
 
 
+def _assign(variable, value):
+    """variable[...] = value, without NNX's sharding comparison.
+
+    NNX's `variable[...] = value` compares the two shardings; on a tracer, asking for the sharding
+    raises an error whose message is built by walking the whole jaxpr traced so far, so tracing
+    became quadratic in the program's size: 80% of tracing BYOL's ResNet-50 step (437 batch-norm
+    updates) went there. The same value is stored: `value` itself when its shape and dtype match,
+    else cast into the old array's (as NNX's own fallback, `.at[...].set`).
+    """
+    old = variable.get_value()
+    if value.shape != old.shape or value.dtype != old.dtype:
+        value = old.at[...].set(value)
+    variable.set_value(value)
+
+
 class BatchNorm(nnx.BatchNorm):
     """nnx.BatchNorm with exact float32 statistics and a choice of running-variance convention.
 
@@ -86,8 +101,8 @@ class BatchNorm(nnx.BatchNorm):
             n = math.prod(x.shape[a] for a in axes)
             running_var = var * (n / max(n - 1, 1)) if self.unbiased else var
             m = self.momentum
-            self.mean[...] = jax.lax.stop_gradient(m * self.mean[...] + (1 - m) * mean)
-            self.var[...] = jax.lax.stop_gradient(m * self.var[...] + (1 - m) * running_var)
+            _assign(self.mean, jax.lax.stop_gradient(m * self.mean[...] + (1 - m) * mean))
+            _assign(self.var, jax.lax.stop_gradient(m * self.var[...] + (1 - m) * running_var))
         mul = jax.lax.rsqrt(var + self.epsilon)
         if self.scale is not None:
             mul = mul * self.scale[...]
@@ -340,14 +355,19 @@ class DropPath(nnx.Module):
         self.rate = rate
         self.deterministic = False
 
-    def __call__(self, x, key):  # x: [B, ...]
-        if self.rate == 0.0 or self.deterministic:
+    def __call__(self, x, key, keep=None):
+        """x: [B, ...]. `keep`: 1 - rate as a traced float32 scalar, replacing this module's rate (the
+        blocks' scan passes each block's own); a keep of 1 draws the mask and returns x unchanged."""
+        if self.deterministic or (keep is None and self.rate == 0.0):
             return x
         if key is None:
             raise ValueError("drop_path_rate > 0 in train mode needs a `key`")
-        keep = 1.0 - self.rate
-        mask = jax.random.bernoulli(key, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
-        return x * mask.astype(x.dtype) / keep
+        mask = jax.random.bernoulli(key, 1.0 - self.rate if keep is None else keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+        if keep is None:
+            return x * mask.astype(x.dtype) / (1.0 - self.rate)
+        # XLA turns the division by a constant above into a product with its float32 reciprocal; a
+        # traced keep gets the same product, so that both give the same bits.
+        return x * mask.astype(x.dtype) * (1.0 / keep)
 
 
 class Attention(nnx.Module):
@@ -385,14 +405,14 @@ class Block(nnx.Module):
         self.fc2 = _linear(hidden, dim, rngs, dtype)
         self.drop_path = DropPath(drop_path_rate)
 
-    def __call__(self, x, key=None):
-        """x: [B, N, D] -> (x [B, N, D], attention [B, heads, N, N])."""
+    def __call__(self, x, key=None, keep=None):
+        """x: [B, N, D] -> (x [B, N, D], attention [B, heads, N, N]). `keep`: see DropPath."""
         key_attn, key_mlp = jax.random.split(key) if key is not None else (None, None)
         y, attn = self.attn(self.norm1(x))
-        x = x + self.drop_path(y.astype(x.dtype), key_attn)  # the residual stream stays float32
+        x = x + self.drop_path(y.astype(x.dtype), key_attn, keep)  # the residual stream stays float32
         # nn.GELU in PyTorch is the exact (erf) form, not the tanh approximation.
         y = self.fc2(jax.nn.gelu(self.fc1(self.norm2(x)), approximate=False))
-        return x + self.drop_path(y.astype(x.dtype), key_mlp), attn
+        return x + self.drop_path(y.astype(x.dtype), key_mlp, keep), attn
 
 
 def _bicubic_matrix(in_size, out_size, scale):
@@ -502,12 +522,41 @@ class VisionTransformer(nnx.Module):
         cls = jnp.broadcast_to(self.cls_token[...], (b, 1, d))
         return jnp.concatenate([cls, x], axis=1) + self.interpolate_pos_encoding(gh, gw)
 
+    def _run_blocks(self, x, key):
+        """The blocks in order on tokens x [B, N, D]; block i's drop-path key is fold_in(key, i).
+
+        One `jax.lax.scan` over the blocks, whose parameters are stacked for the call: XLA then
+        compiles one block instead of `depth` copies of it (and of its gradient), which is what made
+        DINO's ViT-S/16 step slow to compile. The parameter tree stays one module per block (the
+        checkpoints' and common/convert.py's layout); the outputs are the same bits as a Python loop
+        over the blocks. Each block's drop-path rate enters the scan as a traced keep probability.
+        """
+        blocks = list(self.blocks)
+        graphdef, _ = nnx.split(blocks[0])
+        states = [nnx.state(block) for block in blocks]
+        rates = [block.drop_path.rate for block in blocks]
+        deterministic = {block.drop_path.deterministic for block in blocks}
+        same = len(deterministic) == 1 and all(jax.tree.structure(s) == jax.tree.structure(states[0]) for s in states)
+        if len(blocks) < 2 or not same:  # not a stack of identical blocks: a plain loop
+            for i, block in enumerate(blocks):
+                x, _ = block(x, None if key is None else jax.random.fold_in(key, i))
+            return x
+        stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+        # Rates only matter in train mode with some rate > 0 (otherwise drop-path is the identity).
+        drops = not deterministic.pop() and any(rate != 0.0 for rate in rates)
+        keeps = jnp.asarray(np.float32([1.0 - rate for rate in rates])) if drops else None
+
+        def body(x, inputs):
+            state, i, keep = inputs
+            block_key = None if key is None else jax.random.fold_in(key, i)
+            x, _ = nnx.merge(graphdef, state)(x, block_key, keep)
+            return x, None
+
+        return jax.lax.scan(body, x, (stacked, jnp.arange(len(blocks)), keeps))[0]
+
     def __call__(self, x, key=None):
         """x: [B, H, W, C] -> [B, embed_dim]. `key` drives drop-path (train mode, rate > 0 only)."""
-        x = self._tokens(x)
-        for i, block in enumerate(self.blocks):
-            x, _ = block(x, None if key is None else jax.random.fold_in(key, i))
-        return self.norm(x)[:, 0]
+        return self.norm(self._run_blocks(self._tokens(x), key))[:, 0]
 
     def get_last_selfattention(self, x):
         """x: [B, H, W, C] -> softmax attention of the last block [B, heads, 1 + N, 1 + N]."""
