@@ -107,6 +107,7 @@ def main(argv):
         "processes": jax.process_count(),
         "batch_size": batch_size,
         "image_shape": list(dataset.image_shape),
+        "dtype": str(config.model.get("dtype", "float32")),  # the bodies' compute dtype, where the config has one
     }
 
     if _AUGMENT_ONLY.value:
