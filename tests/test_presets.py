@@ -67,6 +67,7 @@ OFFICIAL["byol"] = [
     ("cifar10", "model.stem", "cifar", "preset's choice: 3x3/1 stem, no max-pool, for 32 px images"),
     ("cifar10", "model.zero_init_residual", False, "haiku BlockV1 zero-inits bottlenecks only (ResNet-18: none)"),
     ("cifar10", "views.crop_size", 32, "preset's choice: CIFAR-10's native 32 px (official 224)"),
+    ("imagenet", "model.dtype", "bfloat16", "byol code: float32, no bfloat16 cast; departs: bf16, no loss scaling"),
 ]
 # --- end byol ---
 
@@ -137,6 +138,7 @@ OFFICIAL["dino"] = [
     ("cifar10", "views.crop_scale", (0.4, 1.0), f"{_DINO_CIFAR} --global_crops_scale 0.4 1."),
     ("cifar10", "views.local_crop_scale", (0.05, 0.4), f"{_DINO_CIFAR} --local_crops_scale 0.05 0.4"),
     ("cifar10", "views.local_crops_number", 8, f"{_DINO_CIFAR} --local_crops_number 8"),
+    ("imagenet", "model.dtype", "bfloat16", f"{_DINO_CMD} --use_fp16 True; bf16 instead of fp16: no loss scaling"),
 ]
 # --- end dino ---
 
@@ -201,6 +203,7 @@ OFFICIAL["moco"] = [
     ("cifar10", "views.std", (0.2023, 0.1994, 0.2010), _MOCO_DEMO + ": Normalize std"),
     ("cifar10", "eval.knn_k", 200, _MOCO_DEMO + ": --knn-k 200 (the monitor its 82.6 comes from)"),
     ("cifar10", "eval.knn_temperature", 0.1, _MOCO_DEMO + ": --knn-t 0.1"),
+    ("imagenet", "model.dtype", "bfloat16", _MOCO_MAIN + ": float32, no AMP; departs: bf16, no loss scaling"),
 ]
 # --- end moco ---
 
@@ -318,6 +321,7 @@ OFFICIAL["paws"] = [
     ("imagenet", "optim.weight_decay", 1e-06, _PAWS_I + " optimization.weight_decay"),
     ("imagenet", "optim.momentum", 0.9, _PAWS_I + " optimization.momentum (nesterov false)"),
     ("imagenet", "optim.trust_coefficient", 0.001, _PAWS_T + " init_opt LARS(trust_coefficient=0.001)"),
+    ("imagenet", "model.dtype", "bfloat16", _PAWS_I + " meta.use_fp16 true; bf16 instead of fp16: no loss scaling"),
 ]
 # --- end paws ---
 
@@ -373,6 +377,7 @@ OFFICIAL["pirl"] = (
         ("cifar10", "views.patch_crop_size", 36, "departs: 255/224 of the 32 image crop, cells of 12"),
         ("cifar10", "views.patch_jitter", 3, "departs: cells of 12, patches of 9 (VISSL 85 -> 64)"),
         ("cifar10", "model.name", "resnet18", "departs: a CIFAR ResNet-18 (paper ResNet-50)"),
+        ("imagenet", "model.dtype", "bfloat16", _PIRL + ": float32, AMP off; departs: bf16, no loss scaling"),
     ]
 )
 # --- end pirl ---
@@ -424,6 +429,7 @@ OFFICIAL["simclr"] = [
     ("cifar10", "views.blur_p", 0.0, f"{_C10} --use_blur=False"),
     ("imagenet", "optim.warmup_epochs", 10.0, f"{_RUN} --warmup_epochs"),
     ("cifar10", "optim.warmup_epochs", 10.0, f"{_RUN} --warmup_epochs"),
+    ("imagenet", "model.dtype", "bfloat16", "simclr code: float32, no bfloat16 cast; departs: bf16, no loss scaling"),
 ] + [(preset, *row) for preset in ("imagenet", "cifar10") for row in _SIMCLR_COMMON]
 # --- end simclr ---
 
@@ -477,6 +483,7 @@ OFFICIAL["simclr2"] = [
     ("cifar10", "finetune.batch_size", 512, "no official CIFAR-10 fine-tuning command: the pretraining batch"),
     ("cifar10", "finetune.lr", 0.005, f"{_FT} --learning_rate (the ImageNet command's rate)"),
     ("cifar10", "finetune.zero_init_classifier", True, f"{_FT} --zero_init_logits_layer"),
+    ("imagenet", "model.dtype", "bfloat16", "simclr code: float32, no bfloat16 cast; departs: bf16, no loss scaling"),
 ] + [(preset, *row) for preset in ("imagenet", "cifar10") for row in _SIMCLR_COMMON]
 # --- end simclr2 ---
 
@@ -560,6 +567,7 @@ OFFICIAL["swav"] = [
     ("cifar10", "optim.weight_decay", 1e-6, _SWAV_256 + ": --wd 0.000001"),
     ("cifar10", "optim.momentum", 0.9, _SWAV_MAIN + " main(): SGD(momentum=0.9)"),
     ("cifar10", "optim.trust_coefficient", 0.001, _SWAV_MAIN + " main(): LARC(trust_coefficient=0.001, clip=False)"),
+    ("imagenet", "model.dtype", "bfloat16", _SWAV + ": --use_fp16 true; bf16 instead of fp16: no loss scaling"),
 ]
 # --- end swav ---
 
