@@ -20,7 +20,7 @@ def json_lines(text):
 
 def test_two_processes_print_the_global_figures_once(tmp_path):
     output = tmp_path / "bench.json"
-    args = ["scripts/benchmark.py", "--config=simclr/config.py:smoke", "--steps=2", f"--json={output}"]
+    args = ["scripts/benchmark.py", "--config=simclr/config.py:smoke", "--steps=2", "--rounds=1", f"--json={output}"]
     outputs = launch_command(args, 2, timeout=600)
     for rc, _, err in outputs:
         assert rc == 0, err[-3000:]
