@@ -55,23 +55,35 @@ from common import augment, checkpoint, loop, models
 _trunc_normal = jax.nn.initializers.truncated_normal(0.02, lower=-2 / 0.02, upper=2 / 0.02)
 
 
+def compute_dtype(model):  # the heads' matmul dtype: None (float32) or config.model.dtype, e.g. bfloat16
+    return None if model.get("dtype") in (None, "float32") else jnp.dtype(model.dtype)
+
+
+def to_f32(x):  # a head's output back to float32 for the loss (float64 stays float64 in the x64 checks)
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 class WeightNormLinear(nnx.Module):
     """The head's last layer: y = x W with W = g * v / ||v||, the norm over the inputs of each output
     (PyTorch's weight_norm on a Linear, dim=0), no bias. With `norm_last_layer` the norm g is fixed at
-    1 (no parameter), which the paper finds stabilises training; otherwise g is learned."""
+    1 (no parameter), which the paper finds stabilises training; otherwise g is learned. W is formed in
+    float32; the product runs in `dtype` (None: float32)."""
 
-    def __init__(self, in_dim, out_dim, norm_last_layer, rngs):
+    def __init__(self, in_dim, out_dim, norm_last_layer, rngs, dtype=None):
         # PyTorch's default Linear init, U(-1/sqrt(in), 1/sqrt(in)): DINO creates this layer after
         # applying its trunc-normal init to the MLP. Only the direction of each column matters.
         bound = 1.0 / math.sqrt(in_dim)
         self.v = nnx.Param(jax.random.uniform(rngs.params(), (in_dim, out_dim), minval=-bound, maxval=bound))
         self.g = None if norm_last_layer else nnx.Param(jnp.ones((out_dim,)))
+        self.dtype = dtype
 
     def __call__(self, x):  # [N, in_dim] -> [N, out_dim]
         v = self.v[...]
         w = v / jnp.sqrt(jnp.sum(v * v, axis=0, keepdims=True))
         if self.g is not None:
             w = w * self.g[...]
+        if self.dtype is not None:
+            x, w = x.astype(self.dtype), w.astype(self.dtype)
         return x @ w
 
 
@@ -83,12 +95,12 @@ def l2_normalize(x, axis=-1, epsilon=1e-12):
 class DINOHead(nnx.Module):
     """g(.) (Sec. 3.1, Appendix): Linear-GELU-Linear-GELU-Linear to a bottleneck, l2 normalisation,
     then the weight-normalised layer to K outputs. With `use_bn` (official use_bn_in_head, for
-    ResNets) each hidden Linear is followed by batch norm over all crops; the ViT head has none."""
+    ResNets) each hidden Linear is followed by batch norm over all crops; the ViT head has none.
+    Matmuls in `dtype` (float32 parameters); the normalisation and the output are float32."""
 
-    def __init__(self, in_dim, hidden_dim, bottleneck_dim, out_dim, norm_last_layer, rngs, use_bn=False):
-        linear = functools.partial(
-            nnx.Linear, kernel_init=_trunc_normal, bias_init=jax.nn.initializers.zeros, rngs=rngs
-        )
+    def __init__(self, in_dim, hidden_dim, bottleneck_dim, out_dim, norm_last_layer, rngs, use_bn=False, dtype=None):
+        init = dict(kernel_init=_trunc_normal, bias_init=jax.nn.initializers.zeros)
+        linear = functools.partial(nnx.Linear, **init, dtype=dtype, rngs=rngs)
         # PyTorch BatchNorm1d (momentum 0.1 is 0.9 in the NNX convention; running variance unbiased);
         # always batch statistics: the head runs only in training, the teacher's in train mode too.
         bn = lambda: models.BatchNorm(hidden_dim, unbiased=True, momentum=0.9, epsilon=1e-5, rngs=rngs)
@@ -96,15 +108,15 @@ class DINOHead(nnx.Module):
         self.fc1, self.bn1 = linear(in_dim, hidden_dim), norm()
         self.fc2, self.bn2 = linear(hidden_dim, hidden_dim), norm()
         self.fc3 = linear(hidden_dim, bottleneck_dim)
-        self.last_layer = WeightNormLinear(bottleneck_dim, out_dim, norm_last_layer, rngs)
+        self.last_layer = WeightNormLinear(bottleneck_dim, out_dim, norm_last_layer, rngs, dtype)
 
     def __call__(self, h):  # [N, D] -> [N, K]
         # nn.GELU in PyTorch is the exact (erf) form.
         for fc, bn in ((self.fc1, self.bn1), (self.fc2, self.bn2)):
             h = fc(h)
             h = jax.nn.gelu(h if bn is None else bn(h), approximate=False)
-        x = self.fc3(h)
-        return self.last_layer(l2_normalize(x))
+        x = to_f32(self.fc3(h))
+        return to_f32(self.last_layer(l2_normalize(x)))
 
 
 class Network(nnx.Module):
@@ -116,28 +128,12 @@ class Network(nnx.Module):
         # (paper 0.1); ResNets: the stem and batch norm momentum. The ViT's position embeddings are
         # built for 224 px whatever the crop size and interpolated, as the official code (which never
         # passes img_size). `body` replaces config.model's body (the reference cases' tiny ones).
-        self.body = (
-            body
-            if body is not None
-            else models.create_body(
-                m.name,
-                stem=m.stem,
-                bn_momentum=m.bn_momentum,
-                patch_size=m.patch_size,
-                depth=m.depth,
-                drop_path_rate=m.drop_path_rate,
-                rngs=rngs,
-            )
-        )
-        self.head = DINOHead(
-            self.body.num_features,
-            m.head_hidden_dim,
-            m.head_bottleneck_dim,
-            m.out_dim,
-            m.norm_last_layer,
-            rngs,
-            m.use_bn_in_head,
-        )
+        if body is None:
+            kw = dict(stem=m.stem, bn_momentum=m.bn_momentum, patch_size=m.patch_size, depth=m.depth)
+            body = models.create_body(m.name, **kw, drop_path_rate=m.drop_path_rate, dtype=m.get("dtype"), rngs=rngs)
+        self.body = body
+        sizes = (self.body.num_features, m.head_hidden_dim, m.head_bottleneck_dim, m.out_dim)
+        self.head = DINOHead(*sizes, m.norm_last_layer, rngs, m.use_bn_in_head, compute_dtype(m))
 
     def __call__(self, crops, key=None):
         """crops: list of crop-major stacks [n, B, S, S, 3], one per resolution -> [sum of n, B, K].
@@ -394,9 +390,7 @@ def train_step(graphdef, config, schedules, state, batch, key):
     step = parts["optimizer"].step[...]
     s = {name: values[jnp.minimum(step, values.shape[0] - 1)] for name, values in schedules.items()}
     k_views, k_drop = jax.random.split(key)
-    crops = make_views(
-        k_views, batch["image"], config.views, batch.get("extent")
-    )  # [global [2, B, ...], local [n, B, ...]]
+    crops = make_views(k_views, batch["image"], config.views, batch.get("extent"))  # [[2, B, ...], [n, B, ...]]
     metrics, _ = update(config, parts, crops, s, k_drop)
     return nnx.state(parts), metrics
 

@@ -52,10 +52,18 @@ from common import augment, checkpoint, loop, models
 # ------------------------------------------------------------------------------------------------
 
 
+def compute_dtype(model):  # the heads' matmul dtype: None (float32) or config.model.dtype, e.g. bfloat16
+    return None if model.get("dtype") in (None, "float32") else jnp.dtype(model.dtype)
+
+
+def to_f32(x):  # a head's output back to float32 for the loss (float64 stays float64 in the x64 checks)
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 class Encoder(nnx.Module):
     """The body f(.) and the official fc head: v2's MLP (Linear-ReLU-Linear, with biases, `--mlp`)
-    or v1's single Linear. [B, S, S, 3] -> [B, proj_dim], not normalised. `body`: a ready-made body
-    instead of config.model.name's (the reference checker passes the official case's tiny ResNet)."""
+    or v1's single Linear. [B, S, S, 3] -> [B, proj_dim] float32, not normalised. `body`: a ready-made
+    body instead of config.model.name's (the reference checker passes the official case's tiny ResNet)."""
 
     def __init__(self, config, rngs, body=None):
         self.body = body or models.create_body(
@@ -63,21 +71,22 @@ class Encoder(nnx.Module):
             stem=config.model.stem,
             img_size=config.views.crop_size,
             bn_momentum=config.model.bn_momentum,
+            dtype=config.model.get("dtype"),
             rngs=rngs,
         )
-        width = self.body.num_features
+        width, dtype = self.body.num_features, compute_dtype(config.model)
         if config.model.mlp:
-            self.fc1 = nnx.Linear(width, config.model.proj_hidden_dim, rngs=rngs)
+            self.fc1 = nnx.Linear(width, config.model.proj_hidden_dim, dtype=dtype, rngs=rngs)
             width = config.model.proj_hidden_dim
         else:
             self.fc1 = None
-        self.fc2 = nnx.Linear(width, config.model.proj_dim, rngs=rngs)
+        self.fc2 = nnx.Linear(width, config.model.proj_dim, dtype=dtype, rngs=rngs)
 
     def __call__(self, x):
         h = self.body(x)
         if self.fc1 is not None:
             h = jax.nn.relu(self.fc1(h))
-        return self.fc2(h)
+        return to_f32(self.fc2(h))
 
 
 class Queue(nnx.Variable):

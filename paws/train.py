@@ -51,12 +51,20 @@ from common import augment, checkpoint, data, evaluate, loop, models
 # ------------------------------------------------------------------------------------------------
 
 
-def torch_linear(in_dim, out_dim, rngs):
-    """nn.Linear with PyTorch's default init (kept by the official heads): U(+-1/sqrt(in_dim))."""
+def compute_dtype(model):  # the heads' matmul dtype: None (float32) or config.model.dtype, e.g. bfloat16
+    return None if model.get("dtype") in (None, "float32") else jnp.dtype(model.dtype)
+
+
+def to_f32(x):  # a head's output back to float32 for the loss (float64 stays float64 in the x64 checks)
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def torch_linear(in_dim, out_dim, rngs, dtype=None):
+    """nn.Linear with PyTorch's default init (kept by the official heads), U(+-1/sqrt(in_dim)), in `dtype`."""
     bound = 1.0 / np.sqrt(in_dim)
     bias_init = lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
     kernel_init = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-    return nnx.Linear(in_dim, out_dim, kernel_init=kernel_init, bias_init=bias_init, rngs=rngs)
+    return nnx.Linear(in_dim, out_dim, kernel_init=kernel_init, bias_init=bias_init, dtype=dtype, rngs=rngs)
 
 
 def torch_batch_norm(dim, bn_momentum, rngs):
@@ -67,29 +75,29 @@ def torch_batch_norm(dim, bn_momentum, rngs):
 class ProjectionHead(nnx.Module):
     """The official encoder.fc: Linear-BN-ReLU-Linear-BN-ReLU-Linear, hidden width = body width."""
 
-    def __init__(self, in_dim, hidden_dim, out_dim, bn_momentum, rngs):
-        self.fc1 = torch_linear(in_dim, hidden_dim, rngs)
+    def __init__(self, in_dim, hidden_dim, out_dim, bn_momentum, rngs, dtype=None):
+        self.fc1 = torch_linear(in_dim, hidden_dim, rngs, dtype)
         self.bn1 = torch_batch_norm(hidden_dim, bn_momentum, rngs)
-        self.fc2 = torch_linear(hidden_dim, hidden_dim, rngs)
+        self.fc2 = torch_linear(hidden_dim, hidden_dim, rngs, dtype)
         self.bn2 = torch_batch_norm(hidden_dim, bn_momentum, rngs)
-        self.fc3 = torch_linear(hidden_dim, out_dim, rngs)
+        self.fc3 = torch_linear(hidden_dim, out_dim, rngs, dtype)
 
-    def __call__(self, x):
+    def __call__(self, x):  # the output in float32
         x = jax.nn.relu(self.bn1(self.fc1(x)))
-        return self.fc3(jax.nn.relu(self.bn2(self.fc2(x))))
+        return to_f32(self.fc3(jax.nn.relu(self.bn2(self.fc2(x)))))
 
 
 class PredictionHead(nnx.Module):
     """The official encoder.pred (ImageNet only): BN-Linear-BN-ReLU-Linear with a bottleneck."""
 
-    def __init__(self, dim, hidden_dim, bn_momentum, rngs):
+    def __init__(self, dim, hidden_dim, bn_momentum, rngs, dtype=None):
         self.bn1 = torch_batch_norm(dim, bn_momentum, rngs)
-        self.fc1 = torch_linear(dim, hidden_dim, rngs)
+        self.fc1 = torch_linear(dim, hidden_dim, rngs, dtype)
         self.bn2 = torch_batch_norm(hidden_dim, bn_momentum, rngs)
-        self.fc2 = torch_linear(hidden_dim, dim, rngs)
+        self.fc2 = torch_linear(hidden_dim, dim, rngs, dtype)
 
-    def __call__(self, h):
-        return self.fc2(jax.nn.relu(self.bn2(self.fc1(self.bn1(h)))))
+    def __call__(self, h):  # the output in float32
+        return to_f32(self.fc2(jax.nn.relu(self.bn2(self.fc1(self.bn1(h))))))
 
 
 class PAWS(nnx.Module):
@@ -97,17 +105,15 @@ class PAWS(nnx.Module):
     (z = h without a prediction head, as the official code's CIFAR-10 setting)."""
 
     def __init__(self, config, rngs, body=None):
-        m = config.model
+        m, dtype = config.model, compute_dtype(config.model)
         if body is None:  # the config's body (a reference check passes its own small one)
-            body = models.create_body(
-                m.name, stem=m.stem, img_size=config.views.crop_size, bn_momentum=m.bn_momentum, rngs=rngs
-            )
-        self.body = body
-        self.head = ProjectionHead(self.body.num_features, m.proj_hidden_dim, m.proj_dim, m.bn_momentum, rngs)
-        has_pred = bool(m.pred_hidden_dim)
-        self.pred = PredictionHead(m.proj_dim, m.pred_hidden_dim, m.bn_momentum, rngs) if has_pred else None
+            kw = dict(stem=m.stem, img_size=config.views.crop_size, bn_momentum=m.bn_momentum, dtype=m.get("dtype"))
+            body = models.create_body(m.name, **kw, rngs=rngs)
+        self.body, has_pred = body, bool(m.pred_hidden_dim)
+        self.head = ProjectionHead(self.body.num_features, m.proj_hidden_dim, m.proj_dim, m.bn_momentum, rngs, dtype)
+        self.pred = PredictionHead(m.proj_dim, m.pred_hidden_dim, m.bn_momentum, rngs, dtype) if has_pred else None
 
-    def __call__(self, x):
+    def __call__(self, x):  # [B, S, S, 3] -> (h, z), each [B, proj_dim] float32
         h = self.head(self.body(x))
         return h, (h if self.pred is None else self.pred(h))
 
@@ -166,17 +172,9 @@ def make_support_views(key, images, cfg, extents=None):
     """Labelled views: `supervised_views` large crops of each support image, as the unlabelled
     global views (inside each image's `extents`). uint8 [S, H, W, 3] -> [supervised_views * S, S', S', 3],
     view-major."""
-    view = functools.partial(make_view, cfg=cfg)
-    (crops,) = augment.multi_crop(
-        key,
-        augment.to_float(images),
-        [cfg.crop_size],
-        [cfg.crop_scale],
-        [cfg.supervised_views],
-        view,
-        cfg.crop_ratio,
-        extents=extents,
-    )
+    view, sizes, scales = functools.partial(make_view, cfg=cfg), [cfg.crop_size], [cfg.crop_scale]
+    args = sizes, scales, [cfg.supervised_views], view, cfg.crop_ratio
+    (crops,) = augment.multi_crop(key, augment.to_float(images), *args, extents=extents)
     return crops.reshape(-1, *crops.shape[2:])
 
 
@@ -311,7 +309,6 @@ def lars_scaling(weight_decay, trust_coefficient, eps=1e-8):
         return jnp.where((p_norm > 0) & (g_norm > 0), (g + weight_decay * p) * ratio, g)
 
     update = lambda grads, state, params: (jax.tree_util.tree_map_with_path(one, grads, params), state)
-
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
@@ -351,14 +348,9 @@ def state_inputs(config, train_data):
             "data.label_fraction."
         )
     rows = train_data.get(indices.ravel())
-    images, extents = rows["image"], rows["extent"]
-    return {
-        "labelled": {
-            "images": images.reshape(*indices.shape, *images.shape[1:]),
-            "indices": indices,
-            "extents": extents.reshape(*indices.shape, 2),
-        }
-    }
+    images, extents = rows["image"], rows["extent"].reshape(*indices.shape, 2)
+    images = images.reshape(*indices.shape, *images.shape[1:])
+    return {"labelled": {"images": images, "indices": indices, "extents": extents}}
 
 
 def create_state(config, steps_per_epoch, labelled=None):
@@ -395,10 +387,8 @@ def objective(model, x_s, x_g, x_l, config):
         h, z = jnp.concatenate([h, h_l]), jnp.concatenate([z, z_l])
     # Stop-gradient on every target (official .detach()); the swap makes row i of the targets the
     # OTHER large view of anchor row i.
-    target = jax.lax.stop_gradient(h)
-    target_views = jnp.concatenate(
-        [target[num_support + b : num_support + 2 * b], target[num_support : num_support + b]]
-    )
+    target, n = jax.lax.stop_gradient(h), num_support
+    target_views = jnp.concatenate([target[n + b : n + 2 * b], target[n : n + b]])
     anchors, local = (z[num_support:], z[:num_support], y_s), config.views.local_crops_number
     xent, me_max_reg = paws_loss(*anchors, target_views, target[:num_support], y_s, m.tau, m.T, m.me_max, local)
     return xent + me_max_reg, {"xent": xent, "me_max_reg": me_max_reg, "h": h, "z": z}
@@ -419,11 +409,10 @@ def update(graphdef, config, schedule, state, x_s, x_g, x_l):
 def train_step(graphdef, config, schedule, state, batch, key):
     """One step on the global batch; jitted with `graphdef, config, schedule` bound."""
     labelled = nnx.merge(graphdef, state)["labelled"]
-    m = config.method
     k_views, k_supports, k_support_views = jax.random.split(key, 3)
     # Supports: a new class-balanced draw each step, a pure function of (seed, step) through `key`.
-    support_images, _ = sample_supports(k_supports, labelled.images[...], m.classes_per_batch, m.s_per_class)
-    support_extents, _ = sample_supports(k_supports, labelled.extents[...], m.classes_per_batch, m.s_per_class)
+    draw = lambda pool: sample_supports(k_supports, pool, config.method.classes_per_batch, config.method.s_per_class)[0]
+    support_images, support_extents = draw(labelled.images[...]), draw(labelled.extents[...])
     x_s = make_support_views(k_support_views, support_images, config.views, support_extents)  # [V * S, ...]
     x_g, x_l = make_views(k_views, batch["image"], config.views, batch.get("extent"))  # [2, B, ...], [local, B, ...]
     return update(graphdef, config, schedule, state, x_s, x_g, x_l)
@@ -482,10 +471,8 @@ def check_config(config):
     checks = [
         (0 < config.data.label_fraction <= 1, f"data.label_fraction={config.data.label_fraction} must lie in (0, 1]"),
         (m.tau > 0 and m.T > 0, f"method.tau={m.tau} and method.T={m.T} must be > 0"),
-        (
-            m.classes_per_batch >= 2 and m.s_per_class >= 1 and v.supervised_views >= 1,
-            "method.classes_per_batch >= 2, method.s_per_class >= 1 and views.supervised_views >= 1 are needed",
-        ),
+        (m.classes_per_batch >= 2, f"method.classes_per_batch={m.classes_per_batch} must be >= 2"),
+        (m.s_per_class >= 1 and v.supervised_views >= 1, "method.s_per_class and views.supervised_views must be >= 1"),
         (0 <= m.label_smoothing < 1, f"method.label_smoothing={m.label_smoothing} must lie in [0, 1)"),
         (v.local_crops_number >= 0, f"views.local_crops_number={v.local_crops_number} must be >= 0"),
         (o.epochs > 0 and o.warmup_epochs >= 0, "optim.epochs must be > 0 and optim.warmup_epochs >= 0"),
@@ -504,16 +491,9 @@ def main(config, workdir):
     record = {"label_fraction": fraction, "seed": config.seed, "indices": indices.tolist()}
     checkpoint.write_json(os.path.join(workdir, "labelled.json"), record)
     snn_scores = functools.partial(scores, config, train_data.subset(indices))
-    return loop.train(
-        config,
-        workdir,
-        functools.partial(create_state, **inputs),
-        get_body,
-        epochs=config.optim.epochs,
-        train_data=train_data,
-        scores=snn_scores,
-        results={"label_fraction": fraction},
-    )
+    create, results = functools.partial(create_state, **inputs), {"label_fraction": fraction}
+    kw = dict(epochs=config.optim.epochs, train_data=train_data, scores=snn_scores, results=results)
+    return loop.train(config, workdir, create, get_body, **kw)
 
 
 if __name__ == "__main__":

@@ -40,22 +40,32 @@ from common import augment, checkpoint, loop, models
 # ------------------------------------------------------------------------------------------------
 
 
+def compute_dtype(model):  # the heads' matmul dtype: None (float32) or config.model.dtype, e.g. bfloat16
+    return None if model.get("dtype") in (None, "float32") else jnp.dtype(model.dtype)
+
+
+def to_f32(x):  # a head's output back to float32 for the loss (float64 stays float64 in the x64 checks)
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 class ProjectionHead(nnx.Module):
     """g(.): Linear-BN-ReLU-Linear-BN, as the official code's non-linear head. The linear layers have no
     bias because the batch norm after each supplies the shift; the output batch norm has no shift.
     As the official Keras layers: kernels ~ N(0, 0.01^2); batch norm with decay bn_momentum (0.9),
-    epsilon 1e-5 and the biased running variance (`unbiased=False`)."""
+    epsilon 1e-5 and the biased running variance (`unbiased=False`). Matmuls in `dtype` (float32
+    parameters); the output z is float32, for the loss."""
 
-    def __init__(self, in_dim, hidden_dim, out_dim, bn_momentum, rngs):
+    def __init__(self, in_dim, hidden_dim, out_dim, bn_momentum, rngs, dtype=None):
         bn = functools.partial(models.BatchNorm, unbiased=False, momentum=bn_momentum, epsilon=1e-5, rngs=rngs)
-        linear = functools.partial(nnx.Linear, use_bias=False, kernel_init=jax.nn.initializers.normal(0.01), rngs=rngs)
+        init = jax.nn.initializers.normal(0.01)
+        linear = functools.partial(nnx.Linear, use_bias=False, kernel_init=init, dtype=dtype, rngs=rngs)
         self.fc1 = linear(in_dim, hidden_dim)
         self.bn1 = bn(hidden_dim)
         self.fc2 = linear(hidden_dim, out_dim)
         self.bn2 = bn(out_dim, use_bias=False)
 
     def __call__(self, h):
-        return self.bn2(self.fc2(jax.nn.relu(self.bn1(self.fc1(h)))))
+        return to_f32(self.bn2(self.fc2(jax.nn.relu(self.bn1(self.fc1(h))))))
 
 
 class SimCLR(nnx.Module):
@@ -70,10 +80,12 @@ class SimCLR(nnx.Module):
             padding="tf",
             bn_unbiased=False,
             zero_init_residual=config.model.zero_init_residual,
+            dtype=config.model.get("dtype"),
             rngs=rngs,
         )
+        m = config.model
         self.head = ProjectionHead(
-            self.body.num_features, config.model.proj_hidden_dim, config.model.proj_dim, config.model.bn_momentum, rngs
+            self.body.num_features, m.proj_hidden_dim, m.proj_dim, m.bn_momentum, rngs, compute_dtype(config.model)
         )
 
     def __call__(self, x):

@@ -60,14 +60,23 @@ STAGES = ("pretrain", "finetune", "distill")
 # ------------------------------------------------------------------------------------------------
 
 
+def compute_dtype(model):  # the heads' matmul dtype: None (float32) or config.model.dtype, e.g. bfloat16
+    return None if model.get("dtype") in (None, "float32") else jnp.dtype(model.dtype)
+
+
+def to_f32(x):  # a head's output back to float32 for the loss (float64 stays float64 in the x64 checks)
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 class HeadLayer(nnx.Module):
     """One layer of the projection head: Linear-BN(-ReLU). As the official code, no linear bias (the
     BN shift replaces it) and the last layer has neither a BN shift nor a ReLU. Batch norm as the
     official Keras layer: decay bn_momentum (0.9), epsilon 1e-5, biased running variance; the kernel
-    ~ N(0, 0.01^2) as the official LinearLayer."""
+    ~ N(0, 0.01^2) as the official LinearLayer. The matmul in `dtype` (float32 parameters)."""
 
-    def __init__(self, in_dim, out_dim, last, bn_momentum, rngs):
-        self.fc = nnx.Linear(in_dim, out_dim, use_bias=False, kernel_init=jax.nn.initializers.normal(0.01), rngs=rngs)
+    def __init__(self, in_dim, out_dim, last, bn_momentum, rngs, dtype=None):
+        init = jax.nn.initializers.normal(0.01)
+        self.fc = nnx.Linear(in_dim, out_dim, use_bias=False, kernel_init=init, dtype=dtype, rngs=rngs)
         self.bn = models.BatchNorm(
             out_dim, unbiased=False, momentum=bn_momentum, epsilon=1e-5, use_bias=not last, rngs=rngs
         )
@@ -81,15 +90,10 @@ class HeadLayer(nnx.Module):
 def create_body(config, name, rngs):
     """The official TF ResNet (resnet.py): 'SAME' stem max-pool, biased BN running variance, and the
     last BN gamma of every residual block initialised to 0 (each block starts as the identity)."""
+    m = config.model
+    kw = dict(stem=m.stem, img_size=config.views.crop_size, bn_momentum=m.bn_momentum, dtype=m.get("dtype"))
     return models.create_body(
-        name,
-        stem=config.model.stem,
-        img_size=config.views.crop_size,
-        bn_momentum=config.model.bn_momentum,
-        padding="tf",
-        bn_unbiased=False,
-        zero_init_residual=config.model.zero_init_residual,
-        rngs=rngs,
+        name, **kw, padding="tf", bn_unbiased=False, zero_init_residual=m.zero_init_residual, rngs=rngs
     )
 
 
@@ -97,8 +101,9 @@ def projection_head(in_dim, cfg, num_layers, rngs):
     """The first num_layers of the cfg.proj_layers layers of g(.) (Sec. 2: 3 layers), widths in_dim ->
     proj_hidden_dim -> ... -> proj_dim (the official hidden width is in_dim, the body's)."""
     dims = [in_dim] + [cfg.proj_hidden_dim] * (cfg.proj_layers - 1) + [cfg.proj_dim]
+    last, dtype = cfg.proj_layers - 1, compute_dtype(cfg)
     return nnx.List(
-        [HeadLayer(dims[i], dims[i + 1], i == cfg.proj_layers - 1, cfg.bn_momentum, rngs) for i in range(num_layers)]
+        [HeadLayer(dims[i], dims[i + 1], i == last, cfg.bn_momentum, rngs, dtype) for i in range(num_layers)]
     )
 
 
@@ -113,7 +118,7 @@ class SimCLRv2(nnx.Module):
         h = self.body(x)
         for layer in self.head:
             h = layer(h)
-        return h
+        return to_f32(h)
 
 
 class Classifier(nnx.Module):
@@ -128,13 +133,14 @@ class Classifier(nnx.Module):
         width = self.head[-1].fc.out_features if head_layers else self.body.num_features
         # The official supervised head: a linear layer with bias, kernel ~ N(0, 0.01^2) or zeros.
         init = jax.nn.initializers.zeros if zero_init else jax.nn.initializers.normal(0.01)
-        self.classifier = nnx.Linear(width, config.data.num_classes, kernel_init=init, rngs=rngs)
+        dtype = compute_dtype(config.model)
+        self.classifier = nnx.Linear(width, config.data.num_classes, kernel_init=init, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x):
+    def __call__(self, x):  # [B, S, S, 3] -> float32 logits [B, num_classes]
         h = self.body(x)
         for layer in self.head:
             h = layer(h)
-        return self.classifier(h)
+        return to_f32(self.classifier(h))
 
 
 # ------------------------------------------------------------------------------------------------

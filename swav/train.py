@@ -48,9 +48,17 @@ from common import augment, checkpoint, loop, models
 # ------------------------------------------------------------------------------------------------
 
 
-def torch_linear(in_dim, out_dim, rngs, use_bias=True):
+def compute_dtype(model):  # the heads' matmul dtype: None (float32) or config.model.dtype, e.g. bfloat16
+    return None if model.get("dtype") in (None, "float32") else jnp.dtype(model.dtype)
+
+
+def to_f32(x):  # a head's output back to float32 for the loss (float64 stays float64 in the x64 checks)
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def torch_linear(in_dim, out_dim, rngs, use_bias=True, dtype=None):
     """nn.Linear with PyTorch's default initialisation (the official heads keep it): weight and bias
-    ~ U(-1/sqrt(in_dim), 1/sqrt(in_dim))."""
+    ~ U(-1/sqrt(in_dim), 1/sqrt(in_dim)). Computes in `dtype`; the parameters are float32."""
     bound = in_dim**-0.5
     return nnx.Linear(
         in_dim,
@@ -58,21 +66,22 @@ def torch_linear(in_dim, out_dim, rngs, use_bias=True):
         use_bias=use_bias,
         kernel_init=jax.nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
         bias_init=lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound),
+        dtype=dtype,
         rngs=rngs,
     )
 
 
 class ProjectionHead(nnx.Module):
     """Linear-BN-ReLU-Linear, as the official `projection_head` (hidden_mlp, then feat_dim); its
-    BatchNorm1d keeps PyTorch's unbiased running variance."""
+    BatchNorm1d keeps PyTorch's unbiased running variance. Matmuls in `dtype`; the output is float32."""
 
-    def __init__(self, in_dim, hidden_dim, out_dim, bn_momentum, rngs):
-        self.fc1 = torch_linear(in_dim, hidden_dim, rngs)
+    def __init__(self, in_dim, hidden_dim, out_dim, bn_momentum, rngs, dtype=None):
+        self.fc1 = torch_linear(in_dim, hidden_dim, rngs, dtype=dtype)
         self.bn1 = models.BatchNorm(hidden_dim, unbiased=True, momentum=bn_momentum, epsilon=1e-5, rngs=rngs)
-        self.fc2 = torch_linear(hidden_dim, out_dim, rngs)
+        self.fc2 = torch_linear(hidden_dim, out_dim, rngs, dtype=dtype)
 
     def __call__(self, h):
-        return self.fc2(jax.nn.relu(self.bn1(self.fc1(h))))
+        return to_f32(self.fc2(jax.nn.relu(self.bn1(self.fc1(h)))))
 
 
 class Queue(nnx.Variable):
@@ -93,12 +102,12 @@ class SwAV(nnx.Module):
             stem=config.model.stem,
             img_size=config.views.crop_size,
             bn_momentum=config.model.bn_momentum,
+            dtype=config.model.get("dtype"),
             rngs=rngs,
         )
-        self.head = ProjectionHead(
-            self.body.num_features, config.model.proj_hidden_dim, config.model.proj_dim, config.model.bn_momentum, rngs
-        )
-        self.prototypes = torch_linear(config.model.proj_dim, config.model.num_prototypes, rngs, use_bias=False)
+        m, dtype = config.model, compute_dtype(config.model)
+        self.head = ProjectionHead(self.body.num_features, m.proj_hidden_dim, m.proj_dim, m.bn_momentum, rngs, dtype)
+        self.prototypes = torch_linear(m.proj_dim, m.num_prototypes, rngs, use_bias=False, dtype=dtype)
         self.bn_groups = config.method.bn_groups
 
     def __call__(self, crops):
@@ -119,7 +128,7 @@ class SwAV(nnx.Module):
         h = jnp.concatenate([x.reshape(groups, -1, x.shape[-1]) for x in h], axis=1)  # [G, V * B/G, F]
         z = l2_normalize(models.grouped_forward(self.head, h.reshape(-1, h.shape[-1]), groups))
         z = z.reshape(groups, -1, batch_size // groups, z.shape[-1]).swapaxes(0, 1).reshape(-1, batch_size, z.shape[-1])
-        return z, self.prototypes(z)  # [V, B, D], [V, B, K]
+        return z, to_f32(self.prototypes(z))  # [V, B, D], [V, B, K], float32 (z normalised in float32)
 
 
 # ------------------------------------------------------------------------------------------------
