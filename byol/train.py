@@ -50,18 +50,26 @@ from common import augment, checkpoint, loop, models
 # ------------------------------------------------------------------------------------------------
 
 
+def compute_dtype(model):  # the heads' matmul dtype: None (float32) or config.model.dtype, e.g. bfloat16
+    return None if model.get("dtype") in (None, "float32") else jnp.dtype(model.dtype)
+
+
+def to_f32(x):  # a head's output back to float32 for the loss (float64 stays float64 in the x64 checks)
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 class MLP(nnx.Module):
     """The projector g and the predictor q (App. A): Linear-BN-ReLU-Linear, as the official MLP (the
     hidden Linear has a bias, the output Linear none; BN with a scale and a shift, Haiku's biased
-    running variance)."""
+    running variance). Matmuls in `dtype` (float32 parameters); the output is float32."""
 
-    def __init__(self, in_dim, hidden_dim, out_dim, bn_momentum, rngs):
-        self.fc1 = nnx.Linear(in_dim, hidden_dim, rngs=rngs)
+    def __init__(self, in_dim, hidden_dim, out_dim, bn_momentum, rngs, dtype=None):
+        self.fc1 = nnx.Linear(in_dim, hidden_dim, dtype=dtype, rngs=rngs)
         self.bn = models.BatchNorm(hidden_dim, unbiased=False, momentum=bn_momentum, epsilon=1e-5, rngs=rngs)
-        self.fc2 = nnx.Linear(hidden_dim, out_dim, use_bias=False, rngs=rngs)
+        self.fc2 = nnx.Linear(hidden_dim, out_dim, use_bias=False, dtype=dtype, rngs=rngs)
 
     def __call__(self, x):  # [B, in_dim] -> [B, out_dim]
-        return self.fc2(jax.nn.relu(self.bn(self.fc1(x))))
+        return to_f32(self.fc2(jax.nn.relu(self.bn(self.fc1(x)))))
 
 
 def create_body(model, img_size, rngs):
@@ -76,6 +84,7 @@ def create_body(model, img_size, rngs):
         padding=model.padding,
         zero_init_residual=model.zero_init_residual,
         bn_unbiased=False,
+        dtype=model.get("dtype"),
         rngs=rngs,
     )
 
@@ -95,7 +104,8 @@ class Encoder(nnx.Module):
 
     def __init__(self, body, model, rngs):
         self.body = body
-        self.projector = MLP(body.num_features, model.proj_hidden_dim, model.proj_dim, model.bn_momentum, rngs)
+        dims = body.num_features, model.proj_hidden_dim, model.proj_dim
+        self.projector = MLP(*dims, model.bn_momentum, rngs, compute_dtype(model))
 
     def __call__(self, x):  # [B, S, S, 3] -> [B, proj_dim]
         return self.projector(self.body(x))
@@ -106,7 +116,8 @@ class BYOL(nnx.Module):
 
     def __init__(self, encoder, model, rngs):
         self.encoder = encoder
-        self.predictor = MLP(model.proj_dim, model.pred_hidden_dim, model.proj_dim, model.bn_momentum, rngs)
+        dims = model.proj_dim, model.pred_hidden_dim, model.proj_dim
+        self.predictor = MLP(*dims, model.bn_momentum, rngs, compute_dtype(model))
 
     def __call__(self, x):  # [B, S, S, 3] -> [B, proj_dim]
         return self.predictor(self.encoder(x))
@@ -123,21 +134,28 @@ def color_transform(key, image, cfg):
     With probability color_p: brightness + U[-b, b] (additive), contrast x U[1 - c, 1 + c] around the
     per-channel means, saturation x U[1 - s, 1 + s] and hue + U[-h, h] in HSV, in a random order,
     clipped to [0, 1] after each. Then grayscale with probability gray_p. A zero strength skips its op.
+    Each step of the order computes its one op (a scan over the order): under vmap a switch over the
+    four ops would compute all four at every step, as the official lax.conds do.
     """
     k_apply, k_order, k_factors, k_gray = jax.random.split(key, 4)
-    b, c, s, h = cfg.color_jitter
+    strengths = tuple(cfg.color_jitter)  # b, c, s, h
     u = jax.random.uniform(k_factors, (4,), minval=-1.0, maxval=1.0)  # one draw per op
-    ops = [
-        lambda x: augment.tf_adjust_brightness(x, b * u[0]),
-        lambda x: augment.tf_adjust_contrast(x, 1 + c * u[1]),
-        lambda x: augment.tf_adjust_saturation(x, 1 + s * u[2]),
-        lambda x: augment.tf_adjust_hue(x, h * u[3]),
-    ]
-    ops = [op if strength > 0 else (lambda x: x) for op, strength in zip(ops, (b, c, s, h))]
-    order = jax.random.permutation(k_order, 4)
-    jittered = image
-    for i in range(4):  # under vmap, lax.switch evaluates every branch and selects
-        jittered = jnp.clip(jax.lax.switch(order[i], ops, jittered), 0.0, 1.0)
+    delta = jnp.asarray(strengths) * u  # brightness delta, contrast and saturation factor - 1, hue delta
+    with_hsv = strengths[2] > 0 or strengths[3] > 0
+
+    def step(x, op):  # op: the traced index (0-3: brightness, contrast, saturation, hue) of this step
+        mean = jnp.where(op == 1, jnp.mean(x, axis=(0, 1), keepdims=True), 0.0)  # [1, 1, C]
+        out = jnp.where(op == 0, x + delta[0], (x - mean) * (1 + delta[1]) + mean)
+        if with_hsv:  # one trip through HSV: S scaled (op 2) or H rotated (op 3), as tf.image
+            h, s, v = augment._rgb_to_hsv(x)
+            h = jnp.where(op == 3, augment._wrap_hue(h + delta[3]), h)
+            s = jnp.where(op == 2, jnp.clip(s * (1 + delta[2]), 0.0, 1.0), s)
+            out = jnp.where(op >= 2, augment._hsv_to_rgb(h, s, v), out)
+        if 0 in strengths:
+            out = jnp.where(jnp.asarray(strengths)[op] > 0, out, x)
+        return jnp.clip(out, 0.0, 1.0), None
+
+    jittered = jax.lax.scan(step, image, jax.random.permutation(k_order, 4))[0]
     x = jnp.where(jax.random.uniform(k_apply) < cfg.color_p, jittered, image)
     return augment.random_grayscale(k_gray, x, p=cfg.gray_p)
 

@@ -15,6 +15,7 @@ from flax import nnx
 
 from byol import config as byol_config
 from byol import train as byol
+from common import augment
 from tests import helpers
 
 REFERENCE = pathlib.Path(__file__).parent / "reference"
@@ -179,6 +180,42 @@ def test_colour_transform_brightness_is_additive():
         np.testing.assert_allclose(delta, delta[0], atol=1e-6)
         deltas.append(delta[0])
     assert all(abs(d) <= 0.4 for d in deltas) and np.ptp(deltas) > 0.01
+
+
+def _color_transform_every_op_at_every_step(key, image, cfg):
+    """byol.color_transform as it was before the scan: at each step of the random order a lax.switch
+    over the four ops, which under vmap computes all four and selects one. Kept as the reference that
+    the scan must reproduce (same keys, same draws, same order)."""
+    k_apply, k_order, k_factors, k_gray = jax.random.split(key, 4)
+    b, c, s, h = cfg.color_jitter
+    u = jax.random.uniform(k_factors, (4,), minval=-1.0, maxval=1.0)
+    ops = [
+        lambda x: augment.tf_adjust_brightness(x, b * u[0]),
+        lambda x: augment.tf_adjust_contrast(x, 1 + c * u[1]),
+        lambda x: augment.tf_adjust_saturation(x, 1 + s * u[2]),
+        lambda x: augment.tf_adjust_hue(x, h * u[3]),
+    ]
+    ops = [op if strength > 0 else (lambda x: x) for op, strength in zip(ops, (b, c, s, h))]
+    order = jax.random.permutation(k_order, 4)
+    jittered = image
+    for i in range(4):
+        jittered = jnp.clip(jax.lax.switch(order[i], ops, jittered), 0.0, 1.0)
+    x = jnp.where(jax.random.uniform(k_apply) < cfg.color_p, jittered, image)
+    return augment.random_grayscale(k_gray, x, p=cfg.gray_p)
+
+
+@pytest.mark.parametrize("jitter", [(0.4, 0.4, 0.2, 0.1), (0.4, 0.4, 0.0, 0.0), (0.0, 0.4, 0.2, 0.0)])
+def test_colour_transform_one_op_per_step_equals_every_op_at_every_step(jitter):
+    # The official strengths (:imagenet), the default preset's (no saturation or hue), and a mix; 64
+    # colour images, one key each, so every op appears at every position of some image's order.
+    config = _plain_views_config(color_jitter=jitter, color_p=0.8, gray_p=0.2)
+    images = jax.random.uniform(jax.random.key(1), (64, 12, 12, 3))
+    keys = jax.random.split(jax.random.key(2), 64)
+    batch = lambda fn: jax.jit(jax.vmap(lambda k, x: fn(k, x, config.views)))(keys, images)
+    new, old = batch(byol.color_transform), batch(_color_transform_every_op_at_every_step)
+    np.testing.assert_allclose(new, old, rtol=0, atol=1e-6)
+    changed = np.abs(np.asarray(new) - np.asarray(images)).max(axis=(1, 2, 3)) > 1e-2
+    assert 0.6 < changed.mean() < 1.0  # colour_p 0.8 (+ grayscale): most images change, some do not
 
 
 def _weights(tree):
