@@ -45,6 +45,7 @@ from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # ITU-R 601-2 luma weights, used by both torchvision and tf.image.
 _LUMA = (0.2989, 0.587, 0.114)
@@ -687,6 +688,44 @@ def apply_per_image(fn: Callable, key, images, *args, extents=None):
     return jax.vmap(lambda k, img, e: fn(k, img, *args, extent=e))(keys, images, jnp.asarray(extents, jnp.int32))
 
 
+def _recipe(view_fn, img, crop):
+    """A hashable fingerprint of the program view_fn(key, img, crop) traces to: its jaxpr's text and
+    its constants. Two crops with the same fingerprint get the same recipe (the crop index made no
+    difference), so they can share one trace."""
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    closed = jax.make_jaxpr(lambda k, x: view_fn(k, x, crop))(key, jax.ShapeDtypeStruct(img.shape, img.dtype))
+
+    def fingerprint(const):  # a value of the enclosing trace is told apart by identity, an array by value
+        if isinstance(const, jax.core.Tracer):
+            return ("traced", id(const))
+        const = np.asarray(const)
+        return const.shape, str(const.dtype), const.tobytes()
+
+    return str(closed.jaxpr), tuple(map(fingerprint, closed.consts))
+
+
+def _views_of_crops(view_fn, key, crops, first):
+    """view_fn(key_c_b, crops[c, b], first + c) for every crop c and image b: [count, B, S, S, 3].
+
+    The key of crop c is fold_in(key, first + c), split over the images (as apply_per_image does).
+    The crop index is a static Python int, so that a method can give crops different recipes; crops
+    whose recipes are the same program (DINO's local crops, all of SwAV's) are vmapped together and
+    traced and compiled once, not once per crop: the same values, a fraction of the compile time.
+    """
+    count, batch = crops.shape[:2]
+    members = {}  # recipe -> the crops (indices within this group) that follow it
+    for c in range(count):
+        members.setdefault(_recipe(view_fn, crops[c, 0], first + c), []).append(c)
+    out = [None] * count
+    for same in members.values():
+        keys = jnp.stack([jax.random.split(jax.random.fold_in(key, first + c), batch) for c in same])  # [n, B]
+        crop = first + same[0]
+        views = jax.vmap(jax.vmap(lambda k, img: view_fn(k, img, crop)))(keys, crops[jnp.asarray(same)])
+        for i, c in enumerate(same):
+            out[c] = views[i]
+    return jnp.stack(out)
+
+
 def multi_crop(
     key,
     images,
@@ -731,13 +770,7 @@ def multi_crop(
             )
         )(keys)
         if view_fn is not None:
-            # Traced once per crop, so that the crop index reaches view_fn as a static Python int.
-            crops = jnp.stack(
-                [
-                    apply_per_image(view_fn, jax.random.fold_in(k_views, first + c), crops[c], first + c)
-                    for c in range(count)
-                ]
-            )
+            crops = _views_of_crops(view_fn, k_views, crops, first)
         stacks.append(crops)
         first += count
     return stacks

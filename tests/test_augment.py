@@ -318,6 +318,37 @@ def test_multi_crop_views_differ_between_crops_and_images():
     assert np.abs(stack[0, 0] - stack[0, 1]).max() > 1e-2  # same crop index, two images
 
 
+def test_multi_crop_traces_a_shared_recipe_once_with_the_per_crop_values():
+    """Crops whose view_fn recipe is the same program are vmapped together (one trace, one compile),
+    with exactly the values of one apply_per_image call per crop with that crop's key; a recipe that
+    depends on the crop index keeps crops apart."""
+    _, x = _load("aug_tv_small")
+    images = jnp.stack([x, 1.0 - x, x[::-1]])
+    traced = []
+
+    def view_fn(key, img, crop):  # crop 0 its own recipe (solarize), crops 1.. the same one
+        traced.append(crop)
+        img = A.random_color_jitter(key, img, 0.4, 0.4, 0.2, 0.1, p=0.8)
+        return A.solarize(img, 0.5) if crop == 0 else img
+
+    sizes, scales, counts = (16, 8), ((0.4, 1.0), (0.05, 0.4)), (2, 3)
+    key = jax.random.key(16)
+    stacks = jax.jit(lambda k, imgs: A.multi_crop(k, imgs, sizes, scales, counts, view_fn))(key, images)
+    # Per group: one fingerprint trace per crop, then one trace per distinct recipe.
+    assert traced == [0, 1, 0, 1, 2, 3, 4, 2]
+    raw = jax.jit(lambda k, imgs: A.multi_crop(k, imgs, sizes, scales, counts))(key, images)
+    _, k_views = jax.random.split(key)
+    first = 0
+    for stack, crops in zip(stacks, raw):
+        for c in range(crops.shape[0]):
+            fn = functools.partial(view_fn, crop=first + c)
+            want = jax.jit(lambda k, imgs: A.apply_per_image(fn, k, imgs))(
+                jax.random.fold_in(k_views, first + c), crops[c]
+            )
+            np.testing.assert_array_equal(stack[c], want)
+        first += crops.shape[0]
+
+
 # ----------------------------------------------------------------------------------------------------
 # Crops from the whole image: statistics against the official samplers, extents, evaluation crops
 # ----------------------------------------------------------------------------------------------------

@@ -260,6 +260,27 @@ def test_drop_path_needs_key_and_is_off_in_eval(vit):
     np.testing.assert_allclose(forward(model, x, jax.random.key(1)), _forward(vit, x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("drop_path_rate", [0.0, 0.3])
+def test_vit_blocks_scan_equals_a_loop_over_the_blocks(drop_path_rate):
+    """The blocks run as one scan over their stacked parameters: the same bits as calling them one by
+    one (with block i's drop-path key fold_in(key, i)), and the parameter tree keeps one entry per block."""
+    model = models.vit_tiny(8, img_size=32, depth=3, drop_path_rate=drop_path_rate, rngs=nnx.Rngs(0))
+    assert {k for k in nnx.state(model, nnx.Param)["blocks"]} == {0, 1, 2}
+    x, key = _images((4, 32, 32, 3)), jax.random.key(3)
+
+    @nnx.jit
+    def looped(model, x, key):
+        tokens = model._tokens(x)
+        for i, block in enumerate(model.blocks):
+            tokens, _ = block(tokens, jax.random.fold_in(key, i))
+        return model.norm(tokens)[:, 0]
+
+    got = nnx.jit(lambda m, x, k: m(x, k))(model, x, key)
+    np.testing.assert_array_equal(got, looped(model, x, key))
+    if drop_path_rate:  # the drop-path masks are drawn: another key, other outputs
+        assert not np.allclose(got, nnx.jit(lambda m, x, k: m(x, k))(model, x, jax.random.key(4)))
+
+
 def test_batch_norm_running_variance_conventions_and_exact_statistics():
     # Values with a large common offset: E[x^2] - E[x]^2 (nnx's fast variance) loses float32 precision.
     x = 1000.0 + jax.random.normal(jax.random.key(0), (6, 3, 3, 4))
