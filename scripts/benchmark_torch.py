@@ -4,7 +4,7 @@
     python scripts/benchmark_torch.py                              # the default preset, JAX vs PyTorch eager
     python scripts/benchmark_torch.py --variants=channels_last,compile    # also PyTorch's faster paths
     python scripts/benchmark_torch.py --torch=false \
-        --xla_flags=--xla_cpu_experimental_ynn_fusion_type=dot,reduce     # an XLA:CPU flag vs none
+        --xla_flags=--xla_cpu_experimental_ynn_fusion_type=+dot    # an XLA:CPU flag vs the default
     python scripts/benchmark_torch.py --config.model.name=resnet18 --config.model.stem=cifar \
         --config.views.crop_size=32 --config.data.batch_size=128 --config.model.proj_hidden_dim=512 \
         --config.model.proj_dim=128                                # ResNet-18, CIFAR stem, 32 px
