@@ -29,9 +29,7 @@ and compares the final state as hidden = (mean, var - d^c), average = hidden / (
 = 2 x the optimizer's step count (the project has no counter of its own: this one is derived).
 """
 
-import fnmatch
 import functools
-import json
 import os
 
 import jax
@@ -42,6 +40,7 @@ from flax import nnx
 
 from byol import train as byol
 from common import augment, convert, models
+from scripts.reference import tolerance
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # dataset.normalize_images of the official code
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -56,17 +55,17 @@ def run(entry, arrays, path):
         return _loss_case(entry, arrays)
     if name == "byol_target_ema_schedule":
         tau = byol.target_ema_decay(jnp.asarray(arrays["steps"], jnp.int32), **entry["hyper"])
-        return [("tau", tau, arrays["tau"], *_tol(entry, "tau"))]
+        return [("tau", tau, arrays["tau"], *tolerance(entry, "tau"))]
     if name == "byol_learning_rate_schedule":
         lr = byol.learning_rate_schedule(jnp.asarray(arrays["steps"], jnp.int32), **entry["hyper"])
-        return [("learning_rate", lr, arrays["learning_rate"], *_tol(entry, "learning_rate"))]
+        return [("learning_rate", lr, arrays["learning_rate"], *tolerance(entry, "learning_rate"))]
     if name == "byol_target_update":
         h = entry["hyper"]
         tau = byol.target_ema_decay(h["step"], h["base_ema"], h["max_steps"])
         target = {"w": arrays["target_w"], "b": arrays["target_b"]}
         online = {"w": arrays["online_w"], "b": arrays["online_b"]}
         new = byol.ema_update(target, online, arrays["tau"])
-        rtol, atol = _tol(entry, "new_target")
+        rtol, atol = tolerance(entry, "new_target")
         return [
             ("tau (target_ema_decay at the case's step)", tau, arrays["tau"], 0.0, 1e-7),
             ("new_target_w", new["w"], arrays["new_target_w"], rtol, atol),
@@ -75,19 +74,14 @@ def run(entry, arrays, path):
     raise NotImplementedError(f"no BYOL runner branch for case {name!r}")
 
 
-def _tol(entry, key):
-    tol = entry["tolerance"][key]
-    return tol["rtol"], tol["atol"]
-
-
 def _loss_case(entry, z):
     inputs = [z[k] for k in ("online_pred_1", "online_pred_2", "target_proj_1", "target_proj_2")]
     loss = byol.byol_loss(*inputs)
     # The per-example terms pin down the pairing (prediction of view 1 with projection of view 2).
     per_example = z["per_example_12"] + z["per_example_21"]
     return [
-        ("loss", loss, z["loss_f64"], *_tol(entry, "loss")),
-        ("loss = mean of per_example_12 + per_example_21", loss, per_example.mean(), *_tol(entry, "loss")),
+        ("loss", loss, z["loss_f64"], *tolerance(entry, "loss")),
+        ("loss = mean of per_example_12 + per_example_21", loss, per_example.mean(), *tolerance(entry, "loss")),
     ]
 
 
@@ -261,18 +255,18 @@ def _step_case(entry, z):
         ours[f"out/{k}/learning_rate"] = metrics["lr"]
         ours[f"out/{k}/tau"] = metrics["tau"]
         for name, value in ours.items():
-            results.append((name, value, z[name.replace("out/", "out_f64/", 1)], *_rule(rules, name)))
+            results.append((name, value, z[name.replace("out/", "out_f64/", 1)], *tolerance(rules, name)))
         # The project's schedule functions against the case's per-step values.
         results.append(
             (
                 f"hyper/learning_rate_per_step[{k}]",
                 lr_schedule(k),
                 hyper["learning_rate_per_step"][k],
-                *_rule(rules, "out/0/learning_rate"),
+                *tolerance(rules, "out/0/learning_rate"),
             )
         )
         results.append(
-            (f"hyper/tau_per_step[{k}]", tau_schedule(k), hyper["tau_per_step"][k], *_rule(rules, "out/0/tau"))
+            (f"hyper/tau_per_step[{k}]", tau_schedule(k), hyper["tau_per_step"][k], *tolerance(rules, "out/0/tau"))
         )
     compared = {r[0] for r in results}
     skipped = [k for k in out_keys if k.replace("out_f64/", "out/", 1) not in compared]
@@ -285,7 +279,12 @@ def _step_case(entry, z):
         state = nnx.state(module)
         for key, (path, want) in _params(z, f"final_f64/{tree}_params/").items():
             results.append(
-                (key, _leaf(state, path).reshape(want.shape), want, *_rule(rules, key.replace("final_f64/", "final/")))
+                (
+                    key,
+                    _leaf(state, path).reshape(want.shape),
+                    want,
+                    *tolerance(rules, key.replace("final_f64/", "final/")),
+                )
             )
         for key, (path, stat, leaf) in _bn_state(z, f"final_f64/{tree}_state/").items():
             value = _leaf(state, path).astype(np.float64)
@@ -295,23 +294,15 @@ def _step_case(entry, z):
             ]
             want = z[key]
             results.append(
-                (key, np.reshape(ours, want.shape), want, *_rule(rules, key.replace("final_f64/", "final/")))
+                (key, np.reshape(ours, want.shape), want, *tolerance(rules, key.replace("final_f64/", "final/")))
             )
     mu = nnx.state(optimizer)
     for key, (path, want) in _params(z, "final_f64/opt_state/mu/").items():
         path = ("opt_state", 2, "trace", *path)
         results.append(
-            (key, _leaf(mu, path).reshape(want.shape), want, *_rule(rules, key.replace("final_f64/", "final/")))
+            (key, _leaf(mu, path).reshape(want.shape), want, *tolerance(rules, key.replace("final_f64/", "final/")))
         )
     return results
-
-
-def _rule(rules, name):
-    """(rtol, atol) of the first cases.json rule whose glob pattern matches `name`."""
-    for rule in rules:
-        if fnmatch.fnmatchcase(name, rule["pattern"]):
-            return rule["rtol"], rule["atol"]
-    raise KeyError(f"no tolerance rule matches {name!r}: {json.dumps([r['pattern'] for r in rules])}")
 
 
 if __name__ == "__main__":  # python scripts/reference/byol.py: the BYOL cases through check_reference

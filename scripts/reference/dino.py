@@ -24,11 +24,7 @@ from flax import nnx
 from common import convert, models
 from dino import config as dino_config
 from dino import train as dino
-
-
-def _tol(entry, key):
-    t = entry["tolerance"][key]
-    return t["rtol"], t["atol"]
+from scripts.reference import tolerance
 
 
 def run(entry, arrays, path):
@@ -40,21 +36,23 @@ def run(entry, arrays, path):
         args = [jnp.asarray(arrays[k]) for k in ("student_out", "teacher_out", "center")]
         loss, new_center = dino.dino_loss(*args, h["student_temp"], h["teacher_temp"], h["center_momentum"])
         return [
-            ("loss", loss, arrays["loss_f64"], *_tol(entry, "loss")),
-            ("new_center", new_center, arrays["new_center_f64"], *_tol(entry, "new_center")),
+            ("loss", loss, arrays["loss_f64"], *tolerance(entry, "loss")),
+            ("new_center", new_center, arrays["new_center_f64"], *tolerance(entry, "new_center")),
         ]
     if case == "dino_teacher_temp_schedule":
         got = dino.teacher_temp_schedule(**entry["hyper"])
-        return [("teacher_temp_schedule", got, arrays["teacher_temp_schedule"], *_tol(entry, "teacher_temp_schedule"))]
+        return [
+            ("teacher_temp_schedule", got, arrays["teacher_temp_schedule"], *tolerance(entry, "teacher_temp_schedule"))
+        ]
     if case == "dino_cosine_scheduler":
         return [
-            (f"schedule_{i}", dino.cosine_scheduler(**cfg), arrays[f"schedule_{i}"], *_tol(entry, "schedule"))
+            (f"schedule_{i}", dino.cosine_scheduler(**cfg), arrays[f"schedule_{i}"], *tolerance(entry, "schedule"))
             for i, cfg in enumerate(entry["hyper"]["cosine_cfgs"])
         ]
     if case == "dino_teacher_update":
         teacher, student = {"w": jnp.asarray(arrays["teacher_param"])}, {"w": jnp.asarray(arrays["student_param"])}
         got = jax.jit(dino.ema_update)(teacher, student, float(arrays["m"]))["w"]
-        return [("new_teacher_param", got, arrays["new_teacher_param"], *_tol(entry, "new_teacher_param"))]
+        return [("new_teacher_param", got, arrays["new_teacher_param"], *tolerance(entry, "new_teacher_param"))]
     raise NotImplementedError(f"no dino runner for case {case!r}")
 
 
@@ -176,7 +174,7 @@ def _train_steps(entry, z):
     names = list(init)
     tagged = {k: np.full(v.shape, i, np.float64) for i, (k, v) in enumerate(init.items())}
     path_of = {names[int(v.flat[0])]: p for p, v in to_ours(tagged).items()}
-    tol = lambda key: _tol(entry, key)
+    tol = lambda key: tolerance(entry, key)
 
     results = [
         (f"schedule {ours}", schedules[ours], z[f"hyper/{theirs}"], *tol("schedules"))

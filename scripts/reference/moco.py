@@ -18,8 +18,6 @@ none) and is not compared. Run in float64 (the case's recommended check, `rules_
 arrays) unless the entry has no `rules_f64`.
 """
 
-import fnmatch
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,6 +27,7 @@ from flax import nnx
 from common import convert, models
 from moco import config as moco_config
 from moco import train as moco
+from scripts.reference import tolerance
 
 
 def run(entry, arrays, path):
@@ -41,18 +40,13 @@ def run(entry, arrays, path):
     raise NotImplementedError(f"no MoCo runner for case {entry['case']!r}")
 
 
-def _tol(entry, key):
-    t = entry["tolerance"][key]
-    return t["rtol"], t["atol"]
-
-
 def _loss_case(entry, z):
     temperature = entry["hyper"]["temperature"]
     loss = moco.moco_loss(z["q"], z["k"], z["queue"], temperature)
     new_queue, new_ptr = jax.jit(moco.update_queue)(jnp.asarray(z["queue"]), int(z["queue_ptr"]), z["k"])
     return [
-        ("loss", loss, z["loss_f64"], *_tol(entry, "loss")),
-        ("new_queue", new_queue, z["new_queue"], *_tol(entry, "new_queue")),
+        ("loss", loss, z["loss_f64"], *tolerance(entry, "loss")),
+        ("new_queue", new_queue, z["new_queue"], *tolerance(entry, "new_queue")),
         ("new_queue_ptr", new_ptr, z["new_queue_ptr"], 0.0, 0.0),
     ]
 
@@ -61,7 +55,7 @@ def _momentum_case(entry, z):
     params_k = {"w": z["param_k_w"], "b": z["param_k_b"]}
     params_q = {"w": z["param_q_w"], "b": z["param_q_b"]}
     new = moco.momentum_update(params_k, params_q, entry["hyper"]["m"])
-    tol = _tol(entry, "new_param_k")
+    tol = tolerance(entry, "new_param_k")
     return [
         ("new_param_k_w", new["w"], z["new_param_k_w"], *tol),
         ("new_param_k_b", new["b"], z["new_param_k_b"], *tol),
@@ -71,14 +65,6 @@ def _momentum_case(entry, z):
 # ------------------------------------------------------------------------------------------------
 # The step case
 # ------------------------------------------------------------------------------------------------
-
-
-def _rule(rules, name):
-    """(rtol, atol) of the first rule whose glob pattern matches the official key `name`."""
-    for rule in rules:
-        if fnmatch.fnmatchcase(name, rule["pattern"]):
-            return rule["rtol"], rule["atol"]
-    raise KeyError(f"no tolerance rule matches {name!r}")
 
 
 def _encoder_names(sd, prefix):
@@ -158,7 +144,7 @@ def _run_steps(entry, z, hyper, rules, out, final, dtype):
         return q, moco.shuffled_keys(encoder_k, x_k, shuffle, config.method.bn_groups)
 
     results = []
-    add = lambda name, ours, want: results.append((name, ours, want, *_rule(rules, name)))
+    add = lambda name, ours, want: results.append((name, ours, want, *tolerance(rules, name)))
     params0 = nnx.state(nnx.merge(graphdef, state)["encoder_q"], nnx.Param)
     for i in range(hyper["n_steps"]):
         x_q, x_k = (jnp.asarray(z[f"input/{i}/{v}"], dtype) for v in ("im_q", "im_k"))
@@ -221,5 +207,5 @@ def _compare_encoder(z, flat, prefix, source, label, rules, params=False):
         if params and path[-1] in ("mean", "var"):
             continue
         name = label + names[path]
-        found.append((name, flat[path], want, *_rule(rules, name)))
+        found.append((name, flat[path], want, *tolerance(rules, name)))
     return found

@@ -15,8 +15,6 @@ The official names are translated with `torch_name`, this runner's own small inv
 project's layout (common.convert maps the other way; both are checked against each other here).
 """
 
-import fnmatch
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,20 +23,9 @@ from flax import nnx
 from common import convert, evaluate, models
 from paws import config as paws_config
 from paws import train as paws
+from scripts.reference import tolerance
 
 NUM_BATCHES = "num_batches_tracked"  # torch's BN step counter: the project keeps none
-
-
-def tolerance(entry, name):
-    """(rtol, atol) of array `name`: the first matching glob rule, or the per-key dict."""
-    tol = entry["tolerance"]
-    if "rules" in tol:
-        for rule in tol["rules"]:
-            if fnmatch.fnmatchcase(name, rule["pattern"]):
-                return rule["rtol"], rule["atol"]
-        raise KeyError(f"no tolerance rule matches {name}")
-    key = name if name in tol else name.split("/")[-1]
-    return tol[key]["rtol"], tol[key]["atol"]
 
 
 def run(entry, arrays, path):

@@ -11,12 +11,8 @@ The cases have no step, schedule or parameter arrays (the SimCLR step is checked
 import jax
 import numpy as np
 
+from scripts.reference import tolerance
 from simclr import train as simclr
-
-
-def _tol(entry, key):
-    t = entry["tolerance"][key]
-    return t["rtol"], t["atol"]
 
 
 def run(entry, arrays, path):
@@ -28,7 +24,7 @@ def run(entry, arrays, path):
     loss_jit = jax.jit(simclr.nt_xent_loss, static_argnums=2)(z1, z2, temperature)
     logits_ab = simclr.l2_normalize(z1) @ simclr.l2_normalize(z2).T / temperature  # [N, N]
     return [
-        ("loss", loss, arrays["loss"], *_tol(entry, "loss")),
-        ("loss (jit)", loss_jit, arrays["loss"], *_tol(entry, "loss")),
-        ("logits_ab", logits_ab, arrays["logits_ab"], *_tol(entry, "logits_ab")),
+        ("loss", loss, arrays["loss"], *tolerance(entry, "loss")),
+        ("loss (jit)", loss_jit, arrays["loss"], *tolerance(entry, "loss")),
+        ("logits_ab", logits_ab, arrays["logits_ab"], *tolerance(entry, "logits_ab")),
     ]

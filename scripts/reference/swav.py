@@ -11,7 +11,6 @@ norm statistic, momentum buffer and the final queue (float32 run against the flo
 with the case's float32 `rules`, first matching pattern wins).
 """
 
-import fnmatch
 import functools
 
 import jax
@@ -21,6 +20,7 @@ import optax
 from flax import nnx
 
 from common import convert, models
+from scripts.reference import tolerance
 from swav import config as swav_config
 from swav import train as swav
 
@@ -115,13 +115,6 @@ def to_official(a, shape):
         a = a.T
     assert a.shape == tuple(shape), (a.shape, shape)
     return a
-
-
-def tolerance(rules, name):
-    for rule in rules:
-        if fnmatch.fnmatchcase(name, rule["pattern"]):
-            return rule["rtol"], rule["atol"]
-    raise KeyError(f"no tolerance rule matches {name}")
 
 
 def run_steps(entry, arrays):
