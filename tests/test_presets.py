@@ -462,7 +462,7 @@ OFFICIAL["simclr2"] = [
     ("imagenet", "distill.warmup_epochs", 20.0, f"{_V2}: the pretraining schedule (5% warmup)"),
     ("imagenet", "distill.lr", 0.1, f"{_V2}: the pretraining learning rate"),
     ("imagenet", "distill.weight_decay", 1e-4, f"{_V2}: the pretraining weight decay"),
-    ("imagenet", "method.distill_temperature", 1.0, "google-research/simclr tf2/colabs/distillation_self_training"),
+    ("imagenet", "method.distill_temperature", 0.1, "paper Appendix: 0.1 self-distillation (1.0 big-to-small)"),
     ("imagenet", "model.student_name", "resnet50", f"{_V2}: self-distillation (same body)"),
     ("imagenet", "views.crop_size", 224, f"{_RUN} --image_size"),
     ("imagenet", "views.color_strength", 1.0, f"{_RUN} --color_jitter_strength"),
