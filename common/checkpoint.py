@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.experimental import multihost_utils
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -66,6 +67,7 @@ class Checkpointer:
         self.config = config  # the run's ConfigDict: names the fields that differ from a checkpoint's
         self.workdir = os.path.abspath(workdir)
         self.directory = os.path.join(self.workdir, "checkpoints")
+        sync_processes("ssljax_checkpointer")  # Orbax's first sync is a gloo collective with a 30 s deadline
         self.manager = ocp.CheckpointManager(
             self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
         )
@@ -339,6 +341,16 @@ def use_compilation_cache():
     jax.config.update("jax_compilation_cache_dir", os.path.join(root, "ssljax", "xla"))
 
 
+def sync_processes(name, timeout_s=1800):
+    """Waits until every process has reached `name`, through the coordination service, whose timeout
+    is ours to set (no-op with one process). Without it, a process that reaches the first collective
+    more than 30 s after another (host work, a loaded machine: seen with two processes of
+    paws.finetune on this 2-core CPU) fails in gloo: "Gloo context initialization failed:
+    DEADLINE_EXCEEDED: GetKeyValue() timed out"."""
+    if jax.process_count() > 1:
+        ocp.multihost.sync_global_processes(name, timeout=timeout_s, processes=set(range(jax.process_count())))
+
+
 def maybe_initialize_distributed():
     """Joins JAX's distributed runtime when the job was started as one process of several.
 
@@ -365,6 +377,7 @@ def maybe_initialize_distributed():
             num_processes=int(env["JAX_NUM_PROCESSES"]),
             process_id=int(env["JAX_PROCESS_ID"]),
         )
+        _open_collectives()
         return
     multi = (
         "JAX_COORDINATOR_ADDRESS" in env
@@ -375,6 +388,17 @@ def maybe_initialize_distributed():
     if multi:
         _use_gloo_on_cpu()
         jax.distributed.initialize()
+        _open_collectives()
+
+
+def _open_collectives():
+    """Every process waits for the others (coordination service, our timeout), then one collective
+    over all devices sets up the collectives' context (gloo on CPU) while the processes are together:
+    setting it up has a 30 s deadline, which a process that reaches its first collective late (host
+    work on a loaded machine) misses ("Gloo context initialization failed: DEADLINE_EXCEEDED"); once
+    set up, later collectives reuse it."""
+    sync_processes("ssljax_start")
+    multihost_utils.sync_global_devices("ssljax_collectives")
 
 
 def _use_gloo_on_cpu():

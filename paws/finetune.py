@@ -145,6 +145,7 @@ def load_run(workdir, steps_per_epoch):
     the train.py that wrote it (results.json's module, so a fork is loaded with its own code)."""
     config, method, module_name = evaluate.read_run(workdir)
     graphdef, state, _ = importlib.import_module(module_name).create_state(config, steps_per_epoch)
+    state = checkpoint.replicate(state, data.make_mesh())  # restored onto every device of every process
     ckpt = checkpoint.Checkpointer(workdir)
     state, step = ckpt.restore_or(state, partial=True)
     ckpt.close()

@@ -132,13 +132,18 @@ def test_two_processes_equal_one(method, smoke_runs, tmp_path):
     )
 
 
-@pytest.mark.parametrize("protocol", ["knn", "finetune"])
+@pytest.mark.parametrize("protocol", ["knn", "finetune", "paws_finetune"])
 def test_evaluation_protocols_with_two_processes_equal_one(protocol, smoke_runs, tmp_path):
-    """common.evaluate gathers features and trains its classifier across processes: two processes give
-    one process's accuracies (within one test image) and write the result once."""
-    run = smoke_runs("simclr").straight
-    args = ["-m", "common.evaluate", f"--workdir={run}", f"--protocol={protocol}", "--test_examples=100"]
-    args += ["--train_examples=256"]  # kNN over all 60,000 training images would take minutes here
+    """common.evaluate (and PAWS' own fine-tuning protocol) gathers features and trains its classifier
+    across processes: two processes give one process's accuracies (within one test image) and write the
+    result once."""
+    if protocol == "paws_finetune":  # suncet fine_tune.py on the run's own labelled fraction
+        run = smoke_runs("paws").straight
+        args = ["-m", "paws.finetune", f"--workdir={run}", "--test_examples=100", "--epochs=1", "--batch_size=64"]
+    else:
+        run = smoke_runs("simclr").straight
+        args = ["-m", "common.evaluate", f"--workdir={run}", f"--protocol={protocol}", "--test_examples=100"]
+        args += ["--train_examples=256"]  # kNN over all 60,000 training images would take minutes here
     if protocol == "finetune":
         args += ["--epochs=1", "--batch_size=64", "--label_fraction=1.0"]
     results = {}
