@@ -3,6 +3,7 @@ damaged checkpoint, a second trainer on a live workdir, a workdir from another c
 run, unlabelled and 16-bit images, the exit status of pre-emption and divergence, and the loader's
 prefetch thread at exit. (The simclr method stands for all: the loop and the checkpointer are shared.)"""
 
+import concurrent.futures
 import json
 import shutil
 import signal
@@ -131,33 +132,46 @@ def test_cli_errors_are_one_line(tmp_path):
         assert last.startswith("simclr: ") and message in last and "Traceback" not in out.stderr
 
 
-def test_exit_status_after_preemption_is_0_and_after_divergence_1(tmp_path):
-    overrides = ["--config.optim.epochs=0.0032", "--config.checkpoint_every_steps=1"]
-    proc = subprocess.Popen(
-        cli(tmp_path / "pre", *overrides), cwd=helpers.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    for line in proc.stdout:
-        if line.startswith("step 2/"):
-            proc.send_signal(signal.SIGTERM)
-            break
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0 and "Pre-empted: saved step" in out, err[-2000:]
-    diverged = subprocess.run(
-        cli(
-            tmp_path / "div",
-            "--config.optim.epochs=0.0021333",
-            "--config.optim.lr=1e30",
-            "--config.optim.warmup_epochs=0.00053333",
-            "--config.checkpoint_every_steps=1",
-        ),
-        cwd=helpers.ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert diverged.returncode == 1, diverged.stderr[-2000:]
-    last = diverged.stderr.strip().splitlines()[-1]  # either guard names the step and the last good checkpoint
-    assert ("Non-finite loss or parameters at step" in last or "the run diverged" in last) and "step" in last, last
+def test_exit_status_after_preemption_is_0_and_after_divergence_1_every_time(tmp_path):
+    # The abort at exit (exit 134: the loader's prefetch thread alive at interpreter shutdown) hit 1 in 3
+    # SIGTERM exits and 2 in 10 divergence exits. Four of each, four at a time: a 1-in-3 abort escapes
+    # all eight with probability (2/3)^8 = 4%.
+    trials = 4
+
+    def preempted(i):
+        overrides = ["--config.optim.epochs=0.0032", "--config.checkpoint_every_steps=1"]
+        proc = subprocess.Popen(
+            cli(tmp_path / f"pre{i}", *overrides),
+            cwd=helpers.ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for line in proc.stdout:
+            if line.startswith("step 2/"):
+                proc.send_signal(signal.SIGTERM)
+                break
+        out, err = proc.communicate(timeout=600)
+        return proc.returncode, out, err
+
+    def diverged(i):
+        overrides = ["--config.optim.epochs=0.0021333", "--config.optim.lr=1e30"]
+        overrides += ["--config.optim.warmup_epochs=0.00053333", "--config.checkpoint_every_steps=1"]
+        out = subprocess.run(
+            cli(tmp_path / f"div{i}", *overrides), cwd=helpers.ROOT, capture_output=True, text=True, timeout=600
+        )
+        return out.returncode, out.stdout, out.stderr
+
+    with concurrent.futures.ThreadPoolExecutor(trials) as pool:
+        pre = [pool.submit(preempted, i) for i in range(trials)]
+        div = [pool.submit(diverged, i) for i in range(trials)]
+        pre, div = [f.result() for f in pre], [f.result() for f in div]
+    for rc, out, err in pre:
+        assert rc == 0 and "Pre-empted: saved step" in out, (rc, err[-2000:])
+    for rc, _, err in div:
+        assert rc == 1, (rc, err[-2000:])
+        last = err.strip().splitlines()[-1]  # either guard names the step and the last good checkpoint
+        assert ("Non-finite loss or parameters at step" in last or "the run diverged" in last) and "step" in last, last
 
 
 def test_closing_the_loader_stops_its_prefetch_thread():
