@@ -1,12 +1,13 @@
 """Mixed precision (config.model.dtype): two training steps in bfloat16 beside the same steps in float32.
 
 For one method of each family by default (contrastive simclr, EMA teacher dino, clustering swav,
-semi-supervised paws; SSLJAX_PRECISION_METHODS=all runs all eight, as measured below): the smoke state built twice, with model.dtype 'float32' and 'bfloat16' (the same seed,
-so the same initial parameters), and two steps of each on the same batches and keys, compiled together
-in one jit (their views are the same computation, so XLA computes them once). The parameters must stay
-float32 in both, the bfloat16 losses must be close to the float32 ones, the two total parameter updates
-must point the same way, and the bfloat16 numbers must differ from the float32 ones (they would not if
-the dtype were dropped somewhere on its way to the convolutions and matmuls).
+semi-supervised paws; SSLJAX_PRECISION_METHODS=all runs all eight, as measured below): the smoke state
+built twice, with model.dtype 'float32' and 'bfloat16' (the same seed, so the same initial parameters),
+and two steps of each on the same batches and keys, compiled together in one jit (their views are the
+same computation, so XLA computes them once). The parameters must stay float32 in both, the bfloat16
+losses must be close to the float32 ones, the two total parameter updates must point the same way, and
+the bfloat16 numbers must differ from the float32 ones (they would not if the dtype were dropped
+somewhere on its way to the convolutions and matmuls).
 """
 
 import importlib
