@@ -356,6 +356,16 @@ def baseline_rows(runs, base):
     return rows
 
 
+KEPT = "<!-- Below: measured by other scripts (each section names its command); benchmark_table.py keeps it as is. -->"
+
+
+def kept_sections(path):
+    """The part of an existing BENCHMARKS.md from the KEPT marker on (speed figures from
+    scripts/benchmark*.py), so that rewriting the table does not drop them; '' if there is none."""
+    old = path.read_text() if path.exists() else ""
+    return "\n" + old[old.index(KEPT) :] if KEPT in old else ""
+
+
 def write_table(methods, args):
     runs = ROOT / args.runs
     base = baseline_run(methods, runs)
@@ -412,7 +422,7 @@ def write_table(methods, args):
         "| --- | --- | --- |",
     ]
     lines += [f"| {m} | {PUBLISHED[m][0]} | {PUBLISHED[m][1]} |" for m in methods]
-    text = "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n" + kept_sections(ROOT / args.output)
     (ROOT / args.output).write_text(text)
     print(f"wrote {args.output}")
     return text

@@ -166,9 +166,11 @@ def test_cli_converts_a_moco_checkpoint_and_evaluate_runs_knn_on_it(tmp_path):
     workdir = tmp_path / "run"
     command = [sys.executable, "-m", "common.convert", str(src), "--format", "moco", "--workdir", str(workdir)]
     command += ["--config", os.path.join(ROOT, "moco", "config.py:smoke"), "--config.data.name=synthetic"]
-    command += ["--config.data.image_size=28"]
+    command += ["--config.data.image_size=28", "--config.model.dtype=bfloat16"]  # as the :imagenet presets
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+    # The official weights are evaluated in float32, whatever precision the preset trains in.
+    assert json.loads((workdir / "config.json").read_text())["model"]["dtype"] == "float32"
     results = json.loads((workdir / "results.json").read_text())
     assert results["method"] == "moco" and results["format"] == "moco"
     assert sorted(results["bodies_written"]) == ["encoder_k/body", "encoder_q/body"]

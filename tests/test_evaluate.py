@@ -372,6 +372,10 @@ def test_benchmark_table_reads_the_json_files_and_says_what_has_not_run(tmp_path
     text = table.write_table(["paws"], table.argparse.Namespace(runs=str(tmp_path), output=str(out)))
     row = next(row for row in text.splitlines() if "PAWS' labelled budget" in row and row.startswith("| Weak"))
     assert "6 ep x 6000 images = 36,000 presentations; PAWS' support batches showed 37,440" in row, row
+    # Sections other scripts measured (below the marker) survive a rewrite of the table, once.
+    out.write_text(text + "\n" + table.KEPT + "\n## Speed\n\nfigures\n")
+    text = table.write_table(["paws"], table.argparse.Namespace(runs=str(tmp_path), output=str(out)))
+    assert text.count("## Speed") == 1 and text.endswith("## Speed\n\nfigures\n") and "| Weak Sup" in text
 
 
 def test_benchmark_table_train_skips_finished_runs_and_rerun_keeps_the_old_one(tmp_path, monkeypatch):
