@@ -56,6 +56,8 @@ def get_config(arg=None):
     c.data.train_split = "train"
     c.data.eval_split = "test"
     c.data.batch_size = 256  # global batch, over all devices (paper: 256 on 8 GPUs)
+    c.data.fit = "whole"  # host fit: the whole image, aspect kept, in a canvas with its extent; or 'centre'
+    c.data.workers = 8  # host decode threads per data set (data.py; e.g. 16 on an accelerator host)
 
     # Views (main_moco.py, torchvision semantics). v2 (aug_plus): crop, colour jitter with probability
     # color_p, grayscale, blur, flip. v1: crop, grayscale, colour jitter on every image, flip.

@@ -62,6 +62,8 @@ def get_config(arg=None):
     c.data.train_split = "train"
     c.data.eval_split = "test"
     c.data.batch_size = 128  # global unlabelled batch (paper: 4096 ImageNet, 256 CIFAR-10)
+    c.data.fit = "whole"  # host fit: the whole image, aspect kept, in a canvas with its extent; or 'centre'
+    c.data.workers = 8  # host decode threads per data set (data.py; e.g. 16 on an accelerator host)
     c.data.label_fraction = 0.1  # labelled, class-balanced fraction of train_split (paper: 0.01, 0.1)
 
     # Views: torchvision semantics, as the official code. Large crops for unlabelled and supports.

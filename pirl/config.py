@@ -64,6 +64,8 @@ def get_config(arg=None):
     c.data.train_split = "train"
     c.data.eval_split = "test"
     c.data.batch_size = 256  # global batch, over all devices (paper: 1024 = 32 GPUs x 32)
+    c.data.fit = "whole"  # host fit: the whole image, aspect kept, in a canvas with its extent; or 'centre'
+    c.data.workers = 8  # host decode threads per data set (data.py; e.g. 16 on an accelerator host)
 
     # Views (Sec. 3.3, VISSL ImgPilToPatchesAndImage): the image v_I is a random resized crop; the
     # jigsaw v_It is a 3x3 grid of jittered patches from another crop, shuffled. Every view then gets

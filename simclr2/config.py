@@ -73,6 +73,8 @@ def get_config(arg=None):
     c.data.train_split = "train"
     c.data.eval_split = "test"
     c.data.batch_size = 256  # global batch of pretraining, over all devices (paper: 4096)
+    c.data.fit = "whole"  # host fit: the whole image, aspect kept, in a canvas with its extent; or 'centre'
+    c.data.workers = 8  # host decode threads per data set (data.py; e.g. 16 on an accelerator host)
     c.data.num_classes = 10
     c.data.label_fraction = 0.1  # fine-tuning's class-balanced labelled fraction (paper: 0.01 and 0.1)
 

@@ -64,6 +64,8 @@ def get_config(arg=None):
     c.data.train_split = "train"
     c.data.eval_split = "test"
     c.data.batch_size = 256  # global batch, over all devices (paper: 4096; 256 with a queue)
+    c.data.fit = "whole"  # host fit: the whole image, aspect kept, in a canvas with its extent; or 'centre'
+    c.data.workers = 8  # host decode threads per data set (data.py; e.g. 16 on an accelerator host)
 
     # Views (Sec. 3.2 multi-crop, Appendix A): per crop size, a random resized crop, then flip, colour
     # distortion and blur on every crop; torchvision semantics.
