@@ -50,14 +50,6 @@ from common import augment, checkpoint, loop, models
 # ------------------------------------------------------------------------------------------------
 
 
-def compute_dtype(model):  # the heads' matmul dtype: None (float32) or config.model.dtype, e.g. bfloat16
-    return None if model.get("dtype") in (None, "float32") else jnp.dtype(model.dtype)
-
-
-def to_f32(x):  # a head's output back to float32 for the loss (float64 stays float64 in the x64 checks)
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
-
-
 class MLP(nnx.Module):
     """The projector g and the predictor q (App. A): Linear-BN-ReLU-Linear, as the official MLP (the
     hidden Linear has a bias, the output Linear none; BN with a scale and a shift, Haiku's biased
@@ -69,7 +61,7 @@ class MLP(nnx.Module):
         self.fc2 = nnx.Linear(hidden_dim, out_dim, use_bias=False, dtype=dtype, rngs=rngs)
 
     def __call__(self, x):  # [B, in_dim] -> [B, out_dim]
-        return to_f32(self.fc2(jax.nn.relu(self.bn(self.fc1(x)))))
+        return models.to_f32(self.fc2(jax.nn.relu(self.bn(self.fc1(x)))))
 
 
 def create_body(model, img_size, rngs):
@@ -105,7 +97,7 @@ class Encoder(nnx.Module):
     def __init__(self, body, model, rngs):
         self.body = body
         dims = body.num_features, model.proj_hidden_dim, model.proj_dim
-        self.projector = MLP(*dims, model.bn_momentum, rngs, compute_dtype(model))
+        self.projector = MLP(*dims, model.bn_momentum, rngs, models.compute_dtype(model))
 
     def __call__(self, x):  # [B, S, S, 3] -> [B, proj_dim]
         return self.projector(self.body(x))
@@ -117,7 +109,7 @@ class BYOL(nnx.Module):
     def __init__(self, encoder, model, rngs):
         self.encoder = encoder
         dims = model.proj_dim, model.pred_hidden_dim, model.proj_dim
-        self.predictor = MLP(*dims, model.bn_momentum, rngs, compute_dtype(model))
+        self.predictor = MLP(*dims, model.bn_momentum, rngs, models.compute_dtype(model))
 
     def __call__(self, x):  # [B, S, S, 3] -> [B, proj_dim]
         return self.predictor(self.encoder(x))
@@ -147,10 +139,10 @@ def color_transform(key, image, cfg):
         mean = jnp.where(op == 1, jnp.mean(x, axis=(0, 1), keepdims=True), 0.0)  # [1, 1, C]
         out = jnp.where(op == 0, x + delta[0], (x - mean) * (1 + delta[1]) + mean)
         if with_hsv:  # one trip through HSV: S scaled (op 2) or H rotated (op 3), as tf.image
-            h, s, v = augment._rgb_to_hsv(x)
-            h = jnp.where(op == 3, augment._wrap_hue(h + delta[3]), h)
+            h, s, v = augment.rgb_to_hsv(x)
+            h = jnp.where(op == 3, augment.wrap_hue(h + delta[3]), h)
             s = jnp.where(op == 2, jnp.clip(s * (1 + delta[2]), 0.0, 1.0), s)
-            out = jnp.where(op >= 2, augment._hsv_to_rgb(h, s, v), out)
+            out = jnp.where(op >= 2, augment.hsv_to_rgb(h, s, v), out)
         if 0 in strengths:
             out = jnp.where(jnp.asarray(strengths)[op] > 0, out, x)
         return jnp.clip(out, 0.0, 1.0), None

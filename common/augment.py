@@ -71,7 +71,7 @@ def rgb_to_grayscale(img):
     return _LUMA[0] * img[..., 0:1] + _LUMA[1] * img[..., 1:2] + _LUMA[2] * img[..., 2:3]
 
 
-def _rgb_to_hsv(img):
+def rgb_to_hsv(img):
     """[..., 3] RGB in [0, 1] -> (h, s, v), each [...]; h in [0, 1), grays get h = s = 0."""
     r, g, b = img[..., 0], img[..., 1], img[..., 2]
     v = jnp.max(img, axis=-1)
@@ -85,7 +85,7 @@ def _rgb_to_hsv(img):
     return h, s, v
 
 
-def _hsv_to_rgb(h, s, v):
+def hsv_to_rgb(h, s, v):
     """(h, s, v), each [...] -> [..., 3] RGB.
 
     The six-sector formula written piecewise-linearly: channel n of (R, G, B) = (5, 3, 1) is
@@ -123,11 +123,11 @@ def adjust_saturation(img, factor):
 
 def adjust_hue(img, hue_factor):
     """Rotate the hue: H <- (H + hue_factor) mod 1 in HSV. hue_factor in [-0.5, 0.5]."""
-    h, s, v = _rgb_to_hsv(img)
-    return _hsv_to_rgb(_wrap_hue(h + hue_factor), s, v)
+    h, s, v = rgb_to_hsv(img)
+    return hsv_to_rgb(wrap_hue(h + hue_factor), s, v)
 
 
-def _wrap_hue(h):
+def wrap_hue(h):
     """h mod 1 for h in [-1, 2) (a hue in [0, 1) plus a shift in [-1, 1]), as selects: the same values
     as jnp.mod, which is several times slower on XLA:CPU."""
     return jnp.where(h < 0, h + 1.0, jnp.where(h >= 1.0, h - 1.0, h))
@@ -327,8 +327,8 @@ def tf_adjust_contrast(img, factor):
 
 def tf_adjust_saturation(img, factor):
     """tf.image.adjust_saturation: S <- clip(S * factor, 0, 1) in HSV."""
-    h, s, v = _rgb_to_hsv(img)
-    return _hsv_to_rgb(h, jnp.clip(s * factor, 0.0, 1.0), v)
+    h, s, v = rgb_to_hsv(img)
+    return hsv_to_rgb(h, jnp.clip(s * factor, 0.0, 1.0), v)
 
 
 def tf_adjust_hue(img, delta):
@@ -626,10 +626,10 @@ def _simclr_jitter_op(img, op, factor, with_hsv=True):
     linear = (img - mean) * factor + mean
     if not with_hsv:
         return linear
-    h, s, v = _rgb_to_hsv(img)
-    h = jnp.where(op == 3, _wrap_hue(h + factor), h)
+    h, s, v = rgb_to_hsv(img)
+    h = jnp.where(op == 3, wrap_hue(h + factor), h)
     s = jnp.where(op == 2, jnp.clip(s * factor, 0.0, 1.0), s)
-    return jnp.where(op >= 2, _hsv_to_rgb(h, s, v), linear)
+    return jnp.where(op >= 2, hsv_to_rgb(h, s, v), linear)
 
 
 def color_jitter(key, img, brightness, contrast, saturation, hue):

@@ -34,9 +34,17 @@ from flax import nnx
 _conv_init = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def _at_least_f32(x):
-    """x in float32 (from bfloat16 under mixed precision), or float64 when it is (the x64 checks)."""
+def to_f32(x):
+    """x in float32 (from bfloat16 under mixed precision), or float64 when it is (the x64 checks): what
+    heads hand to normalisations, logits, losses and buffers."""
     return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def compute_dtype(model_config):
+    """The compute dtype of a config's `model` (its `dtype` field): None for float32 (or no field), else
+    e.g. jnp.bfloat16 (mixed precision: float32 parameters, matmuls and convolutions in bfloat16)."""
+    name = model_config.get("dtype") if hasattr(model_config, "get") else model_config
+    return None if name in (None, "float32") else jnp.dtype(name)
 
 
 def _conv(in_features, out_features, kernel_size, strides, padding, rngs, same=False, dtype=None):
@@ -95,7 +103,7 @@ class BatchNorm(nnx.BatchNorm):
         if use_running_average:
             mean, var = self.mean[...], self.var[...]
         else:
-            x32 = _at_least_f32(x)
+            x32 = to_f32(x)
             mean = jnp.mean(x32, axis=axes)
             var = jnp.mean(jnp.square(x32 - mean), axis=axes)
             n = math.prod(x.shape[a] for a in axes)
@@ -106,7 +114,7 @@ class BatchNorm(nnx.BatchNorm):
         mul = jax.lax.rsqrt(var + self.epsilon)
         if self.scale is not None:
             mul = mul * self.scale[...]
-        y = (_at_least_f32(x) - mean) * mul
+        y = (to_f32(x) - mean) * mul
         if self.bias is not None:
             y = y + self.bias[...]
         return y.astype(x.dtype if self.dtype is None else self.dtype)
@@ -304,7 +312,7 @@ class ResNet(nnx.Module):
         return x
 
     def __call__(self, x):  # [B, H, W, C] -> [B, num_features]
-        return jnp.mean(_at_least_f32(self.forward_features(x)), axis=(1, 2))
+        return jnp.mean(to_f32(self.forward_features(x)), axis=(1, 2))
 
 
 def resnet18(*, stem, rngs: nnx.Rngs, **kw):
@@ -386,7 +394,7 @@ class Attention(nnx.Module):
         # so DINO's qkv weights map over with a transpose only ([out, in] -> [in, out]).
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, heads, head_dim]
-        logits = _at_least_f32(jnp.einsum("bqhc,bkhc->bhqk", q, k)) * self.scale
+        logits = to_f32(jnp.einsum("bqhc,bkhc->bhqk", q, k)) * self.scale
         attn = jax.nn.softmax(logits, axis=-1)  # float32 whatever the compute dtype
         out = jnp.einsum("bhqk,bkhc->bqhc", attn.astype(v.dtype), v).reshape(b, n, d)
         return self.proj(out), attn
@@ -516,7 +524,7 @@ class VisionTransformer(nnx.Module):
 
     def _tokens(self, x):
         """[B, H, W, C] -> class token + patch tokens with position embeddings [B, 1 + N, D]."""
-        x = _at_least_f32(self.patch_embed(x))  # [B, H / p, W / p, D]
+        x = to_f32(self.patch_embed(x))  # [B, H / p, W / p, D]
         b, gh, gw, d = x.shape
         x = x.reshape(b, gh * gw, d)  # row-major, as PyTorch's flatten(2).transpose(1, 2)
         cls = jnp.broadcast_to(self.cls_token[...], (b, 1, d))
@@ -605,7 +613,7 @@ def create_body(
     DINO always builds them for 224, whatever the crop size), `depth` (number of blocks) and
     `drop_path_rate` (stochastic depth, e.g. DINO's student). `dtype`: the compute dtype (None or
     'float32'; 'bfloat16' = mixed precision with float32 parameters and statistics)."""
-    dtype = None if dtype in (None, "float32") else jnp.dtype(dtype)
+    dtype = compute_dtype(dtype)
     resnets = {"resnet_tiny": resnet_tiny, "resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
     vits = {"vit_tiny": vit_tiny, "vit_small": vit_small, "vit_base": vit_base}
     if name in resnets:

@@ -55,14 +55,6 @@ from common import augment, checkpoint, loop, models
 _trunc_normal = jax.nn.initializers.truncated_normal(0.02, lower=-2 / 0.02, upper=2 / 0.02)
 
 
-def compute_dtype(model):  # the heads' matmul dtype: None (float32) or config.model.dtype, e.g. bfloat16
-    return None if model.get("dtype") in (None, "float32") else jnp.dtype(model.dtype)
-
-
-def to_f32(x):  # a head's output back to float32 for the loss (float64 stays float64 in the x64 checks)
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
-
-
 class WeightNormLinear(nnx.Module):
     """The head's last layer: y = x W with W = g * v / ||v||, the norm over the inputs of each output
     (PyTorch's weight_norm on a Linear, dim=0), no bias. With `norm_last_layer` the norm g is fixed at
@@ -115,8 +107,8 @@ class DINOHead(nnx.Module):
         for fc, bn in ((self.fc1, self.bn1), (self.fc2, self.bn2)):
             h = fc(h)
             h = jax.nn.gelu(h if bn is None else bn(h), approximate=False)
-        x = to_f32(self.fc3(h))
-        return to_f32(self.last_layer(l2_normalize(x)))
+        x = models.to_f32(self.fc3(h))
+        return models.to_f32(self.last_layer(l2_normalize(x)))
 
 
 class Network(nnx.Module):
@@ -133,7 +125,7 @@ class Network(nnx.Module):
             body = models.create_body(m.name, **kw, drop_path_rate=m.drop_path_rate, dtype=m.get("dtype"), rngs=rngs)
         self.body = body
         sizes = (self.body.num_features, m.head_hidden_dim, m.head_bottleneck_dim, m.out_dim)
-        self.head = DINOHead(*sizes, m.norm_last_layer, rngs, m.use_bn_in_head, compute_dtype(m))
+        self.head = DINOHead(*sizes, m.norm_last_layer, rngs, m.use_bn_in_head, models.compute_dtype(m))
 
     def __call__(self, crops, key=None):
         """crops: list of crop-major stacks [n, B, S, S, 3], one per resolution -> [sum of n, B, K].

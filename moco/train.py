@@ -52,14 +52,6 @@ from common import augment, checkpoint, loop, models
 # ------------------------------------------------------------------------------------------------
 
 
-def compute_dtype(model):  # the heads' matmul dtype: None (float32) or config.model.dtype, e.g. bfloat16
-    return None if model.get("dtype") in (None, "float32") else jnp.dtype(model.dtype)
-
-
-def to_f32(x):  # a head's output back to float32 for the loss (float64 stays float64 in the x64 checks)
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
-
-
 class Encoder(nnx.Module):
     """The body f(.) and the official fc head: v2's MLP (Linear-ReLU-Linear, with biases, `--mlp`)
     or v1's single Linear. [B, S, S, 3] -> [B, proj_dim] float32, not normalised. `body`: a ready-made
@@ -74,7 +66,7 @@ class Encoder(nnx.Module):
             dtype=config.model.get("dtype"),
             rngs=rngs,
         )
-        width, dtype = self.body.num_features, compute_dtype(config.model)
+        width, dtype = self.body.num_features, models.compute_dtype(config.model)
         if config.model.mlp:
             self.fc1 = nnx.Linear(width, config.model.proj_hidden_dim, dtype=dtype, rngs=rngs)
             width = config.model.proj_hidden_dim
@@ -86,7 +78,7 @@ class Encoder(nnx.Module):
         h = self.body(x)
         if self.fc1 is not None:
             h = jax.nn.relu(self.fc1(h))
-        return to_f32(self.fc2(h))
+        return models.to_f32(self.fc2(h))
 
 
 class Queue(nnx.Variable):

@@ -51,14 +51,6 @@ from common import augment, checkpoint, data, evaluate, loop, models
 # ------------------------------------------------------------------------------------------------
 
 
-def compute_dtype(model):  # the heads' matmul dtype: None (float32) or config.model.dtype, e.g. bfloat16
-    return None if model.get("dtype") in (None, "float32") else jnp.dtype(model.dtype)
-
-
-def to_f32(x):  # a head's output back to float32 for the loss (float64 stays float64 in the x64 checks)
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
-
-
 def torch_linear(in_dim, out_dim, rngs, dtype=None):
     """nn.Linear with PyTorch's default init (kept by the official heads), U(+-1/sqrt(in_dim)), in `dtype`."""
     bound = 1.0 / np.sqrt(in_dim)
@@ -84,7 +76,7 @@ class ProjectionHead(nnx.Module):
 
     def __call__(self, x):  # the output in float32
         x = jax.nn.relu(self.bn1(self.fc1(x)))
-        return to_f32(self.fc3(jax.nn.relu(self.bn2(self.fc2(x)))))
+        return models.to_f32(self.fc3(jax.nn.relu(self.bn2(self.fc2(x)))))
 
 
 class PredictionHead(nnx.Module):
@@ -97,7 +89,7 @@ class PredictionHead(nnx.Module):
         self.fc2 = torch_linear(hidden_dim, dim, rngs, dtype)
 
     def __call__(self, h):  # the output in float32
-        return to_f32(self.fc2(jax.nn.relu(self.bn2(self.fc1(self.bn1(h))))))
+        return models.to_f32(self.fc2(jax.nn.relu(self.bn2(self.fc1(self.bn1(h))))))
 
 
 class PAWS(nnx.Module):
@@ -105,7 +97,7 @@ class PAWS(nnx.Module):
     (z = h without a prediction head, as the official code's CIFAR-10 setting)."""
 
     def __init__(self, config, rngs, body=None):
-        m, dtype = config.model, compute_dtype(config.model)
+        m, dtype = config.model, models.compute_dtype(config.model)
         if body is None:  # the config's body (a reference check passes its own small one)
             kw = dict(stem=m.stem, img_size=config.views.crop_size, bn_momentum=m.bn_momentum, dtype=m.get("dtype"))
             body = models.create_body(m.name, **kw, rngs=rngs)

@@ -52,14 +52,6 @@ from common import augment, checkpoint, data, evaluate, loop, models
 # ------------------------------------------------------------------------------------------------
 
 
-def compute_dtype(model):  # the heads' matmul dtype: None (float32) or config.model.dtype, e.g. bfloat16
-    return None if model.get("dtype") in (None, "float32") else jnp.dtype(model.dtype)
-
-
-def to_f32(x):  # a head's output back to float32 for the loss (float64 stays float64 in the x64 checks)
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
-
-
 class PIRL(nnx.Module):
     """One body for the image and every patch, and the paper's heads (Sec. 3.3, VISSL's config).
 
@@ -73,7 +65,7 @@ class PIRL(nnx.Module):
         m = config.model
         kw = dict(stem=m.stem, img_size=config.views.crop_size, bn_momentum=m.bn_momentum, dtype=m.get("dtype"))
         self.body = models.create_body(m.name, **kw, rngs=rngs)
-        dim, num_patches, dtype = m.embed_dim, config.views.grid**2, compute_dtype(m)
+        dim, num_patches, dtype = m.embed_dim, config.views.grid**2, models.compute_dtype(m)
         self.image_head = nnx.Linear(self.body.num_features, dim, dtype=dtype, rngs=rngs)
         self.patch_head = nnx.Linear(self.body.num_features, dim, dtype=dtype, rngs=rngs)
         self.jigsaw_head = nnx.Linear(num_patches * dim, dim, dtype=dtype, rngs=rngs)
@@ -81,7 +73,7 @@ class PIRL(nnx.Module):
     def embed_image(self, images, bn_groups=1):
         """f(v_I): images [B, S, S, 3] -> [B, D]. Batch norm per group of B / bn_groups images (ghost BN,
         models.grouped_forward): VISSL's per-GPU batch norm over its 32 images."""
-        return to_f32(self.image_head(models.grouped_forward(self.body, images, bn_groups)))
+        return models.to_f32(self.image_head(models.grouped_forward(self.body, images, bn_groups)))
 
     def embed_jigsaw(self, patches, bn_groups=1):
         """g(v_It): patches [B, n, P, P, 3] -> [B, D]. The body sees the B * n patches as one batch apart
@@ -89,7 +81,7 @@ class PIRL(nnx.Module):
         bn_groups groups of B / bn_groups images' patches (image-major rows: a GPU's 32 x 9 patches)."""
         b, n = patches.shape[:2]
         h = models.grouped_forward(self.body, patches.reshape(b * n, *patches.shape[2:]), bn_groups)
-        return to_f32(self.jigsaw_head(self.patch_head(h).reshape(b, -1)))  # [B * n, D] -> [B, n * D] -> [B, D]
+        return models.to_f32(self.jigsaw_head(self.patch_head(h).reshape(b, -1)))  # [B * n, D] -> [B, n * D] -> [B, D]
 
 
 class Memory(nnx.Variable):

@@ -40,14 +40,6 @@ from common import augment, checkpoint, loop, models
 # ------------------------------------------------------------------------------------------------
 
 
-def compute_dtype(model):  # the heads' matmul dtype: None (float32) or config.model.dtype, e.g. bfloat16
-    return None if model.get("dtype") in (None, "float32") else jnp.dtype(model.dtype)
-
-
-def to_f32(x):  # a head's output back to float32 for the loss (float64 stays float64 in the x64 checks)
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
-
-
 class ProjectionHead(nnx.Module):
     """g(.): Linear-BN-ReLU-Linear-BN, as the official code's non-linear head. The linear layers have no
     bias because the batch norm after each supplies the shift; the output batch norm has no shift.
@@ -65,7 +57,7 @@ class ProjectionHead(nnx.Module):
         self.bn2 = bn(out_dim, use_bias=False)
 
     def __call__(self, h):
-        return to_f32(self.bn2(self.fc2(jax.nn.relu(self.bn1(self.fc1(h))))))
+        return models.to_f32(self.bn2(self.fc2(jax.nn.relu(self.bn1(self.fc1(h))))))
 
 
 class SimCLR(nnx.Module):
@@ -85,7 +77,12 @@ class SimCLR(nnx.Module):
         )
         m = config.model
         self.head = ProjectionHead(
-            self.body.num_features, m.proj_hidden_dim, m.proj_dim, m.bn_momentum, rngs, compute_dtype(config.model)
+            self.body.num_features,
+            m.proj_hidden_dim,
+            m.proj_dim,
+            m.bn_momentum,
+            rngs,
+            models.compute_dtype(config.model),
         )
 
     def __call__(self, x):

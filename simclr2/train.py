@@ -60,14 +60,6 @@ STAGES = ("pretrain", "finetune", "distill")
 # ------------------------------------------------------------------------------------------------
 
 
-def compute_dtype(model):  # the heads' matmul dtype: None (float32) or config.model.dtype, e.g. bfloat16
-    return None if model.get("dtype") in (None, "float32") else jnp.dtype(model.dtype)
-
-
-def to_f32(x):  # a head's output back to float32 for the loss (float64 stays float64 in the x64 checks)
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
-
-
 class HeadLayer(nnx.Module):
     """One layer of the projection head: Linear-BN(-ReLU). As the official code, no linear bias (the
     BN shift replaces it) and the last layer has neither a BN shift nor a ReLU. Batch norm as the
@@ -101,7 +93,7 @@ def projection_head(in_dim, cfg, num_layers, rngs):
     """The first num_layers of the cfg.proj_layers layers of g(.) (Sec. 2: 3 layers), widths in_dim ->
     proj_hidden_dim -> ... -> proj_dim (the official hidden width is in_dim, the body's)."""
     dims = [in_dim] + [cfg.proj_hidden_dim] * (cfg.proj_layers - 1) + [cfg.proj_dim]
-    last, dtype = cfg.proj_layers - 1, compute_dtype(cfg)
+    last, dtype = cfg.proj_layers - 1, models.compute_dtype(cfg)
     return nnx.List(
         [HeadLayer(dims[i], dims[i + 1], i == last, cfg.bn_momentum, rngs, dtype) for i in range(num_layers)]
     )
@@ -118,7 +110,7 @@ class SimCLRv2(nnx.Module):
         h = self.body(x)
         for layer in self.head:
             h = layer(h)
-        return to_f32(h)
+        return models.to_f32(h)
 
 
 class Classifier(nnx.Module):
@@ -133,14 +125,14 @@ class Classifier(nnx.Module):
         width = self.head[-1].fc.out_features if head_layers else self.body.num_features
         # The official supervised head: a linear layer with bias, kernel ~ N(0, 0.01^2) or zeros.
         init = jax.nn.initializers.zeros if zero_init else jax.nn.initializers.normal(0.01)
-        dtype = compute_dtype(config.model)
+        dtype = models.compute_dtype(config.model)
         self.classifier = nnx.Linear(width, config.data.num_classes, kernel_init=init, dtype=dtype, rngs=rngs)
 
     def __call__(self, x):  # [B, S, S, 3] -> float32 logits [B, num_classes]
         h = self.body(x)
         for layer in self.head:
             h = layer(h)
-        return to_f32(self.classifier(h))
+        return models.to_f32(self.classifier(h))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -48,14 +48,6 @@ from common import augment, checkpoint, loop, models
 # ------------------------------------------------------------------------------------------------
 
 
-def compute_dtype(model):  # the heads' matmul dtype: None (float32) or config.model.dtype, e.g. bfloat16
-    return None if model.get("dtype") in (None, "float32") else jnp.dtype(model.dtype)
-
-
-def to_f32(x):  # a head's output back to float32 for the loss (float64 stays float64 in the x64 checks)
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
-
-
 def torch_linear(in_dim, out_dim, rngs, use_bias=True, dtype=None):
     """nn.Linear with PyTorch's default initialisation (the official heads keep it): weight and bias
     ~ U(-1/sqrt(in_dim), 1/sqrt(in_dim)). Computes in `dtype`; the parameters are float32."""
@@ -81,7 +73,7 @@ class ProjectionHead(nnx.Module):
         self.fc2 = torch_linear(hidden_dim, out_dim, rngs, dtype=dtype)
 
     def __call__(self, h):
-        return to_f32(self.fc2(jax.nn.relu(self.bn1(self.fc1(h)))))
+        return models.to_f32(self.fc2(jax.nn.relu(self.bn1(self.fc1(h)))))
 
 
 class Queue(nnx.Variable):
@@ -105,7 +97,7 @@ class SwAV(nnx.Module):
             dtype=config.model.get("dtype"),
             rngs=rngs,
         )
-        m, dtype = config.model, compute_dtype(config.model)
+        m, dtype = config.model, models.compute_dtype(config.model)
         self.head = ProjectionHead(self.body.num_features, m.proj_hidden_dim, m.proj_dim, m.bn_momentum, rngs, dtype)
         self.prototypes = torch_linear(m.proj_dim, m.num_prototypes, rngs, use_bias=False, dtype=dtype)
         self.bn_groups = config.method.bn_groups
@@ -128,7 +120,7 @@ class SwAV(nnx.Module):
         h = jnp.concatenate([x.reshape(groups, -1, x.shape[-1]) for x in h], axis=1)  # [G, V * B/G, F]
         z = l2_normalize(models.grouped_forward(self.head, h.reshape(-1, h.shape[-1]), groups))
         z = z.reshape(groups, -1, batch_size // groups, z.shape[-1]).swapaxes(0, 1).reshape(-1, batch_size, z.shape[-1])
-        return z, to_f32(self.prototypes(z))  # [V, B, D], [V, B, K], float32 (z normalised in float32)
+        return z, models.to_f32(self.prototypes(z))  # [V, B, D], [V, B, K], float32 (z normalised in float32)
 
 
 # ------------------------------------------------------------------------------------------------
