@@ -1055,9 +1055,7 @@ def convert_to_workdir(src, fmt, workdir, config, config_path, log=print):
         if "padding" in config.model:  # the body's 'SAME' padding where the official framework has it
             config.model.padding = padding
         if config.model.get("dtype") not in (None, "float32"):  # :imagenet trains in bfloat16
-            log(
-                f"convert: model.dtype float32 (was {config.model.dtype}): the official weights evaluated exactly"
-            )
+            log(f"convert: model.dtype float32 (was {config.model.dtype}): the official weights evaluated exactly")
             config.model.dtype = "float32"
     graphdef, state, _ = module.create_state(config, 1)
     parts = nnx.merge(graphdef, state)
