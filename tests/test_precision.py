@@ -1,7 +1,8 @@
 """Mixed precision (config.model.dtype): two training steps in bfloat16 beside the same steps in float32.
 
-For one method of each family by default (contrastive simclr, EMA teacher dino, clustering swav,
-semi-supervised paws; SSLJAX_PRECISION_METHODS=all runs all eight, as measured below): the smoke state
+For one method of each family by default (contrastive simclr, EMA teacher dino, clustering swav; paws,
+whose heads are simclr's kind, costs 44 s here; SSLJAX_PRECISION_METHODS=all runs all eight, as measured
+below): the smoke state
 built twice, with model.dtype 'float32' and 'bfloat16' (the same seed, so the same initial parameters),
 and two steps of each on the same batches and keys, compiled together in one jit (their views are the
 same computation, so XLA computes them once). The parameters must stay float32 in both, the bfloat16
@@ -28,7 +29,7 @@ from tests import helpers
 #   pirl 4.6e-3 0.971 | simclr 8.0e-4 0.985 | simclr2 8.1e-3 0.972 | swav 2.2e-3 0.977
 # MoCo's tiny smoke step is that sensitive to any rounding: in float32, the same two steps on images
 # with 10% of the pixels moved by 1/255 give updates at cosine 0.909 and a loss 2.4% away.
-_CHOSEN = os.environ.get("SSLJAX_PRECISION_METHODS", "simclr,dino,swav,paws")
+_CHOSEN = os.environ.get("SSLJAX_PRECISION_METHODS", "simclr,dino,swav")
 METHODS = helpers.METHODS if _CHOSEN == "all" else _CHOSEN.split(",")  # all eight cost ~280 s here
 LOSS_RTOL = 0.05
 MIN_COSINE = {"moco": 0.75}  # others: 0.9
