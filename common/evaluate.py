@@ -521,17 +521,7 @@ def finetune(
     batches.close()
     if not np.isfinite(float(loss)):
         raise FloatingPointError(f"Fine-tuning diverged (loss {float(loss)}); lower --lr.")
-    model = nnx.merge(graphdef, state)["model"]
-    model.eval()
-    eval_graphdef, eval_state = nnx.split(model)
-    logits_fn = jax.jit(
-        lambda st, images, extents: nnx.merge(eval_graphdef, st)(preprocess(images, mean, std, view, extents))
-    )
-
-    def classify(images, extents):
-        return logits_fn(eval_state, images, extents)
-
-    classify.takes_extent = True
+    classify = frozen_embed_fn(nnx.merge(graphdef, state)["model"], mean, std, view)  # logits, eval mode
     logits, labels = extract_features(
         classify, test_dataset, batch_size_for(eval_batch_size, test_dataset.num_examples, mesh), mesh
     )

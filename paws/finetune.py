@@ -125,16 +125,8 @@ def finetune(
     if not np.isfinite(float(loss)):
         raise FloatingPointError(f"Fine-tuning diverged (loss {float(loss)}); lower --lr.")
     model = nnx.merge(graphdef, state)["model"]
-    model.eval()
-    eval_graphdef, eval_state = nnx.split(model)
-    eval_view = evaluate.protocol_view(config)  # the run's evaluation view (resize + centre crop), as every protocol
-    logits_fn = jax.jit(
-        lambda st, images, extents: nnx.merge(eval_graphdef, st)(
-            evaluate.preprocess(images, mean, std, eval_view, extents)
-        )
-    )
-    eval_logits = lambda images, extents: logits_fn(eval_state, images, extents)
-    eval_logits.takes_extent = True
+    # Logits on the run's evaluation view (resize + centre crop), as every protocol, in eval mode.
+    eval_logits = evaluate.frozen_embed_fn(model, mean, std, evaluate.protocol_view(config))
     eval_batch = evaluate.batch_size_for(int(config.eval.batch_size), test_dataset.num_examples, mesh)
     logits, labels = evaluate.extract_features(eval_logits, test_dataset, eval_batch, mesh)
     return evaluate.topk_accuracy(logits, labels)
