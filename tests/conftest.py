@@ -1,6 +1,12 @@
 """Test-wide settings. XLA's backend optimisation level 0 roughly halves compile time on CPU, which
 dominates these tiny-model tests; numerics stay within float rounding (the 8-vs-1 device comparisons
-use the same level on both sides)."""
+use the same level on both sides).
+
+The suite runs in two pytest-xdist workers (pyproject's addopts: `-n 2 --dist loadgroup`): most of a
+test's time is single-threaded Python tracing, XLA compilation and process start-up, which a second
+worker overlaps. Every test that reads a method's smoke runs (the `smoke_runs` fixture, made once per
+worker) joins that method's xdist group, so each method's three smoke runs are made once, on one worker.
+`python -m pytest -n 0 tests` runs everything in one process."""
 
 import os
 import tempfile
@@ -34,3 +40,44 @@ def smoke_runs(tmp_path_factory):
         return cache[method]
 
     return get
+
+
+def _smoke_method(item):
+    """The method whose smoke runs `item` reads: its `method` parameter, else what the test names."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if "method" in params:
+        return params["method"]
+    if "protocol" in params:  # test_multiprocess' evaluation protocols: PAWS' own, or SimCLR's run
+        return "paws" if "paws" in params["protocol"] else "simclr"
+    module = item.module.__name__.rsplit(".", 1)[-1]
+    return module[len("test_") :] if module in {f"test_{m}" for m in _methods()} else "simclr"
+
+
+def _methods():
+    from tests import helpers
+
+    return helpers.METHODS
+
+
+def _shared_fixture(item):
+    """The first module-scoped fixture of this suite that `item` uses (made once per worker), or None."""
+    info = getattr(item, "_fixtureinfo", None)
+    for name in getattr(item, "fixturenames", ()):
+        for fixturedef in info.name2fixturedefs.get(name, ()) if info else ():
+            if fixturedef.scope == "module" and fixturedef.func.__module__.startswith("tests."):
+                return f"{fixturedef.func.__module__}.{name}"
+    return None
+
+
+# The slowest tests (seconds in the two-worker suite, 2-core CPU) start first, so that no worker is
+# left with one of them at the end while the other idles.
+_SLOW_FIRST = ("test_faults.py", "test_multiprocess.py", "test_benchmark.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "smoke_runs" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group(f"smoke_{_smoke_method(item)}"))
+        elif shared := _shared_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(shared))
+    items.sort(key=lambda item: item.nodeid.split("::")[0].rsplit("/", 1)[-1] not in _SLOW_FIRST)
