@@ -170,19 +170,17 @@ def make_support_views(key, images, cfg, extents=None):
     return crops.reshape(-1, *crops.shape[2:])
 
 
-def sample_supports(key, pool, classes_per_batch, s_per_class):
-    """A support batch from the class-sorted pool [C, n, ...] (images uint8 [C, n, H, W, 3], or their
-    extents [C, n, 2]: the same key picks the same rows), as the official ClassStratifiedSampler:
-    `classes_per_batch` distinct classes, `s_per_class` distinct images of each, rows [a, b, c, a, b,
-    c, ...] (the layout `labels_matrix` assumes). Returns the rows [s_per_class * classes_per_batch, ...]
-    and their true classes int32."""
+def sample_supports(key, num_classes, per_class, classes_per_batch, s_per_class):
+    """A support batch from a class-sorted pool [num_classes, per_class, ...] as the official
+    ClassStratifiedSampler draws it: `classes_per_batch` distinct classes, `s_per_class` distinct
+    images of each, rows [a, b, c, a, b, c, ...] (the layout `labels_matrix` assumes). Returns the
+    rows' indices into the pool, (class int32 [s * c], image int32 [s * c]): pool[class, image] is the
+    support batch, of any array of the pool (its images, their extents), and `class` its true labels."""
     k_classes, k_images = jax.random.split(key)
-    num_classes, per_class = pool.shape[:2]
     classes = jax.random.permutation(k_classes, num_classes)[:classes_per_batch]  # [c]
     keys = jax.random.split(k_images, classes_per_batch)
     picks = jax.vmap(lambda k: jax.random.permutation(k, per_class)[:s_per_class])(keys)  # [c, s]
-    images = pool[classes[None, :], picks.T]  # [s, c, H, W, 3]
-    return images.reshape(-1, *pool.shape[2:]), jnp.tile(classes, s_per_class).astype(jnp.int32)
+    return jnp.tile(classes, s_per_class).astype(jnp.int32), picks.T.reshape(-1).astype(jnp.int32)
 
 
 def labels_matrix(classes_per_batch, s_per_class, smoothing):
@@ -403,8 +401,10 @@ def train_step(graphdef, config, schedule, state, batch, key):
     labelled = nnx.merge(graphdef, state)["labelled"]
     k_views, k_supports, k_support_views = jax.random.split(key, 3)
     # Supports: a new class-balanced draw each step, a pure function of (seed, step) through `key`.
-    draw = lambda pool: sample_supports(k_supports, pool, config.method.classes_per_batch, config.method.s_per_class)[0]
-    support_images, support_extents = draw(labelled.images[...]), draw(labelled.extents[...])
+    rows = sample_supports(
+        k_supports, *labelled.images.shape[:2], config.method.classes_per_batch, config.method.s_per_class
+    )
+    support_images, support_extents = labelled.images[...][rows], labelled.extents[...][rows]
     x_s = make_support_views(k_support_views, support_images, config.views, support_extents)  # [V * S, ...]
     x_g, x_l = make_views(k_views, batch["image"], config.views, batch.get("extent"))  # [2, B, ...], [local, B, ...]
     return update(graphdef, config, schedule, state, x_s, x_g, x_l)

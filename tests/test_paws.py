@@ -97,23 +97,23 @@ def test_support_batch_is_class_balanced_in_the_official_layout():
     num_classes, per_class = 5, 4
     codes = 10 * np.arange(num_classes)[:, None] + np.arange(per_class)[None, :]
     pool = jnp.asarray(np.broadcast_to(codes[:, :, None, None, None], (5, 4, 2, 2, 3)), jnp.uint8)
-    images, classes = paws.sample_supports(jax.random.key(3), pool, 3, 2)
-    images, classes = np.asarray(images), np.asarray(classes)
+    classes, picks = paws.sample_supports(jax.random.key(3), num_classes, per_class, 3, 2)
+    images, classes = np.asarray(pool[classes, picks]), np.asarray(classes)
     assert images.shape == (6, 2, 2, 3) and classes.shape == (6,)
     code = images[:, 0, 0, 0].astype(int)
     np.testing.assert_array_equal(code // 10, classes)  # each image is of the class reported
     assert len(set(classes[:3])) == 3  # three distinct classes ...
     np.testing.assert_array_equal(classes[3:], classes[:3])  # ... repeated as [a, b, c, a, b, c]
     assert len(set(code)) == 6  # distinct images
-    again, _ = paws.sample_supports(jax.random.key(3), pool, 3, 2)
-    np.testing.assert_array_equal(np.asarray(again), images)  # a pure function of the key
-    other, _ = paws.sample_supports(jax.random.key(4), pool, 3, 2)
-    assert not np.array_equal(np.asarray(other), images)
+    again = paws.sample_supports(jax.random.key(3), num_classes, per_class, 3, 2)
+    np.testing.assert_array_equal(np.asarray(pool[again]), images)  # a pure function of the key
+    other = paws.sample_supports(jax.random.key(4), num_classes, per_class, 3, 2)
+    assert not np.array_equal(np.asarray(pool[other]), images)
 
 
 def test_support_views_are_cropped_inside_each_labelled_images_extent():
-    # Whole-image fit: a labelled image sits in the top-left of its canvas. The same key draws the
-    # same rows from the pool's images and extents, and the support views never read the padding.
+    # Whole-image fit: a labelled image sits in the top-left of its canvas. The drawn rows index the
+    # pool's images and extents alike, and the support views never read the padding.
     config = helpers.smoke_config("paws")
     size = 2 * config.views.crop_size
     rng = np.random.default_rng(0)
@@ -125,8 +125,8 @@ def test_support_views_are_cropped_inside_each_labelled_images_extent():
     set_ = paws.LabelledSet(images, np.arange(12).reshape(3, 4), extents)
 
     def views(pool):
-        picked, _ = paws.sample_supports(jax.random.key(1), pool, 2, 2)
-        boxes, _ = paws.sample_supports(jax.random.key(1), set_.extents[...], 2, 2)
+        rows = paws.sample_supports(jax.random.key(1), 3, 4, 2, 2)
+        picked, boxes = pool[rows], set_.extents[...][rows]
         return paws.make_support_views(jax.random.key(2), picked, config.views, boxes), picked, boxes
 
     zeros, picked, boxes = views(jnp.asarray(np.where(inside, images, 0), jnp.uint8))
@@ -161,8 +161,8 @@ def manual_paws_loss(graphdef, config, state, batch, key):
     model, labelled = parts["model"], parts["labelled"]
     m, v = config.method, config.views
     k_views, k_supports, k_support_views = jax.random.split(key, 3)
-    images, _ = paws.sample_supports(k_supports, labelled.images[...], m.classes_per_batch, m.s_per_class)
-    supports = paws.make_support_views(k_support_views, images, v)
+    rows = paws.sample_supports(k_supports, *labelled.images.shape[:2], m.classes_per_batch, m.s_per_class)
+    supports = paws.make_support_views(k_support_views, labelled.images[...][rows], v, labelled.extents[...][rows])
     x_g, x_l = paws.make_views(k_views, batch["image"], v)
     b, n_s = x_g.shape[1], supports.shape[0]
     h, z = model(jnp.concatenate([supports, x_g[0], x_g[1]]))
