@@ -17,6 +17,11 @@ for an accelerator host: cores x the per-core rate, and the cap that the part of
 held under Python's GIL (header parsing, the fit's Python code, batch assembly) puts on one process
 of threads, against what the step needs (ResNet-50 bf16 on an H100: >= 3,000 images/s).
 
+With --grain it also reads the same images through Grain (`grain.MapDataset` of the paths, the same
+decode + fit per image, batched, `mp_prefetch` over worker processes: no GIL shared between workers)
+and prints its rates beside data.Loader's threads. Grain is not a dependency of the project: install
+it to compare (`pip install grain`).
+
 It also measures PIL's JPEG draft mode (`Image.draft`: the decoder scales by 1/2, 1/4 or 1/8 in the
 DCT domain, so a large photo decodes at a fraction of the cost) for a target smaller than the
 photo: the speed-up, and how far the result moves from the full decode + the same antialiased
@@ -87,6 +92,48 @@ def measure_loader(folder, image_size, workers, batch_size, n):
     return images / wall, images / cpu
 
 
+def _decode_fit(path, image_size):
+    with Image.open(path) as image:
+        return data._fit(image, image_size, "whole")[0]
+
+
+def measure_grain(paths, image_size, workers, batch_size):
+    """(wall images/s, images per CPU-second of this process and its workers) of Grain batches of the
+    same decode + fit, placed on the device, over `workers` worker processes (0: in this process)."""
+    import functools
+
+    import grain
+    import jax
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():  # Grain reads absl flags; this script parses its own with argparse
+        flags.FLAGS.mark_as_parsed()
+
+    def cpu():  # CPU seconds of this process, its live worker processes and every reaped one
+        import resource
+
+        import psutil
+
+        me, reaped = psutil.Process(), resource.getrusage(resource.RUSAGE_CHILDREN)
+        live = sum(sum(p.cpu_times()[:2]) for p in me.children(recursive=True))
+        return sum(me.cpu_times()[:2]) + live + reaped.ru_utime + reaped.ru_stime
+
+    dataset = grain.MapDataset.source([str(p) for p in paths]).map(
+        functools.partial(_decode_fit, image_size=image_size)
+    )
+    dataset = dataset.batch(batch_size, drop_remainder=True, batch_fn=np.stack).to_iter_dataset()
+    if workers:
+        dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    iterator = iter(dataset)
+    next(iterator)  # workers started (each imports this script's modules), the first batch delivered
+    wall, start_cpu, images = time.perf_counter(), cpu(), 0
+    for batch in iterator:  # placed on the device, as data.Loader's batches
+        jax.block_until_ready(jax.device_put(batch))
+        images += len(batch)
+    wall, used = time.perf_counter() - wall, cpu() - start_cpu
+    return images / wall, images / used
+
+
 def fit_timings(paths, image_size):
     """CPU seconds per image on one thread: (Image.open: the header, parsed in Python; load: the
     decode in C, which releases the GIL; fit into the canvas: the resize, when there is one, in C)."""
@@ -154,6 +201,7 @@ def main():
     parser.add_argument("--workers", default="1,2", help="data.workers values to measure")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--cores", type=int, default=16, help="cores of the accelerator host, for the arithmetic")
+    parser.add_argument("--grain", action="store_true", help="also read the images with Grain's worker processes")
     args = parser.parse_args()
 
     folder = pathlib.Path(args.folder)
@@ -178,6 +226,13 @@ def main():
             f"data.Loader, {workers} worker(s): {wall:7.1f} images/s wall, {per_cpu:7.1f} images per "
             f"CPU-second (load average {os.getloadavg()[0]:.1f})"
         )
+    if args.grain:
+        for workers in [int(w) for w in args.workers.split(",")]:
+            wall, per_cpu = measure_grain(paths, args.image_size, workers, args.batch_size)
+            print(
+                f"Grain, {workers} worker process(es): {wall:7.1f} images/s wall, {per_cpu:7.1f} images per "
+                f"CPU-second (this process and its workers; load average {os.getloadavg()[0]:.1f})"
+            )
     if len(rates) > 1:
         few, many = min(rates), max(rates)
         print(
