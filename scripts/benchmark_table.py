@@ -161,6 +161,8 @@ def run_everything(methods, args):
 
 
 PAWS_BUDGET_NAME = "eval_supervised_10pct_paws_budget.json"
+# machine.json's 1-minute load averages, recorded when a run starts and ends.
+LOADS = (("load_average", "start"), ("load_average_end", "end"))
 
 
 def paws_presentations(runs):
@@ -217,12 +219,15 @@ def train(m, workdir, overrides, log, rerun=False):
         os.rename(workdir, f"{workdir}.previous-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "machine.json"), "w") as f:
-        json.dump(
-            {"machine": machine_description(), "started": datetime.datetime.now().isoformat(timespec="seconds")}, f
-        )
-    return call(
+        started = datetime.datetime.now().isoformat(timespec="seconds")
+        recorded = {"machine": machine_description(), "started": started, "load_average": os.getloadavg()[0]}
+        json.dump(recorded, f)
+    ok = call(
         [sys.executable, f"{m}/train.py", "--config", f"{m}/config.py", "--workdir", str(workdir)] + overrides, log
     )
+    with open(os.path.join(workdir, "machine.json"), "w") as f:
+        json.dump({**recorded, "load_average_end": os.getloadavg()[0]}, f)
+    return ok
 
 
 def run_semi_supervised(m, runs, log, rerun):
@@ -286,8 +291,12 @@ def method_row(m, runs):
     model = config.get("model", {})
     body = f"{model.get('name', '?')}" + (f" ({model['stem']} stem)" if "stem" in model else "")
     epochs = config.get("optim", {}).get("epochs", "?")
-    machine = (read_json(workdir / "machine.json") or {}).get("machine", "machine not recorded")
+    recorded = read_json(workdir / "machine.json") or {}
+    machine = recorded.get("machine", "machine not recorded")
     wall = f"{results['wall_time_s'] / 60:.1f} min, {machine}"
+    loads = [f"{recorded[k]:.1f} at the {when}" for k, when in LOADS if k in recorded]
+    if loads:  # a wall time on a shared machine says little without it
+        wall += ", load average " + " and ".join(loads)
     knn = (
         f"{results['knn_top1']:.1f} / {results['knn_top5']:.1f} (init {results.get('knn_top1_init', float('nan')):.1f})"
     )

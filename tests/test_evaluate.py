@@ -391,7 +391,15 @@ def test_benchmark_table_train_skips_finished_runs_and_rerun_keeps_the_old_one(t
     assert calls[0][-3:] == ["--workdir", str(workdir), "--config.seed=1"]
     (previous,) = tmp_path.glob("simclr.previous-*")  # the old run is kept beside, not resumed or deleted
     assert json.loads((previous / "results.json").read_text())["step"] == 468
-    assert json.loads((workdir / "machine.json").read_text())["machine"] == "test machine"
+    recorded = json.loads((workdir / "machine.json").read_text())
+    assert recorded["machine"] == "test machine" and recorded["load_average"] >= 0.0
+    assert recorded["load_average_end"] >= 0.0
+    results = {"method": "simclr", "knn_top1": 80.0, "knn_top5": 99.0, "step": 468, "wall_time_s": 180.0}
+    (workdir / "results.json").write_text(json.dumps(results))
+    (workdir / "machine.json").write_text(json.dumps({**recorded, "load_average": 3.25, "load_average_end": 2.0}))
+    (workdir / "config.json").write_text(json.dumps({"model": {"name": "resnet_tiny"}, "optim": {"epochs": 2.0}}))
+    row = table.method_row("simclr", tmp_path)  # a wall time on a shared machine names its load
+    assert "3.0 min, test machine, load average 3.2 at the start and 2.0 at the end" in row, row
 
 
 # --------------------------------------------------------------------------------------------------
