@@ -399,6 +399,9 @@ def write_table(methods, args):
         "runs' wall time. Compare with the Weak Sup baselines below "
         "(the same body from scratch on the same labels). '—' = not part of the protocol for that method "
         "(`--finetune_all` fine-tunes every method with `common.evaluate`).",
+        "- **Wall time**: the training run's own (results.json), on the machine its machine.json names, "
+        "with the 1-minute load average at the run's start and end where recorded: a run that shared the "
+        "cores with other work took longer than the machine alone would; the accuracies do not depend on it.",
         "- **Published**: ImageNet-1k top-1 published for the official command that the method's `:imagenet` "
         "preset reproduces (named in its config docstring), then a longer recipe's number where the paper "
         "headlines one: a reference point for the recipe, not a comparison with these CPU runs.",
