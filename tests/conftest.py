@@ -49,23 +49,21 @@ def _smoke_method(item):
         return params["method"]
     if "protocol" in params:  # test_multiprocess' evaluation protocols: PAWS' own, or SimCLR's run
         return "paws" if "paws" in params["protocol"] else "simclr"
-    module = item.module.__name__.rsplit(".", 1)[-1]
-    return module[len("test_") :] if module in {f"test_{m}" for m in _methods()} else "simclr"
+    from tests import helpers  # here, not at the top: it imports jax, after the settings above
 
-
-def _methods():
-    from tests import helpers
-
-    return helpers.METHODS
+    named = item.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")  # test_byol.py -> byol
+    return named if named in helpers.METHODS else "simclr"  # e.g. test_faults, whose simclr stands for all
 
 
 def _shared_fixture(item):
-    """The first module-scoped fixture of this suite that `item` uses (made once per worker), or None."""
+    """'<test module>.module_fixtures' if `item` uses a module-scoped fixture of this suite (made once
+    per worker), else None: one group per module, as its fixtures build on each other (test_data's
+    test_split on data_dir), so that each is made once."""
     info = getattr(item, "_fixtureinfo", None)
     for name in getattr(item, "fixturenames", ()):
         for fixturedef in info.name2fixturedefs.get(name, ()) if info else ():
             if fixturedef.scope == "module" and fixturedef.func.__module__.startswith("tests."):
-                return f"{fixturedef.func.__module__}.{name}"
+                return f"{fixturedef.func.__module__}.module_fixtures"
     return None
 
 
@@ -74,6 +72,7 @@ def _shared_fixture(item):
 _SLOW_FIRST = ("test_faults.py", "test_multiprocess.py", "test_benchmark.py")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the node ids
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if "smoke_runs" in getattr(item, "fixturenames", ()):
