@@ -79,6 +79,11 @@ def _assign(variable, value):
     variable.set_value(value)
 
 
+# ViT blocks run as one lax.scan (VisionTransformer._run_blocks). scripts/benchmark.py turns it off to
+# count a step's FLOPs: XLA's cost analysis counts a loop's body once, not once per block.
+SCAN_BLOCKS = True
+
+
 class BatchNorm(nnx.BatchNorm):
     """nnx.BatchNorm with exact float32 statistics and a choice of running-variance convention.
 
@@ -545,7 +550,7 @@ class VisionTransformer(nnx.Module):
         rates = [block.drop_path.rate for block in blocks]
         deterministic = {block.drop_path.deterministic for block in blocks}
         same = len(deterministic) == 1 and all(jax.tree.structure(s) == jax.tree.structure(states[0]) for s in states)
-        if len(blocks) < 2 or not same:  # not a stack of identical blocks: a plain loop
+        if len(blocks) < 2 or not same or not SCAN_BLOCKS:  # not a stack of identical blocks: a plain loop
             for i, block in enumerate(blocks):
                 x, _ = block(x, None if key is None else jax.random.fold_in(key, i))
             return x
@@ -652,3 +657,29 @@ def count_params(module):
     Works on abstract modules from `nnx.eval_shape` too (it reads shapes only).
     """
     return sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(module, nnx.Param)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Cost
+# --------------------------------------------------------------------------------------------------
+
+
+def flops_of(stage):
+    """XLA's cost analysis 'flops' of a lowered or compiled computation (0.0 where it has none)."""
+    cost = stage.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float((cost or {}).get("flops", 0.0))
+
+
+def step_flops(fn, lowered, *args):
+    """FLOPs of `fn(*args)` from its lowering `lowered` (XLA's cost analysis), with every ViT block
+    counted: the analysis counts a loop's body once, so where the program has a loop, `fn` is traced
+    again with the blocks unrolled (SCAN_BLOCKS False) for the count."""
+    global SCAN_BLOCKS
+    if "stablehlo.while" not in lowered.as_text():
+        return flops_of(lowered)
+    SCAN_BLOCKS = False
+    try:
+        return flops_of(jax.jit(lambda *a: fn(*a)).lower(*args))  # a new function: traced anew
+    finally:
+        SCAN_BLOCKS = True

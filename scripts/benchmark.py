@@ -23,7 +23,9 @@ the global batch, before partitioning over devices) divided by the global batch.
 the compiled executable's analysis (`compiled_flops_per_image`, printed beside it). On GPU the
 compiled analysis misses every convolution that runs as a cuDNN custom call (a ResNet-50's step then
 reported 0.78 TFLOP/s where 3 x 4.1 GFLOPs per view x 1141 images/s is about 28), while the lowered
-program still holds the convolutions as ordinary ops and counts them. `step_tflops` is
+program still holds the convolutions as ordinary ops and counts them. The analysis also counts the body of a
+loop once, so a step with a loop in it (the ViT blocks' lax.scan) is lowered a second time for the count, with
+the blocks unrolled (`models.SCAN_BLOCKS = False`); the timed program keeps the scan. `step_tflops` is
 flops_per_image x step images/s, and `mfu_percent` sets it against --peak_tflops per device times the
 number of devices (e.g. 989 for an H100 SXM's dense bf16, 67 for its fp32 without tensor cores).
 
@@ -45,7 +47,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from common import checkpoint, data, loop
+from common import checkpoint, data, loop, models
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A method's config, e.g. simclr/config.py:smoke.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps for each measurement (after warm-up).")
@@ -77,13 +79,6 @@ def report(figures):
         print(json.dumps(figures), flush=True)
         if _JSON.value:
             pathlib.Path(_JSON.value).write_text(json.dumps(figures, indent=2))
-
-
-def flops_of(stage):
-    """XLA's cost analysis 'flops' of a lowered or compiled computation (0.0 where it has none)."""
-    cost = stage.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float((cost or {}).get("flops", 0.0))
 
 
 def main(argv):
@@ -136,8 +131,8 @@ def main(argv):
     lowered = jax.jit(step_fn, donate_argnums=0).lower(state, batch, key)
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start
-    flops_per_image = flops_of(lowered) / batch_size  # the global program: the whole batch
-    compiled_flops_per_image = flops_of(compiled) * jax.device_count() / batch_size  # per device
+    flops_per_image = models.step_flops(step_fn, lowered, state, batch, key) / batch_size  # the global program
+    compiled_flops_per_image = models.flops_of(compiled) * jax.device_count() / batch_size  # per device
 
     holder = {"state": state}
 

@@ -22,6 +22,9 @@ decode + fit per image, batched, `mp_prefetch` over worker processes: no GIL sha
 and prints its rates beside data.Loader's threads. Grain is not a dependency of the project: install
 it to compare (`pip install grain`).
 
+How far threads scale: one and two free-running decode threads in three rounds, and the serialised share
+of each image's work that the ratio implies (Amdahl), hence the cap on one process of threads.
+
 It also measures PIL's JPEG draft mode (`Image.draft`: the decoder scales by 1/2, 1/4 or 1/8 in the
 DCT domain, so a large photo decodes at a fraction of the cost) for a target smaller than the
 photo: the speed-up, and how far the result moves from the full decode + the same antialiased
@@ -73,8 +76,8 @@ def write_folder(folder, n, seed=0):
     return sorted(folder.glob("*.jpg"))[:n]
 
 
-def measure_loader(folder, image_size, workers, batch_size, n):
-    """(wall images/s, images per CPU-second) of data.Loader batches covering the first n images."""
+def measure_loader(folder, image_size, workers, batch_size, passes):
+    """(wall images/s, images per CPU-second) of data.Loader batches, `passes` times over the folder."""
     import jax
 
     cfg = ml_collections.ConfigDict(
@@ -82,13 +85,15 @@ def measure_loader(folder, image_size, workers, batch_size, n):
     )
     dataset = data.load(cfg, "train")
     loader = data.Loader(dataset, batch_size, 0, data.make_mesh(), shuffle=False)
-    jax.block_until_ready(loader.get(0))  # threads started, the first transfer done
-    steps = range(1, min(n, dataset.num_examples) // batch_size)
+    batches = loader.iterate(0)  # as the training loop reads it: a prefetch thread runs ahead of the consumer
+    jax.block_until_ready(next(batches)[1])  # threads started, the first transfer done
+    steps = passes * dataset.num_examples // batch_size - 1
     wall, cpu = time.perf_counter(), time.process_time()
-    for step in steps:
-        jax.block_until_ready(loader.get(step))
+    for _ in range(steps):
+        jax.block_until_ready(next(batches)[1])
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    images = len(steps) * batch_size
+    batches.close()
+    images = steps * batch_size
     return images / wall, images / cpu
 
 
@@ -97,9 +102,10 @@ def _decode_fit(path, image_size):
         return data._fit(image, image_size, "whole")[0]
 
 
-def measure_grain(paths, image_size, workers, batch_size):
+def measure_grain(paths, image_size, workers, batch_size, passes):
     """(wall images/s, images per CPU-second of this process and its workers) of Grain batches of the
-    same decode + fit, placed on the device, over `workers` worker processes (0: in this process)."""
+    same decode + fit, placed on the device, `passes` times over the paths, over `workers` worker
+    processes (0: in this process)."""
     import functools
 
     import grain
@@ -118,8 +124,10 @@ def measure_grain(paths, image_size, workers, batch_size):
         live = sum(sum(p.cpu_times()[:2]) for p in me.children(recursive=True))
         return sum(me.cpu_times()[:2]) + live + reaped.ru_utime + reaped.ru_stime
 
-    dataset = grain.MapDataset.source([str(p) for p in paths]).map(
-        functools.partial(_decode_fit, image_size=image_size)
+    dataset = (
+        grain.MapDataset.source([str(p) for p in paths])
+        .repeat(passes)
+        .map(functools.partial(_decode_fit, image_size=image_size))
     )
     dataset = dataset.batch(batch_size, drop_remainder=True, batch_fn=np.stack).to_iter_dataset()
     if workers:
@@ -132,6 +140,38 @@ def measure_grain(paths, image_size, workers, batch_size):
         images += len(batch)
     wall, used = time.perf_counter() - wall, cpu() - start_cpu
     return images / wall, images / used
+
+
+def thread_scaling(paths, image_size, seconds=6.0, rounds=3):
+    """[(images/s of one thread, of two threads)] per round: the same decode + fit in free-running
+    threads of this process (nothing else: no batching, no device). On two free cores, two threads
+    reach 2x one thread's rate less the part of each image's work that holds the GIL (Amdahl:
+    serial fraction s = 2 r1 / r2 - 1), which is what caps one process of threads at r1 / s."""
+    import threading
+
+    def decode(stop, counts, offset):
+        k = offset
+        while not stop.is_set():
+            with Image.open(paths[k % len(paths)]) as image:
+                data._fit(image, image_size, "whole")
+            k += 1
+        counts.append(k - offset)
+
+    rows = []
+    for _ in range(rounds):
+        rates = []
+        for n in (1, 2):
+            stop, counts = threading.Event(), []
+            threads = [threading.Thread(target=decode, args=(stop, counts, i * len(paths) // 2)) for i in range(n)]
+            for t in threads:
+                t.start()
+            time.sleep(seconds)
+            stop.set()
+            for t in threads:
+                t.join()
+            rates.append(sum(counts) / seconds)
+        rows.append(tuple(rates))
+    return rows
 
 
 def fit_timings(paths, image_size):
@@ -200,6 +240,12 @@ def main():
     parser.add_argument("--image_size", type=int, default=512, help="data.image_size (the :imagenet canvas)")
     parser.add_argument("--workers", default="1,2", help="data.workers values to measure")
     parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument(
+        "--passes",
+        type=int,
+        default=3,
+        help="reads of the folder per measurement (so that the buffers filled before the clock starts count little)",
+    )
     parser.add_argument("--cores", type=int, default=16, help="cores of the accelerator host, for the arithmetic")
     parser.add_argument("--grain", action="store_true", help="also read the images with Grain's worker processes")
     args = parser.parse_args()
@@ -220,7 +266,7 @@ def main():
     )
     rates = {}
     for workers in [int(w) for w in args.workers.split(",")]:
-        wall, per_cpu = measure_loader(folder, args.image_size, workers, args.batch_size, args.n)
+        wall, per_cpu = measure_loader(folder, args.image_size, workers, args.batch_size, args.passes)
         rates[workers] = (wall, per_cpu)
         print(
             f"data.Loader, {workers} worker(s): {wall:7.1f} images/s wall, {per_cpu:7.1f} images per "
@@ -228,7 +274,7 @@ def main():
         )
     if args.grain:
         for workers in [int(w) for w in args.workers.split(",")]:
-            wall, per_cpu = measure_grain(paths, args.image_size, workers, args.batch_size)
+            wall, per_cpu = measure_grain(paths, args.image_size, workers, args.batch_size, args.passes)
             print(
                 f"Grain, {workers} worker process(es): {wall:7.1f} images/s wall, {per_cpu:7.1f} images per "
                 f"CPU-second (this process and its workers; load average {os.getloadavg()[0]:.1f})"
@@ -264,6 +310,18 @@ def main():
             if cap_high >= REQUIRED
             else ", but the GIL does not allow it in one process"
         )
+    )
+
+    scaling = thread_scaling(paths, args.image_size)
+    for one, two in scaling:
+        print(f"free-running decode + fit threads: 1 thread {one:.0f} images/s, 2 threads {two:.0f} ({two / one:.2f}x)")
+    one, two = sorted(scaling, key=lambda r: r[1] / r[0])[len(scaling) // 2]  # the median round
+    serial = max(2 * one / two - 1, 0.0)
+    print(
+        f"Amdahl on the median round: {serial:.3f} of each image's work serialised (the GIL and anything else "
+        f"shared), so one process of threads caps at "
+        + (f"{one / serial:.0f} images/s" if serial > 0 else "no measurable limit")
+        + f" (load average {os.getloadavg()[0]:.1f}; on a loaded machine the two threads also lose to neighbours)"
     )
 
     target = 224  # a target below the photo's size (the evaluation view's 256 / 224); 512 keeps it native

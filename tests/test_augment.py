@@ -645,3 +645,27 @@ def test_color_jitter_orders_are_uniform():
     expected = len(orders) / 24
     chi2 = float(((counts - expected) ** 2 / expected).sum())
     assert chi2 < 49.7, chi2  # 23 degrees of freedom, p = 0.001
+
+
+@pytest.mark.parametrize("pad_mode", ["reflect", "constant"])
+@pytest.mark.parametrize("taps,size", [(3, 28), (5, 12), (7, 16), (9, 32), (23, 40)])
+def test_separable_filter_equals_a_padded_correlation(taps, size, pad_mode):
+    """Both matrix forms of the blur (the weighted constant basis for short kernels, the indexed band for
+    long ones) equal NumPy's padded correlation along H then W, with per-axis kernels."""
+    rng = np.random.default_rng(taps)
+    img = rng.uniform(size=(size, size + 3, 2)).astype(np.float32)
+    ky, kx = (rng.uniform(size=taps).astype(np.float32) for _ in range(2))
+    numpy_mode = "reflect" if pad_mode == "reflect" else "constant"  # NumPy's reflect omits the edge, as torch
+    r = taps // 2
+    want = np.pad(img, ((r, r), (0, 0), (0, 0)), mode=numpy_mode)
+    want = sum(ky[t] * want[t : t + size] for t in range(taps))
+    want = np.pad(want, ((0, 0), (r, r), (0, 0)), mode=numpy_mode)
+    want = sum(kx[t] * want[:, t : t + size + 3] for t in range(taps))
+    got = jax.jit(lambda x, a, b: A._separable_filter(x, a, b, pad_mode))(img, ky, kx)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+    if taps < 9:  # the short kernels' basis gives the same matrix as indexing the taps
+        np.testing.assert_allclose(
+            np.asarray(A._basis_filter_matrix(jnp.asarray(ky), size, pad_mode)),
+            np.asarray(A._filter_matrix(jnp.asarray(ky), size, pad_mode)),
+            atol=1e-7,
+        )

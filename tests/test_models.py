@@ -318,3 +318,20 @@ def test_bfloat16_bodies_keep_float32_parameters_and_stay_close(name):
     assert y16.dtype == jnp.float32
     rel = float(jnp.linalg.norm(y32 - y16) / jnp.linalg.norm(y32))
     assert 0 < rel < 0.03, rel  # bfloat16 has 8 bits of mantissa: ~0.4% per op, a few % through a body
+
+
+def test_step_flops_counts_every_vit_block():
+    """The FLOPs that scripts/benchmark.py reports grow by the same amount per block (XLA's cost
+    analysis alone counts the blocks' scan body once: the same count whatever the depth)."""
+
+    def counted(depth):
+        body = models.create_body("vit_tiny", patch_size=4, img_size=16, depth=depth, rngs=nnx.Rngs(0))
+        graphdef, state = nnx.split(body)
+        fn = lambda state, x: nnx.merge(graphdef, state)(x)
+        x = jnp.zeros((2, 16, 16, 3))
+        return models.step_flops(fn, jax.jit(fn).lower(state, x), state, x)
+
+    two, three, four = counted(2), counted(3), counted(4)
+    assert three - two > 0.2 * two
+    np.testing.assert_allclose(four - three, three - two, rtol=1e-6)
+    assert models.SCAN_BLOCKS  # restored for the timed programs
