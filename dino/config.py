@@ -38,13 +38,16 @@ default runs on this project's 2-core CPU, kNN top-1 against 78.25% for the rand
 teacher momentum 0.99 reached 79.23%; SGD 0.15 with 0.97 reached 81.60% (81.10% with the code of
 2026-12-01). Views chosen by measurement at about the same CPU time (2026-12-01, both runs sharing the
 machine): 6 local crops for 2 epochs, 889 CPU-seconds, 81.10%; 2 local crops for 2.8 epochs (a step
-1.43x faster: 65 against 88 MFLOPs per image), 1007 CPU-seconds, 83.53%, now the default. The body: a
-ViT-Tiny with 4 px patches and 4 blocks costs 588 MFLOPs per image here against the tiny ResNet's 88
-and runs at the same FLOP rate on this CPU (`scripts/benchmark.py`: 15.6 against 102.8 images/s, similar
-load), so in the same CPU time it sees 6.6x fewer images (0.3 epochs); that run was not
-finished. AdamW at 2e-3 without batch norm in the head (the ViT recipe) was not run end to end: in an
-80-step check its loss stayed at log K and the kNN accuracy fell (70.05% against 74.40% on 10,000 /
-2,000 images).
+1.43x faster: 65 against 88 MFLOPs per image), 1007 CPU-seconds, 83.53%, now the default. The body,
+chosen by measurement (kNN gain per CPU-minute, whole runs with both kNN passes): the tiny ResNet with 2
+local crops gains 5.29 points in 1007 CPU-seconds (0.32 per CPU-minute; 6 local crops: 2.86 in 889,
+0.19); a ViT-Tiny with 4 px patches and 4 blocks (the ViT recipe: AdamW 5e-4, weight decay 0.04 -> 0.4,
+no batch norm in the head, 2 local crops) costs 1777 MFLOPs per image against the ResNet's 66 and runs
+at least 2.3x its FLOP rate on this CPU (0.050 against 0.022 TFLOP/s: 28 images/s while a test run
+shared the machine, against 332 alone), so in 0.4 epochs and 1747 CPU-seconds it went from 60.25% to
+62.26% (0.07 per CPU-minute). AdamW at 2e-3 without batch norm in the head (the ViT recipe) was not run
+end to end: in an 80-step check its loss stayed at log K and the kNN accuracy fell (70.05% against
+74.40% on 10,000 / 2,000 images).
 Everywhere: crops resized bilinearly (official: bicubic) and blurred with torchvision's kernel of
 about 10% of the side (official: PIL's blur); see dino/train.py.
 
