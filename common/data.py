@@ -36,12 +36,12 @@ step. Each process loads only its own rows of the global batch, which
 Decoding runs in `data.workers` threads per data set (PIL releases the GIL while it decodes and
 resizes); scripts/benchmark_data.py measures the rate per core on ImageNet-sized JPEGs. Threads, not
 Grain's worker processes: on this project's 2-core CPU (2,000 synthetic 500x375 JPEGs, canvas 512,
-three passes each, quiet machine) both decode about the same number of images per CPU-second (data.Loader
-321-346, Grain 279-388 over two runs, 1 and 2 workers), and two free-running decode threads reach 1.70-1.85x one
-thread, i.e. about 13% of each image's work is serialised, which caps one process of threads near
-4,000 images/s: above the ~3,000/s a ResNet-50 in bfloat16 needs on one H100, and every accelerator
-gets its own process in a multi-process launch. Grain is measured beside them by
-`python scripts/benchmark_data.py --grain`.
+three passes each, quiet machine) both decode about the same number of images per CPU-second
+(data.Loader 321-346, Grain 279-388 over two runs, 1 and 2 workers), and two free-running decode
+threads reach 1.70-1.85x one thread, i.e. about 13% of each image's work is serialised, which caps
+one process of threads near 4,000 images/s: above the ~3,000/s a ResNet-50 in bfloat16 needs on one
+H100, and every accelerator gets its own process in a multi-process launch. Grain is measured beside
+them by `python scripts/benchmark_data.py --grain`.
 
 TensorFlow is imported only inside the functions that load TFDS data, with the accelerators hidden
 from it, so it never takes GPU memory from JAX; importing this module is cheap.

@@ -79,8 +79,8 @@ def _assign(variable, value):
     variable.set_value(value)
 
 
-# ViT blocks run as one lax.scan (VisionTransformer._run_blocks). scripts/benchmark.py turns it off to
-# count a step's FLOPs: XLA's cost analysis counts a loop's body once, not once per block.
+# ViT blocks run as one lax.scan (VisionTransformer._run_blocks). step_flops turns it off to count a
+# step's FLOPs: XLA's cost analysis counts a loop's body once, not once per block.
 SCAN_BLOCKS = True
 
 
