@@ -655,11 +655,10 @@ def test_separable_filter_equals_a_padded_correlation(taps, size, pad_mode):
     rng = np.random.default_rng(taps)
     img = rng.uniform(size=(size, size + 3, 2)).astype(np.float32)
     ky, kx = (rng.uniform(size=taps).astype(np.float32) for _ in range(2))
-    numpy_mode = "reflect" if pad_mode == "reflect" else "constant"  # NumPy's reflect omits the edge, as torch
-    r = taps // 2
-    want = np.pad(img, ((r, r), (0, 0), (0, 0)), mode=numpy_mode)
+    r = taps // 2  # NumPy's pad modes are the blur's: its 'reflect' omits the edge pixel, as torch's
+    want = np.pad(img, ((r, r), (0, 0), (0, 0)), mode=pad_mode)
     want = sum(ky[t] * want[t : t + size] for t in range(taps))
-    want = np.pad(want, ((0, 0), (r, r), (0, 0)), mode=numpy_mode)
+    want = np.pad(want, ((0, 0), (r, r), (0, 0)), mode=pad_mode)
     want = sum(kx[t] * want[:, t : t + size + 3] for t in range(taps))
     got = jax.jit(lambda x, a, b: A._separable_filter(x, a, b, pad_mode))(img, ky, kx)
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
